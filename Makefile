@@ -1,0 +1,36 @@
+# The two commands of the README, and a few helpers. Each target installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+RUN ?= runs/demo
+WORKERS ?= 2
+
+.PHONY: install demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,test]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job end to end on SynthHPA: generate, read back, submit, score.
+demo: $(STAMP)
+	$(PY) -m hpa_tf.synthetic --out $(RUN)/synth --n-train 32 --n-test 32 --size 1024 --seed 0 --workers $(WORKERS)
+	$(PY) -m hpa_tf.baselines --data $(RUN)/synth --split test --kind image-labels --out $(RUN)/oracle_image_labels.csv
+	$(PY) -m hpa_tf.metrics --truth $(RUN)/synth/truth --split test --submission $(RUN)/oracle_image_labels.csv --json $(RUN)/oracle_image_labels.json
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n $(WORKERS) -q -m "slow or not slow"
+
+bench: $(STAMP)
+	$(PY) -m benchmarks --out runs/bench
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""hpa-tf benchmarks: ``python -m benchmarks [--only NAME ...] [--out DIR]``."""

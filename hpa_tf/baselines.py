@@ -1,0 +1,86 @@
+"""Reference submissions built from the truth: what the metric gives when the masks are perfect.
+
+- ``image-labels``: every true cell gets every label of its image, confidence 1. This is the
+  "oracle image labels" row: knowing each test image's labels and painting them on every cell.
+  It loses exactly what single-cell heterogeneity takes away.
+- ``perfect``: every true cell gets its own labels, confidence 1 (mAP 1.0 by construction).
+
+Each image is read back through :func:`hpa_tf.io.read_image` (the same path ``predict.py``
+takes), its size checked against its mask, and rows follow ``sample_submission.csv``.
+
+    python -m hpa_tf.baselines --data synth --split test --kind image-labels --out image_labels.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as _io
+import sys
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from hpa_tf import fs
+from hpa_tf.io import read_image
+from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.submission import ImagePrediction, write_submission
+from hpa_tf.truth import Truth, TruthError
+
+KINDS = ("image-labels", "perfect")
+
+
+def _scores(labels: list[int]) -> np.ndarray:
+    s = np.full(NUM_CLASSES, np.nan)
+    s[labels] = 1.0
+    return s
+
+
+def oracle_predictions(
+    truth: Truth, kind: str, data_dir: str | None = None, order: list[str] | None = None
+) -> list[ImagePrediction]:
+    """Submissions from the true masks; ``data_dir`` (the split's image folder) reads each image back.
+
+    >>> preds = oracle_predictions(Truth.load("synth/truth", "test"), "perfect")  # doctest: +SKIP
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    image_labels = dict(zip(truth.images["ID"], truth.images["labels"]))
+    ids = order if order is not None else list(truth.images["ID"])
+    out = []
+    for image_id in tqdm(ids, desc=f"oracle {kind}", unit="img"):
+        mask = truth.mask(image_id)
+        if data_dir is not None:
+            img = read_image(data_dir, image_id)
+            if img.shape[:2] != mask.shape:
+                raise TruthError(f"image {image_id}: pixels are {img.shape[:2]} but its truth mask is {mask.shape}")
+        cells = truth.cell_labels[image_id]
+        if kind == "perfect":
+            scores = {cid: _scores(labs) for cid, labs in cells.items()}
+        else:
+            scores = {cid: _scores(image_labels[image_id]) for cid in cells}
+        out.append(ImagePrediction.from_label_image(image_id, mask, scores))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpa_tf.baselines", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="a SynthHPA folder (train/, test/, truth/, sample_submission.csv)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--kind", choices=KINDS, default="image-labels")
+    parser.add_argument("--out", required=True, help="submission CSV to write")
+    args = parser.parse_args(argv)
+    truth = Truth.load(fs.join(args.data, "truth"), args.split)
+    order = None
+    sample = fs.join(args.data, "sample_submission.csv")
+    if args.split == "test" and fs.exists(sample):
+        order = list(pd.read_csv(_io.StringIO(fs.read_text(sample)), dtype={"ID": str})["ID"])
+    preds = oracle_predictions(truth, args.kind, fs.join(args.data, args.split), order)
+    write_submission(args.out, preds)
+    n_cells = sum(len(p.masks) for p in preds)
+    print(f"wrote {args.out}: {len(preds)} images, {n_cells} cells ({args.kind})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

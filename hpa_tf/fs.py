@@ -1,0 +1,99 @@
+"""File access through ``tf.io.gfile``, so that every path may be local, ``gs://`` or ``ram://``.
+
+TensorFlow is imported on first use: importing it costs seconds, and the label and metric
+code paths that never touch a file should not pay for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import uuid
+from types import ModuleType
+
+
+@functools.cache
+def _tf() -> ModuleType:
+    try:
+        import tensorflow as tf
+    except ImportError as err:  # pragma: no cover - depends on the user's install
+        raise ImportError(
+            "hpa-tf needs TensorFlow for file access. Install one build: "
+            "`pip install \"hpa-tf[cpu]\"` (CPU, no CUDA wheels), `pip install \"hpa-tf[gpu]\"`, "
+            "or keep the TensorFlow of your TPU/Kaggle/Colab runtime."
+        ) from err
+    return tf
+
+
+def join(*parts: str) -> str:
+    """Join path parts with ``/`` (valid for local paths and URLs alike).
+
+    >>> join("gs://bucket/data", "train", "a_red.png")
+    'gs://bucket/data/train/a_red.png'
+    """
+    return posixpath.join(*parts)
+
+
+def exists(path: str) -> bool:
+    """True if ``path`` exists. ``exists("gs://b/x.png")``"""
+    return bool(_tf().io.gfile.exists(path))
+
+
+def makedirs(path: str) -> None:
+    """Create ``path`` and its parents; no error when it exists. ``makedirs("out/train")``"""
+    _tf().io.gfile.makedirs(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) in a directory. ``listdir("data/train")``"""
+    return sorted(_tf().io.gfile.listdir(path))
+
+
+def glob(pattern: str) -> list[str]:
+    """Sorted paths matching a glob pattern. ``glob("data/train/*_red.png")``"""
+    return sorted(_tf().io.gfile.glob(pattern))
+
+
+def size(path: str) -> int:
+    """Size of a file in bytes. ``size("a_red.png")``"""
+    return int(_tf().io.gfile.stat(path).length)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file as bytes. ``read_bytes("a_red.png")``"""
+    with _tf().io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    """The whole file as text. ``read_text("train.csv")``"""
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` atomically: to a temporary name, then renamed over ``path``.
+
+    A killed run never leaves a half-written file under the final name.
+
+    >>> write_bytes("out/x.bin", b"...")  # doctest: +SKIP
+    """
+    tf = _tf()
+    parent = posixpath.dirname(path)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write text atomically (see :func:`write_bytes`). ``write_text("out/a.csv", "ID\\n")``"""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def remove(path: str) -> None:
+    """Delete a file if it exists. ``remove("out/x.tmp")``"""
+    tf = _tf()
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.remove(path)

@@ -1,0 +1,28 @@
+"""Reading HPA images and indexing datasets (every path through ``tf.io.gfile``)."""
+
+from hpa_tf.io.images import (
+    CHANNELS,
+    EXTENSIONS,
+    ImageReadError,
+    channel_path,
+    decode_channel,
+    read_image,
+    to_uint8,
+    to_unit_float,
+)
+from hpa_tf.io.index import LabelTableError, index_dataset, read_label_table, scan_image_ids
+
+__all__ = [
+    "CHANNELS",
+    "EXTENSIONS",
+    "ImageReadError",
+    "LabelTableError",
+    "channel_path",
+    "decode_channel",
+    "index_dataset",
+    "read_image",
+    "read_label_table",
+    "scan_image_ids",
+    "to_uint8",
+    "to_unit_float",
+]

@@ -1,0 +1,106 @@
+"""Index a dataset: which image IDs exist and their image-level labels.
+
+Three table layouts are recognised by their header:
+- 2021 competition ``train.csv``: ``ID,Label`` with labels ``0|5|16``;
+- 2018 competition ``train.csv``: ``Id,Target`` with labels ``0 5 16``;
+- external HPA data ``kaggle_2021.tsv``: ``Image`` (a URL base such as
+  ``https://images.proteinatlas.org/10005/921_B9_1``), ``Label_idx``, and optionally
+  ``Cellline``, ``in_trainset``. The ID is the URL's last two path parts joined by ``_``
+  (``10005_921_B9_1``), the name the usual download scripts give the files.
+"""
+
+from __future__ import annotations
+
+import io as _io
+
+import pandas as pd
+
+from hpa_tf import fs
+from hpa_tf.io.images import CHANNELS, EXTENSIONS
+from hpa_tf.labels import format_labels, parse_labels
+
+
+class LabelTableError(ValueError):
+    """A label table that cannot be indexed; the message names the file and the row."""
+
+
+def _external_id(url: str) -> str:
+    parts = [p for p in str(url).rstrip("/").split("/") if p]
+    return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
+
+
+def read_label_table(path: str) -> pd.DataFrame:
+    """Read a label table in any of the three layouts -> columns ``ID``, ``Label`` (2021 form), ``labels``.
+
+    Extra columns (``Cellline``, ``in_trainset``...) are kept.
+
+    >>> df = read_label_table("data/train.csv")  # doctest: +SKIP
+    >>> df.loc[0, "Label"], df.loc[0, "labels"]  # doctest: +SKIP
+    ('0|5', [0, 5])
+    """
+    text = fs.read_text(path)
+    sep = "\t" if path.lower().endswith(".tsv") or ("\t" in text.split("\n", 1)[0]) else ","
+    try:
+        df = pd.read_csv(_io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except Exception as err:
+        raise LabelTableError(f"{path}: cannot be read as a table ({err})") from err
+    cols = set(df.columns)
+    if {"ID", "Label"} <= cols:
+        id_col, label_col = "ID", "Label"
+    elif {"Id", "Target"} <= cols:
+        id_col, label_col = "Id", "Target"
+    elif {"Image", "Label_idx"} <= cols:
+        df["ID"] = df["Image"].map(_external_id)
+        id_col, label_col = "ID", "Label_idx"
+    else:
+        raise LabelTableError(
+            f"{path}: unknown header {list(df.columns)}; expected 'ID,Label' (2021), "
+            "'Id,Target' (2018) or the kaggle_2021.tsv columns 'Image,...,Label_idx'"
+        )
+    ids = df[id_col].str.strip()
+    if (ids == "").any():
+        line = int((ids == "").to_numpy().argmax()) + 2
+        raise LabelTableError(f"{path}: line {line} has an empty ID")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise LabelTableError(f"{path}: ID {dup.iloc[0]!r} appears more than once")
+    labels = [parse_labels(v, row=f"{path} ID {i}") for i, v in zip(ids, df[label_col])]
+    out = df.drop(columns=[c for c in (id_col, label_col, "ID", "Label") if c in df.columns])
+    out.insert(0, "ID", ids.to_numpy())
+    out.insert(1, "Label", [format_labels(v) for v in labels])
+    out.insert(2, "labels", labels)
+    return out.reset_index(drop=True)
+
+
+def scan_image_ids(data_dir: str) -> list[str]:
+    """IDs of the images in a folder that have all four channel files (a test folder has no CSV).
+
+    >>> scan_image_ids("data/test")  # doctest: +SKIP
+    ['0040581b-f1f2-4fbe-b043-b6bfea5404bb', ...]
+    """
+    seen: dict[str, set[str]] = {}
+    for name in fs.listdir(data_dir):
+        for ext in EXTENSIONS:
+            if name.endswith(ext):
+                stem = name[: -len(ext)]
+                image_id, _, color = stem.rpartition("_")
+                if color in CHANNELS and image_id:
+                    seen.setdefault(image_id, set()).add(color)
+                break
+    return sorted(i for i, colors in seen.items() if len(colors) == len(CHANNELS))
+
+
+def index_dataset(data_dir: str, labels_path: str | None = None) -> pd.DataFrame:
+    """Index a dataset folder: its label table when given, else every complete image in it.
+
+    Without labels the ``Label``/``labels`` columns are empty. An ID in the table that has no
+    files is reported at read time (with the missing channel), not here: a ``stat`` per file is
+    slow on ``gs://``.
+
+    >>> index_dataset("synth/train", "synth/train.csv").columns[:3].tolist()  # doctest: +SKIP
+    ['ID', 'Label', 'labels']
+    """
+    if labels_path is not None:
+        return read_label_table(labels_path)
+    ids = scan_image_ids(data_dir)
+    return pd.DataFrame({"ID": ids, "Label": [""] * len(ids), "labels": [[] for _ in ids]})

@@ -1,0 +1,111 @@
+"""Write a SynthHPA dataset in HPA format with cell-level truth.
+
+    python -m hpa_tf.synthetic --out synth --n-train 200 --n-test 60 --size 1024 --seed 0 --workers 2
+
+Layout of ``--out``::
+
+    train/{ID}_{red,green,blue,yellow}.png   8-bit channels, like the competition's
+    test/{ID}_{...}.png
+    train.csv                                ID,Label (2021 form, labels joined by |)
+    sample_submission.csv                    ID,ImageWidth,ImageHeight,PredictionString (test)
+    truth/{ID}_cells.png, truth/{ID}_nuclei.png   uint16 instance masks (0 = background)
+    truth/cells.csv                          ID,split,cell_id,Label
+    truth/images.csv                         ID,split,ImageWidth,ImageHeight,Label
+    synthhpa.json                            the generator's parameters
+    preview.png                              composites of a few images with their truth
+
+A rerun with the same parameters skips images whose files are complete (only their masks and
+labels are recomputed, which is cheap), so a killed run loses nothing finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+from collections.abc import Iterator
+
+import pandas as pd
+from tqdm import tqdm
+
+from hpa_tf import fs
+from hpa_tf.synthetic.generator import SPLITS, pick_size
+from hpa_tf.synthetic.preview import write_preview
+from hpa_tf.synthetic.writer import make_one
+from hpa_tf.truth import CELLS_CSV, IMAGES_CSV
+
+PARAMS_FILE = "synthhpa.json"
+
+
+def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int]]:
+    jobs = []
+    for split, n in zip(SPLITS, (args.n_train, args.n_test)):
+        for i in range(n):
+            jobs.append((args.out, args.seed, i, split, pick_size(args.seed, split, i, sizes)))
+    return jobs
+
+
+def _run(jobs: list, workers: int) -> Iterator[dict]:
+    if workers <= 1:
+        yield from map(make_one, jobs)
+        return
+    # spawn, not fork: a forked TensorFlow runtime (used for file access) can deadlock.
+    with mp.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(make_one, jobs, chunksize=1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpa_tf.synthetic", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (local, gs://, ...)")
+    parser.add_argument("--n-train", type=int, default=64)
+    parser.add_argument("--n-test", type=int, default=32)
+    parser.add_argument("--size", default="1024", help="image size in px, or a comma list to mix sizes (e.g. 1728,2048)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--overwrite", action="store_true", help="start over even if the folder holds another run")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in str(args.size).split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--size {args.size!r}: give pixels, e.g. 1024 or 1728,2048")
+    if not sizes or min(sizes) < 64:
+        parser.error("--size must be at least 64 px")
+    if args.n_train < 0 or args.n_test < 0:
+        parser.error("--n-train and --n-test must be >= 0")
+
+    params = {"format": "synthhpa-1", "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test, "sizes": sizes}
+    params_path = fs.join(args.out, PARAMS_FILE)
+    if fs.exists(params_path) and not args.overwrite:
+        old = json.loads(fs.read_text(params_path))
+        if {k: old.get(k) for k in ("format", "seed", "sizes")} != {k: params[k] for k in ("format", "seed", "sizes")}:
+            print(f"error: {args.out} holds a SynthHPA run with other parameters ({old}); "
+                  "use another --out or --overwrite", file=sys.stderr)
+            return 2
+    fs.makedirs(args.out)
+    fs.write_text(params_path, json.dumps(params, indent=2))
+
+    jobs = _jobs(args, sizes)
+    rows = list(tqdm(_run(jobs, args.workers), total=len(jobs), desc="SynthHPA", unit="img"))
+    images = pd.DataFrame([{k: r[k] for k in ("ID", "split", "ImageWidth", "ImageHeight", "Label")} for r in rows])
+    cells = pd.DataFrame(
+        [{"ID": r["ID"], "split": r["split"], "cell_id": k, "Label": lab} for r in rows for k, lab in enumerate(r["cells"], 1)],
+        columns=["ID", "split", "cell_id", "Label"],
+    )
+    truth = fs.join(args.out, "truth")
+    fs.write_text(fs.join(truth, IMAGES_CSV), images.to_csv(index=False))
+    fs.write_text(fs.join(truth, CELLS_CSV), cells.to_csv(index=False))
+    train = images[images["split"] == "train"]
+    test = images[images["split"] == "test"]
+    fs.write_text(fs.join(args.out, "train.csv"), train[["ID", "Label"]].to_csv(index=False))
+    sample = test[["ID", "ImageWidth", "ImageHeight"]].assign(PredictionString="")
+    fs.write_text(fs.join(args.out, "sample_submission.csv"), sample.to_csv(index=False))
+    write_preview(args.out, images, cells)
+    skipped = sum(r["skipped"] for r in rows)
+    print(f"SynthHPA: {len(train)} train + {len(test)} test images, {len(cells)} cells "
+          f"({skipped} already complete) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Cell-level ground truth in the format SynthHPA writes and other tools read.
+
+A truth folder holds:
+- ``{ID}_cells.png``: uint16 instance mask at the image's resolution, 0 = background, cells 1..n;
+- ``cells.csv``: columns ``ID,split,cell_id,Label`` (a cell's labels joined by ``|``; a cell
+  that shows none of its image's labels is ``18``, Negative);
+- ``images.csv``: columns ``ID,split,ImageWidth,ImageHeight,Label`` (the image-level labels).
+"""
+
+from __future__ import annotations
+
+import io as _io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from hpa_tf import fs
+from hpa_tf.labels import parse_labels
+
+CELLS_CSV = "cells.csv"
+IMAGES_CSV = "images.csv"
+
+
+class TruthError(ValueError):
+    """A truth folder that is incomplete or inconsistent."""
+
+
+def mask_path(truth_dir: str, image_id: str) -> str:
+    """``truth_dir/{ID}_cells.png``."""
+    return fs.join(truth_dir, f"{image_id}_cells.png")
+
+
+def write_cell_mask(truth_dir: str, image_id: str, labels: np.ndarray) -> None:
+    """Write a uint16 instance mask as lossless PNG. ``write_cell_mask("truth", "a", lab)``"""
+    if labels.max(initial=0) > np.iinfo(np.uint16).max:
+        raise TruthError(f"image {image_id}: more than 65535 cells cannot be stored in a uint16 mask")
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buf = cv2.imencode(".png", labels.astype(np.uint16), params)
+    if not ok:
+        raise TruthError(f"image {image_id}: the mask could not be encoded as PNG")
+    fs.write_bytes(mask_path(truth_dir, image_id), buf.tobytes())
+
+
+def read_cell_mask(truth_dir: str, image_id: str) -> np.ndarray:
+    """Read ``{ID}_cells.png`` as a 2-D uint16 array. ``read_cell_mask("truth", "a")``"""
+    path = mask_path(truth_dir, image_id)
+    if not fs.exists(path):
+        raise TruthError(f"{path}: missing cell mask for image {image_id}")
+    arr = cv2.imdecode(np.frombuffer(fs.read_bytes(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 2:
+        raise TruthError(f"{path}: not a single-channel label image")
+    return arr
+
+
+@dataclass
+class Truth:
+    """The truth of one split: per image its size, labels and per-cell labels.
+
+    >>> t = Truth.load("synth/truth", split="test")  # doctest: +SKIP
+    >>> t.cell_labels["some-id"][3]  # doctest: +SKIP
+    [0, 16]
+    """
+
+    truth_dir: str
+    images: pd.DataFrame  # ID, split, ImageWidth, ImageHeight, Label, labels
+    cell_labels: dict[str, dict[int, list[int]]]
+
+    @classmethod
+    def load(cls, truth_dir: str, split: str | None = None) -> Truth:
+        """Read ``cells.csv`` and ``images.csv``; ``split`` keeps one split (``train``/``test``)."""
+        tables = {}
+        for name in (CELLS_CSV, IMAGES_CSV):
+            path = fs.join(truth_dir, name)
+            if not fs.exists(path):
+                raise TruthError(f"{path} is missing: is {truth_dir!r} a truth folder (cells.csv, images.csv, *_cells.png)?")
+            tables[name] = pd.read_csv(_io.StringIO(fs.read_text(path)), dtype={"ID": str, "Label": str})
+        cells, images = tables[CELLS_CSV], tables[IMAGES_CSV]
+        if split is not None:
+            cells, images = cells[cells["split"] == split], images[images["split"] == split]
+            if images.empty:
+                raise TruthError(f"{truth_dir}: no images of split {split!r}")
+        images = images.reset_index(drop=True).copy()
+        images["labels"] = [parse_labels(v, row=i) for i, v in zip(images["ID"], images["Label"])]
+        per_image: dict[str, dict[int, list[int]]] = {i: {} for i in images["ID"]}
+        for image_id, cid, lab in zip(cells["ID"], cells["cell_id"], cells["Label"]):
+            if image_id not in per_image:
+                raise TruthError(f"{truth_dir}/{CELLS_CSV}: cell of unknown image {image_id}")
+            per_image[image_id][int(cid)] = parse_labels(lab, row=f"{image_id} cell {cid}")
+        return cls(truth_dir, images, per_image)
+
+    def mask(self, image_id: str) -> np.ndarray:
+        """The instance mask of one image."""
+        return read_cell_mask(self.truth_dir, image_id)

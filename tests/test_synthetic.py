@@ -1,0 +1,123 @@
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_tf.io import read_image
+from hpa_tf.labels import NEGATIVE, parse_labels
+from hpa_tf.synthetic import patterns as P
+from hpa_tf.synthetic.__main__ import main
+from hpa_tf.synthetic.generator import class_probabilities, generate
+from hpa_tf.synthetic.layout import make_layout, smooth_noise
+from hpa_tf.truth import Truth
+
+
+def test_deterministic_and_consistent_truth():
+    a, b = generate(5, "train", 2, 256), generate(5, "train", 2, 256)
+    assert a.image_id == b.image_id and np.array_equal(a.image, b.image) and np.array_equal(a.cells, b.cells)
+    c = generate(5, "train", 3, 256)
+    assert c.image_id != a.image_id and not np.array_equal(c.image, a.image)
+    truth_only = generate(5, "train", 2, 256, render=False)
+    assert truth_only.image is None and np.array_equal(truth_only.cells, a.cells) and truth_only.cell_labels == a.cell_labels
+    n = len(a.cell_labels)
+    assert set(np.unique(a.cells)) == set(range(n + 1))
+    inside = a.nuclei > 0
+    assert np.array_equal(a.nuclei[inside], a.cells[inside])  # nucleus k lies in cell k
+
+
+def test_images_are_hpa_like_scenes():
+    """Over a handful of images: touching cells, border cells, heterogeneity, mitotic cells, Negative cells."""
+    touching = border = hetero = negatives = 0
+    for i in range(8):
+        img = generate(11, "train", i, 256)
+        lab = img.cells
+        horiz = (lab[:, 1:] != lab[:, :-1]) & (lab[:, 1:] > 0) & (lab[:, :-1] > 0)
+        touching += int(horiz.sum() > 0)
+        edge_ids = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))) - {0}
+        border += int(len(edge_ids) > 0)
+        kinds = {tuple(c) for c in img.cell_labels}
+        hetero += int(len(kinds) > 1)
+        negatives += sum(c == [NEGATIVE] for c in img.cell_labels)
+        union = sorted({c for cl in img.cell_labels for c in cl} - {NEGATIVE}) or [NEGATIVE]
+        assert img.labels == union
+        assert 1 <= len(img.labels) <= 3
+        assert 8 <= len(img.cell_labels) <= 120
+        # landmarks are where they belong: blue in nuclei, red and yellow in cytoplasm
+        nuc, cyt = img.nuclei > 0, (img.cells > 0) & (img.nuclei == 0)
+        px = img.image.astype(float)
+        assert px[..., 2][nuc].mean() > 3 * px[..., 2][cyt].mean()
+        assert px[..., 0][cyt].mean() > px[..., 0][nuc].mean()
+        assert px[..., 3][cyt].mean() > 2 * px[..., 3][img.cells == 0].mean()
+    assert touching == 8 and border == 8 and hetero >= 5 and negatives > 0
+
+
+def test_each_class_pattern_is_where_its_organelle_is():
+    rng = np.random.default_rng(0)
+    size, s = 512, 0.5
+    _, cells = make_layout(rng, size, n_mitotic_min=1)
+    tex = np.clip(smooth_noise(rng, (size, size), 3 * s), -2, 2) / 2
+    er = np.exp(-((smooth_noise(rng, (size, size), 9 * s) / 0.3) ** 2))
+    inner = [c for c in cells if not c.mitotic and c.y0 > 0 and c.x0 > 0 and c.y1 < size and c.x1 < size][:5]
+    mitotic = [c for c in cells if c.mitotic][0]
+    assert len(inner) == 5
+
+    def draw(cls, cell):
+        sl = cell.slices
+        args = (cell, rng, s, tex[sl], er[sl]) if cls == 6 else (cell, rng, s, tex[sl])
+        return P.GREEN_PATTERNS[cls](*args) * cell.mask
+
+    for cell in inner:
+        pics = {c: draw(c, cell) for c in P.GREEN_PATTERNS}
+        share = {c: (p * cell.nucleus).sum() / p.sum() for c, p in pics.items() if p.sum() > 0}
+        for c in (0, 2, 3, 4, 5):
+            assert share[c] > 0.9, (c, share[c])
+        for c in (6, 7, 14, 16, 17):
+            assert share[c] < 0.15, (c, share[c])
+        rim = np.abs(cell.dn - 1) < 0.15
+        assert (pics[1] * rim).sum() > 0.8 * pics[1].sum()
+        assert (pics[13] * (cell.edge < 3)).sum() > 0.8 * pics[13].sum()
+        assert pics[11].sum() == 0  # no spindle outside mitosis
+        assert 0 < (pics[12] > 0.5).sum() < 0.03 * cell.mask.sum()  # centrosome: a dot or two
+        # all 18 patterns differ from each other
+        flat = np.stack([(p - p.mean()).ravel() / (p.std() + 1e-9) for p in pics.values() if p.std() > 0])
+        corr = flat @ flat.T / flat.shape[1]
+        np.fill_diagonal(corr, 0)
+        assert corr.max() < 0.9
+    assert draw(11, mitotic).sum() > 0
+
+
+def test_label_frequencies_follow_the_competition_but_flattened():
+    p = class_probabilities()
+    assert p.argmax() == 0 and p.argmin() == 11  # Nucleoplasm most, Mitotic spindle least
+    assert p[0] / p[11] < 8  # 8797 / 78 = 113 in the real data
+
+
+def test_cli_writes_hpa_format_and_resumes(synth_dir, capsys):
+    train = pd.read_csv(synth_dir / "train.csv")
+    assert list(train.columns) == ["ID", "Label"] and len(train) == 4
+    sample = pd.read_csv(synth_dir / "sample_submission.csv")
+    assert list(sample.columns) == ["ID", "ImageWidth", "ImageHeight", "PredictionString"] and len(sample) == 4
+    cells = pd.read_csv(synth_dir / "truth" / "cells.csv", dtype={"Label": str})
+    assert list(cells.columns) == ["ID", "split", "cell_id", "Label"]
+    for label in cells["Label"]:
+        parse_labels(label)
+    truth = Truth.load(str(synth_dir / "truth"), "test")
+    for image_id in truth.images["ID"]:
+        img = read_image(str(synth_dir / "test"), image_id)
+        mask = truth.mask(image_id)
+        assert img.shape == (256, 256, 4) and mask.dtype == np.uint16
+        assert set(np.unique(mask)) - {0} == set(truth.cell_labels[image_id])
+    preview = cv2.imread(str(synth_dir / "preview.png"))
+    assert preview is not None and preview.shape[0] == 768
+
+    before = (synth_dir / "truth" / "cells.csv").read_text()
+    assert main(["--out", str(synth_dir), "--n-train", "4", "--n-test", "4", "--size", "256", "--seed", "3"]) == 0
+    assert "8 already complete" in capsys.readouterr().out
+    assert (synth_dir / "truth" / "cells.csv").read_text() == before
+    assert main(["--out", str(synth_dir), "--n-train", "4", "--n-test", "4", "--size", "256", "--seed", "4"]) == 2
+
+
+def test_mixed_sizes(tmp_path):
+    assert main(["--out", str(tmp_path), "--n-train", "0", "--n-test", "6", "--size", "128,192", "--seed", "1"]) == 0
+    sizes = set(pd.read_csv(tmp_path / "truth" / "images.csv")["ImageWidth"])
+    assert sizes == {128, 192}
