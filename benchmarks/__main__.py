@@ -19,6 +19,7 @@ BENCHES = {
     "synthetic": "benchmarks.bench_synthetic",
     "metrics": "benchmarks.bench_metrics",
     "rle": "benchmarks.bench_rle",
+    "baselines": "benchmarks.bench_baselines",
 }
 
 

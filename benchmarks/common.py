@@ -35,3 +35,18 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def write_truth(folder: str, images: list) -> "Truth":
+    """Write SynthImages' masks into ``folder`` and return their :class:`hpa_tf.truth.Truth` (split ``test``)."""
+    import pandas as pd
+
+    from hpa_tf.truth import Truth, write_cell_mask
+
+    rows, cells = [], {}
+    for img in images:
+        write_cell_mask(folder, img.image_id, img.cells)
+        h, w = img.cells.shape
+        rows.append({"ID": img.image_id, "split": "test", "ImageWidth": w, "ImageHeight": h, "labels": img.labels})
+        cells[img.image_id] = {k: labs for k, labs in enumerate(img.cell_labels, start=1)}
+    return Truth(folder, pd.DataFrame(rows), cells)

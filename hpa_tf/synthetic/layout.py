@@ -126,8 +126,8 @@ def make_layout(
 
     ``n_mitotic_min`` forces at least that many rounded dividing cells.
     """
-    r_mean = size * rng.uniform(0.06, 0.085)
-    coverage = rng.uniform(0.35, 0.8)  # confluence: sparse colonies to a packed field
+    r_mean = size * rng.uniform(0.065, 0.105)
+    coverage = rng.uniform(0.3, 0.8)  # confluence: sparse colonies to a packed field
     n_target = int(coverage * (1.2 * size) ** 2 / (np.pi * r_mean**2))
     centres = _place_centres(rng, size, r_mean, n_target)
     n = len(centres)
