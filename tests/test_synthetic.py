@@ -58,7 +58,7 @@ def test_each_class_pattern_is_where_its_organelle_is():
     tex = np.clip(smooth_noise(rng, (size, size), 3 * s), -2, 2) / 2
     er = np.exp(-((smooth_noise(rng, (size, size), 9 * s) / 0.3) ** 2))
     inner = [c for c in cells if not c.mitotic and c.y0 > 0 and c.x0 > 0 and c.y1 < size and c.x1 < size][:5]
-    mitotic = [c for c in cells if c.mitotic][0]
+    mitotic = [c for c in cells if c.spindle_visible][0]
     assert len(inner) == 5
 
     def draw(cls, cell):

@@ -63,15 +63,28 @@ def sample_image_labels(rng: np.random.Generator) -> list[int]:
     return sorted(int(c) for c in rng.choice(NEGATIVE, size=k, replace=False, p=class_probabilities()))
 
 
+NUCLEAR_CLASSES = frozenset(range(6))  # Nucleoplasm .. Nuclear bodies
+
+
+def can_show(cell: Cell, label: int) -> bool:
+    """Whether a cell can display a class: a nuclear pattern needs a visible nucleus, a
+    cytoplasmic one visible cytoplasm, the spindle a dividing cell inside the image. A cell
+    that cannot show a class never gets it, so every truth label is visible in the pixels."""
+    if label == MITOTIC_SPINDLE:
+        return cell.spindle_visible
+    if label in NUCLEAR_CLASSES:
+        return cell.nucleus.sum() >= 0.2 * np.pi * cell.nucleus_radius**2 / (5.0 if cell.mitotic else 1.5)
+    return cell.cytoplasm.sum() >= 0.2 * cell.mask.sum()
+
+
 def assign_cell_labels(rng: np.random.Generator, labels: list[int], cells: list[Cell]) -> list[list[int]]:
     """Which cells express which image labels (heterogeneity); cells with none are Negative."""
     n = len(cells)
     expressed = [[] for _ in range(n)]
     if labels == [NEGATIVE] or n == 0:
         return [[NEGATIVE] for _ in range(n)]
-    mitotic = np.array([c.mitotic for c in cells])
     for lab in labels:
-        eligible = mitotic if lab == MITOTIC_SPINDLE else np.ones(n, bool)
+        eligible = np.array([can_show(c, lab) for c in cells])
         if not eligible.any():
             continue
         p = 0.9 if lab == MITOTIC_SPINDLE else rng.uniform(0.3, 1.0)

@@ -39,6 +39,13 @@ class Cell:
     def slices(self) -> tuple[slice, slice]:
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
+    @property
+    def spindle_visible(self) -> bool:
+        """A dividing cell whose chromosome plate lies inside the image (its spindle can be seen)."""
+        y, x = (int(round(v)) for v in self.nucleus_center)
+        h, w = self.mask.shape
+        return self.mitotic and 0 <= y < h and 0 <= x < w and bool(self.mask[y, x])
+
     @cached_property
     def cytoplasm(self) -> np.ndarray:
         return self.mask & ~self.nucleus
@@ -132,10 +139,12 @@ def make_layout(
     centres = _place_centres(rng, size, r_mean, n_target)
     n = len(centres)
     mitotic = rng.random(n) < 0.04
-    if n_mitotic_min and mitotic.sum() < n_mitotic_min:
-        inside = np.flatnonzero((centres.min(1) > 0.1 * size) & (centres.max(1) < 0.9 * size))
-        pool = inside if inside.size >= n_mitotic_min else np.arange(n)
-        mitotic[rng.choice(pool, size=min(n_mitotic_min, pool.size), replace=False)] = True
+    inner = (centres.min(1) > 0.1 * size) & (centres.max(1) < 0.9 * size)
+    missing = n_mitotic_min - int((mitotic & inner).sum())
+    if missing > 0:  # dividing cells away from the border, where their spindle is visible
+        pool = np.flatnonzero(inner & ~mitotic)
+        pool = pool if pool.size >= missing else np.flatnonzero(~mitotic)
+        mitotic[rng.choice(pool, size=min(missing, pool.size), replace=False)] = True
     # Shapes overlap their neighbours'; the weighted Voronoi split makes them touch.
     radius = 1.3 * r_mean * rng.lognormal(0.0, 0.18, n)
     radius[mitotic] *= 0.6
