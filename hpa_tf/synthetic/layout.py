@@ -209,9 +209,10 @@ def _make_cell(
     n_angle = angle + rng.normal(0, 0.3)
     dn = _shape_distance(0, 0, h, w, ncy, ncx, rn, n_aspect, n_angle, n_harm, rng.uniform(0, 2 * np.pi, 4))
     nucleus = (dn < 1.0) & mask
-    # A nucleus mostly outside the image still makes a valid (border) cell; one squeezed to
-    # nothing by a neighbour does not look like a cell.
-    if not mitotic and nucleus.sum() < 0.15 * np.pi * rn * rn / n_aspect and 0 < y0 and 0 < x0:
+    # Every cell shows a nucleus, as in the competition's truth (made by a nucleus-seeded
+    # segmentation): a border cell whose nucleus is outside the image, or a cell whose nucleus
+    # a neighbour squeezed to a sliver, is not a cell there either.
+    if nucleus.sum() < 0.15 * np.pi * rn * rn / n_aspect:
         return None
     edge = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1]
     # The centrosome sits in the cytoplasm just outside the nucleus: the cytoplasm pixel
