@@ -20,6 +20,7 @@ BENCHES = {
     "metrics": "benchmarks.bench_metrics",
     "rle": "benchmarks.bench_rle",
     "baselines": "benchmarks.bench_baselines",
+    "segmentation": "benchmarks.bench_segmentation",
 }
 
 

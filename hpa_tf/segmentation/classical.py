@@ -55,6 +55,7 @@ class ClassicalConfig:
     foreground_scale: float = 0.75  # times Otsu's threshold on the cytoplasm signal
     ridge_weight: float = 1.5
     ridge_width_div: float = 100.0  # background scale of the ridge filter: image side / this
+    smooth_div: float = 500.0  # smoothing of the cytoplasm signal: image side / this
 
 
 @dataclass
@@ -147,7 +148,7 @@ class ClassicalSegmenter:
 
     def _cells(self, planes: dict[str, np.ndarray], nuclei: np.ndarray, side: int) -> np.ndarray:
         cfg = self.config
-        sigma = side / 500
+        sigma = side / cfg.smooth_div
         cyto = np.zeros_like(planes["red"])
         for name in ("red", "yellow"):
             level = max(float(np.percentile(planes[name], 99.5)), cfg.min_channel_level)

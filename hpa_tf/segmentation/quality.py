@@ -34,7 +34,7 @@ def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
     >>> t = np.array([[1, 1], [0, 2]]); p = np.array([[1, 0], [0, 1]])
     >>> iou_matrix(t, p)[1, 1], iou_matrix(t, p)[2, 1]
-    (np.float64(0.3333333333333333), np.float64(0.3333333333333333))
+    (np.float64(0.3333333333333333), np.float64(0.5))
     """
     if truth.shape != pred.shape:
         raise ValueError(f"label images differ in shape: {truth.shape} vs {pred.shape}")

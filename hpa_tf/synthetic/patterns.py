@@ -40,7 +40,11 @@ def _dots(canvas: np.ndarray, pts: np.ndarray, radii: np.ndarray, values: np.nda
     return canvas
 
 
-def _lines(canvas: np.ndarray, paths: np.ndarray | list[np.ndarray], thickness: int, values: np.ndarray) -> np.ndarray:
+def _lines(canvas: np.ndarray, paths: np.ndarray | list[np.ndarray], width: float, values: np.ndarray) -> np.ndarray:
+    """Draw polylines ``width`` px wide; a stroke under 1 px is drawn 1 px wide and dimmer, so a
+    filament keeps its physical width (and look) at every image size."""
+    thickness = max(1, int(round(width)))
+    values = np.asarray(values) * min(width, 1.0)
     for path, v in zip(paths, _levels(values)):
         pts = np.round(np.asarray(path)[:, ::-1] * _ONE).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(canvas, [pts], False, v, thickness, cv2.LINE_AA, _SHIFT)
@@ -169,7 +173,7 @@ def intermediate_filaments(cell: Cell, rng: Rng, s: float, tex: np.ndarray) -> n
     n = int(rng.integers(14, 26))
     starts = _points_in(rng, cell.cytoplasm, n, _near_nucleus(cell, 0.5))
     paths = _walks(rng, starts, rng.uniform(0, 2 * np.pi, len(starts)), 30, 0.12 * cell.radius, 0.25)
-    canvas = _lines(_canvas(cell), paths, max(1, int(round(1.2 * s))), rng.uniform(0.6, 1.0, n))
+    canvas = _lines(_canvas(cell), paths, 1.2 * s, rng.uniform(0.6, 1.0, n))
     return _as_float(canvas, 0.7 * s)
 
 
@@ -182,14 +186,14 @@ def actin_filaments(cell: Cell, rng: Rng, s: float, tex: np.ndarray) -> np.ndarr
     n = int(rng.integers(8, 16))
     offs = rng.uniform(-0.5, 0.5, n) * max(h, w)
     paths = [np.stack([c + o * nrm - d * max(h, w), c + o * nrm + d * max(h, w)]) for o in offs]
-    fibres = _as_float(_lines(_canvas(cell), paths, max(1, int(round(1.5 * s))), rng.uniform(0.5, 1.0, n)), 0.6 * s)
+    fibres = _as_float(_lines(_canvas(cell), paths, 1.5 * s, rng.uniform(0.5, 1.0, n)), 0.6 * s)
     cortex = np.exp(-cell.edge / (2.5 * s)) * cell.mask
     return np.maximum(fibres, 0.9 * cortex)
 
 
 def microtubules(cell: Cell, rng: Rng, s: float, tex: np.ndarray) -> np.ndarray:
     paths = _radial_filaments(cell, rng, s, int(rng.integers(25, 45)))
-    canvas = _lines(_canvas(cell), paths, max(1, int(round(1.0 * s))), rng.uniform(0.5, 1.0, len(paths)))
+    canvas = _lines(_canvas(cell), paths, 1.0 * s, rng.uniform(0.5, 1.0, len(paths)))
     return _as_float(canvas, 0.6 * s) + 0.1 * cell.cytoplasm
 
 
@@ -197,7 +201,7 @@ def mitotic_spindle(cell: Cell, rng: Rng, s: float, tex: np.ndarray) -> np.ndarr
     if not cell.mitotic:
         return np.zeros(cell.mask.shape, np.float32)
     paths, poles = _spindle(cell, rng, s)
-    canvas = _lines(_canvas(cell), paths, max(1, int(round(1.5 * s))), np.full(len(paths), 0.8))
+    canvas = _lines(_canvas(cell), paths, 1.5 * s, np.full(len(paths), 0.8))
     _dots(canvas, poles, np.full(2, 3.0 * s), np.ones(2))
     return _as_float(canvas, 1.0 * s)
 
@@ -219,7 +223,7 @@ def mitochondria(cell: Cell, rng: Rng, s: float, tex: np.ndarray) -> np.ndarray:
     half = rng.uniform(2.5, 6.0, len(pts)) * s
     d = np.stack([np.sin(ang), np.cos(ang)], 1) * half[:, None]
     paths = [np.stack([p - v, p + v]) for p, v in zip(pts, d)]
-    canvas = _lines(_canvas(cell), paths, max(1, int(round(1.8 * s))), rng.uniform(0.5, 1.0, len(paths)))
+    canvas = _lines(_canvas(cell), paths, 1.8 * s, rng.uniform(0.5, 1.0, len(paths)))
     return _as_float(canvas, 0.7 * s)
 
 
@@ -264,7 +268,7 @@ def red_microtubules(cell: Cell, rng: Rng, s: float, tex: np.ndarray) -> np.ndar
     if cell.mitotic:
         return 0.7 * mitotic_spindle(cell, rng, s, tex) + 0.35 * cell.mask
     paths = _radial_filaments(cell, rng, s, int(rng.integers(30, 55)))
-    canvas = _lines(_canvas(cell), paths, max(1, int(round(1.0 * s))), rng.uniform(0.3, 0.8, len(paths)))
+    canvas = _lines(_canvas(cell), paths, 1.0 * s, rng.uniform(0.3, 0.8, len(paths)))
     cortex = np.exp(-cell.edge / (3.0 * s))
     return (_as_float(canvas, 0.8 * s) + 0.22 + 0.35 * cortex) * cell.mask * (1.0 - 0.6 * cell.nucleus)
 

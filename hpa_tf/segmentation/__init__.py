@@ -1,0 +1,44 @@
+"""Cell segmentation: nuclei and cell instance masks for 4-channel HPA images.
+
+Backends by name: ``classical`` (built in, default), ``hpacellseg`` (the official tool, when
+installed), ``precomputed:DIR`` (masks saved earlier).
+
+>>> seg = get_segmenter("classical")
+>>> seg.segment([np.zeros((64, 64, 4), np.uint8)])[0].n_cells
+0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hpa_tf.segmentation.base import Segmentation, Segmenter, border_cells, empty_segmentation
+from hpa_tf.segmentation.classical import ClassicalConfig, ClassicalSegmenter
+from hpa_tf.segmentation.hpacellseg import HPACellSegSegmenter
+from hpa_tf.segmentation.precomputed import PrecomputedSegmenter, read_masks, write_masks
+
+BACKENDS = ("classical", "hpacellseg", "precomputed:DIR")
+
+
+def get_segmenter(spec: str, **options: Any) -> Segmenter:
+    """A segmenter from its name: ``classical``, ``hpacellseg`` or ``precomputed:DIR``.
+
+    ``options`` go to the backend (``ClassicalConfig`` fields for ``classical``; ``nuclei_model``,
+    ``cell_model``, ``device``... for ``hpacellseg``).
+    """
+    if spec == "classical":
+        return ClassicalSegmenter(ClassicalConfig(**options))
+    if spec == "hpacellseg":
+        return HPACellSegSegmenter(**options)
+    if spec.startswith("precomputed:") and len(spec) > len("precomputed:"):
+        return PrecomputedSegmenter(spec.split(":", 1)[1])
+    raise ValueError(f"unknown segmenter {spec!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = [
+    "BACKENDS", "ClassicalConfig", "ClassicalSegmenter", "HPACellSegSegmenter", "PrecomputedSegmenter",
+    "Segmentation", "Segmenter", "border_cells", "empty_segmentation", "get_segmenter", "read_masks",
+    "write_masks",
+]

@@ -1,0 +1,88 @@
+"""Masks segmented once and saved: ``{ID}_cellmask.png`` (+ ``{ID}_nucleimask.png``) or ``{ID}.npz``.
+
+The PNG names are those of the HPA Cell Atlas and of ``python -m hpa_tf.segmentation``; an
+``.npz`` holds arrays ``cells`` and optionally ``nuclei``.
+"""
+
+from __future__ import annotations
+
+import io as _io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from hpa_tf import fs
+from hpa_tf.segmentation.base import Segmentation
+
+
+class MaskNotFoundError(FileNotFoundError):
+    """No precomputed mask for an image."""
+
+
+def cell_mask_path(folder: str, image_id: str) -> str:
+    return fs.join(folder, f"{image_id}_cellmask.png")
+
+
+def nuclei_mask_path(folder: str, image_id: str) -> str:
+    return fs.join(folder, f"{image_id}_nucleimask.png")
+
+
+def _png_labels(path: str) -> np.ndarray:
+    arr = cv2.imdecode(np.frombuffer(fs.read_bytes(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.ndim != 2:
+        raise ValueError(f"{path}: not a single-channel label image")
+    return arr.astype(np.uint16)
+
+
+def read_masks(folder: str, image_id: str) -> Segmentation:
+    """Read one image's saved masks. ``read_masks("masks", "abc").cells``"""
+    png = cell_mask_path(folder, image_id)
+    if fs.exists(png):
+        cells = _png_labels(png)
+        nuc_path = nuclei_mask_path(folder, image_id)
+        nuclei = _png_labels(nuc_path) if fs.exists(nuc_path) else np.zeros_like(cells)
+        return Segmentation(nuclei, cells)
+    npz = fs.join(folder, f"{image_id}.npz")
+    if fs.exists(npz):
+        with np.load(_io.BytesIO(fs.read_bytes(npz))) as data:
+            if "cells" not in data:
+                raise ValueError(f"{npz}: no array named 'cells' (found {sorted(data.files)})")
+            cells = data["cells"].astype(np.uint16)
+            nuclei = data["nuclei"].astype(np.uint16) if "nuclei" in data else np.zeros_like(cells)
+        return Segmentation(nuclei, cells)
+    raise MaskNotFoundError(
+        f"image {image_id}: no precomputed mask in {folder} (looked for {image_id}_cellmask.png and "
+        f"{image_id}.npz); segment it first with `python -m hpa_tf.segmentation --data ... --out {folder}`"
+    )
+
+
+def write_masks(folder: str, image_id: str, seg: Segmentation) -> None:
+    """Write ``{ID}_nucleimask.png`` then ``{ID}_cellmask.png`` (the cell mask last marks completion)."""
+    for path, arr in ((nuclei_mask_path(folder, image_id), seg.nuclei), (cell_mask_path(folder, image_id), seg.cells)):
+        ok, buf = cv2.imencode(".png", arr.astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise ValueError(f"{path}: could not encode the mask")
+        fs.write_bytes(path, buf.tobytes())
+
+
+@dataclass
+class PrecomputedSegmenter:
+    """Reads masks from ``folder``; a mask whose size differs from its image is an error."""
+
+    folder: str
+    name: str = "precomputed"
+
+    def segment(self, images: Sequence[np.ndarray], image_ids: Sequence[str] | None = None) -> list[Segmentation]:
+        if image_ids is None or len(image_ids) != len(images):
+            raise ValueError("the precomputed backend needs the image IDs to find their masks")
+        out = []
+        for img, image_id in zip(images, image_ids):
+            seg = read_masks(self.folder, image_id)
+            if seg.cells.shape != img.shape[:2]:
+                raise ValueError(
+                    f"image {image_id}: mask in {self.folder} is {seg.cells.shape}, image is {img.shape[:2]}"
+                )
+            out.append(seg)
+        return out

@@ -1,0 +1,161 @@
+import sys
+import types
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_tf.io import read_image
+from hpa_tf.segmentation import (
+    HPACellSegSegmenter, Segmentation, border_cells, get_segmenter, read_masks, write_masks,
+)
+from hpa_tf.segmentation.__main__ import main
+from hpa_tf.segmentation.precomputed import MaskNotFoundError
+from hpa_tf.segmentation.quality import MatchQuality, match_quality
+from hpa_tf.synthetic.generator import generate
+
+from conftest import SAMPLE_2048, SAMPLE_512, SAMPLE_512_ID
+
+
+def test_classical_finds_synthhpa_cells_at_iou_06():
+    seg = get_segmenter("classical")
+    cells, nuclei = MatchQuality(0, 0, 0), MatchQuality(0, 0, 0)
+    for i in range(4):
+        img = generate(0, "test", i, 512)
+        out = seg.segment([img.image])[0]
+        assert out.cells.shape == (512, 512) and out.cells.dtype == np.uint16
+        inside = out.nuclei > 0
+        assert np.array_equal(out.nuclei[inside], out.cells[inside])  # nucleus k lies in cell k
+        cells = cells + match_quality(img.cells, out.cells)
+        nuclei = nuclei + match_quality(img.nuclei, out.nuclei)
+    assert cells.n_true > 80
+    assert cells.recall > 0.9 and cells.precision > 0.9, cells
+    assert nuclei.recall > 0.95 and nuclei.precision > 0.95, nuclei
+
+
+def test_classical_on_the_real_sample_splits_nuclei_and_keeps_cells_whole():
+    img = read_image(str(SAMPLE_512), SAMPLE_512_ID)
+    out = get_segmenter("classical").segment([img])[0]
+    # The field holds about 35 cells (README of the samples); each has its nucleus inside.
+    assert 28 <= out.n_cells <= 45
+    assert set(np.unique(out.nuclei)) == set(np.unique(out.cells))
+    blue = img[..., 2] > 60
+    assert (out.cells[blue] > 0).mean() > 0.95  # nuclear pixels belong to cells
+    areas = np.bincount(out.cells.ravel())[1:]
+    nuc_areas = np.bincount(out.nuclei.ravel(), minlength=areas.size + 1)[1:]
+    assert (areas > nuc_areas).mean() > 0.9  # cells are bigger than their nuclei
+    assert len(border_cells(out.cells)) >= 3
+
+
+def test_the_same_cells_at_any_resolution():
+    img = generate(4, "test", 0, 1024)
+    big = get_segmenter("classical").segment([img.image])[0]
+    small_img = cv2.resize(img.image, (512, 512), interpolation=cv2.INTER_AREA)
+    small = get_segmenter("classical").segment([small_img])[0]
+    up = cv2.resize(small.cells, (1024, 1024), interpolation=cv2.INTER_NEAREST)
+    q = match_quality(big.cells, up)
+    assert q.recall > 0.9 and abs(big.n_cells - small.n_cells) <= 2
+
+
+@pytest.mark.parametrize("case", ["black", "saturated_blue", "one_pixel_wide", "nan_float", "no_cells_noise", "blue_only"])
+def test_bad_inputs_give_empty_masks_or_cells_never_a_crash(case):
+    rng = np.random.default_rng(0)
+    if case == "black":
+        img = np.zeros((256, 256, 4), np.uint8)
+    elif case == "saturated_blue":
+        img = rng.integers(0, 30, (256, 256, 4)).astype(np.uint8)
+        img[..., 2] = 255
+    elif case == "one_pixel_wide":
+        img = rng.integers(0, 255, (300, 1, 4)).astype(np.uint8)
+    elif case == "nan_float":
+        img = generate(1, "test", 0, 256).image.astype(np.float32) / 255
+        img[10:20, 10:20, 2] = np.nan
+    elif case == "no_cells_noise":
+        img = rng.integers(0, 6, (256, 256, 4)).astype(np.uint8)
+    else:
+        img = generate(1, "test", 0, 256).image
+        img[..., [0, 1, 3]] = 0  # nuclei but no cytoplasm: cells shrink to their nuclei
+    out = get_segmenter("classical").segment([img])[0]
+    assert out.cells.shape == img.shape[:2]
+    if case in ("black", "saturated_blue", "one_pixel_wide", "no_cells_noise"):
+        assert out.n_cells == 0
+    else:
+        assert out.n_cells > 5
+
+
+def test_precomputed_reads_png_and_npz_and_the_official_masks(tmp_path):
+    lab = np.zeros((32, 48), np.uint16)
+    lab[2:10, 3:20], lab[12:30, 20:40] = 1, 2
+    write_masks(str(tmp_path), "a", Segmentation(lab // 2, lab))
+    np.savez(tmp_path / "b.npz", cells=lab)
+    seg = get_segmenter(f"precomputed:{tmp_path}")
+    img = np.zeros((32, 48, 4), np.uint8)
+    got = seg.segment([img, img], ["a", "b"])
+    assert np.array_equal(got[0].cells, lab) and np.array_equal(got[1].cells, lab)
+    with pytest.raises(MaskNotFoundError, match="python -m hpa_tf.segmentation"):
+        seg.segment([img], ["zzz"])
+    with pytest.raises(ValueError, match="is \\(32, 48\\), image is \\(10, 10\\)"):
+        seg.segment([np.zeros((10, 10, 4), np.uint8)], ["a"])
+    official = read_masks(str(SAMPLE_2048), "1000_A12_2")  # masks from the HPA tool itself
+    assert official.cells.shape == (2048, 2048) and official.n_cells == 21 and official.nuclei.max() == 21
+
+
+def test_hpacellseg_adapter_batches_pads_1728_and_explains_its_install(monkeypatch):
+    with pytest.raises(ImportError, match="pip install https://github.com/CellProfiling/HPA-Cell-Segmentation"):
+        HPACellSegSegmenter().segment([np.zeros((64, 64, 4), np.uint8)])
+
+    calls = []
+
+    class FakeSegmentator:
+        def __init__(self, nuc, cell, scale_factor, device, padding, multi_channel_model):
+            calls.append(("init", padding, device))
+
+        def pred_nuclei(self, blue):
+            calls.append(("nuclei", len(blue)))
+            return [b > 100 for b in blue]
+
+        def pred_cells(self, channels):
+            red, yellow, blue = channels
+            calls.append(("cells", len(red)))
+            return [r > 0 for r in red]
+
+    def label_cell(nuc, cell):
+        return nuc.astype(np.uint16), cell.astype(np.uint16)
+
+    pkg = types.ModuleType("hpacellseg")
+    pkg.cellsegmentator = types.SimpleNamespace(CellSegmentator=FakeSegmentator)
+    pkg.utils = types.SimpleNamespace(label_cell=label_cell)
+    monkeypatch.setitem(sys.modules, "hpacellseg", pkg)
+    monkeypatch.setitem(sys.modules, "hpacellseg.cellsegmentator", pkg.cellsegmentator)
+    monkeypatch.setitem(sys.modules, "hpacellseg.utils", pkg.utils)
+    imgs = [np.full((s, s, 4), 200, np.uint8) for s in (2048, 1728, 2048, 2048)]
+    out = get_segmenter("hpacellseg", device="cpu", batch_size=2).segment(imgs)
+    assert [o.cells.shape for o in out] == [(s, s) for s in (2048, 1728, 2048, 2048)]
+    assert ("init", False, "cpu") in calls and ("init", True, "cpu") in calls  # 1728 * 0.25 = 432: padded
+    assert calls.count(("cells", 2)) == 1 and calls.count(("cells", 1)) == 2  # 3 unpadded in 2 calls, 1 padded
+
+
+def test_cli_writes_masks_overlays_resumes_and_reports_bad_images(synth_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in (synth_dir / "test").iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    ids = sorted({f.name.rsplit("_", 1)[0] for f in data.iterdir()})
+    bad = data / f"{ids[0]}_blue.png"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated
+    out = tmp_path / "masks"
+    args = ["--data", str(data), "--out", str(out), "--truth", str(synth_dir / "truth")]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "segmented 3 images" in text and "1 failed" in text and "recall" in text
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors["ID"].tolist() == [ids[0]] and "truncated" in errors["error"][0]
+    for image_id in ids[1:]:
+        assert (out / f"{image_id}_cellmask.png").exists()
+        overlay = cv2.imread(str(out / f"{image_id}_overlay.png"))
+        assert overlay is not None and overlay.shape == (256, 256, 3)
+    (data / f"{ids[0]}_blue.png").write_bytes((synth_dir / "test" / f"{ids[0]}_blue.png").read_bytes())
+    assert main(args) == 0
+    assert "segmented 1 images (3 already done), 0 failed" in capsys.readouterr().out
+    assert pd.read_csv(out / "errors.csv").empty
