@@ -17,11 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job end to end on SynthHPA: generate, read back, submit, score.
+# The main job end to end on SynthHPA: generate, segment, submit, score.
 demo: $(STAMP)
 	$(PY) -m hpa_tf.synthetic --out $(RUN)/synth --n-train 32 --n-test 32 --size 1024 --seed 0 --workers $(WORKERS)
-	$(PY) -m hpa_tf.baselines --data $(RUN)/synth --split test --kind image-labels --out $(RUN)/oracle_image_labels.csv
-	$(PY) -m hpa_tf.metrics --truth $(RUN)/synth/truth --split test --submission $(RUN)/oracle_image_labels.csv --json $(RUN)/oracle_image_labels.json
+	$(PY) -m hpa_tf.segmentation --data $(RUN)/synth/test --out $(RUN)/masks --workers $(WORKERS) --truth $(RUN)/synth/truth
+	$(PY) -m hpa_tf.baselines --data $(RUN)/synth --kind image-labels --out $(RUN)/oracle_image_labels.csv
+	$(PY) -m hpa_tf.metrics --truth $(RUN)/synth/truth --submission $(RUN)/oracle_image_labels.csv --json $(RUN)/oracle_image_labels.json
+	$(PY) -m hpa_tf.baselines --data $(RUN)/synth --kind perfect --masks $(RUN)/masks --out $(RUN)/perfect_on_predicted_masks.csv
+	$(PY) -m hpa_tf.metrics --truth $(RUN)/synth/truth --submission $(RUN)/perfect_on_predicted_masks.csv --json $(RUN)/perfect_on_predicted_masks.json
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(WORKERS) -q

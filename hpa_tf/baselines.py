@@ -5,6 +5,11 @@
   It loses exactly what single-cell heterogeneity takes away.
 - ``perfect``: every true cell gets its own labels, confidence 1 (mAP 1.0 by construction).
 
+With ``masks`` (a folder of predicted masks, ``python -m hpa_tf.segmentation``'s output) the same
+answers are painted on the predicted cells instead: ``perfect`` gives a predicted cell the labels
+of the true cell it matches at IoU >= 0.6 and leaves out cells that match none. That is the
+ceiling a segmentation leaves to any classifier.
+
 Each image is read back through :func:`hpa_tf.io.read_image` (the same path ``predict.py``
 takes), its size checked against its mask, and rows follow ``sample_submission.csv``.
 
@@ -24,6 +29,9 @@ from tqdm import tqdm
 from hpa_tf import fs
 from hpa_tf.io import read_image
 from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.metrics import IOU_THRESHOLD
+from hpa_tf.segmentation.precomputed import read_masks
+from hpa_tf.segmentation.quality import iou_matrix
 from hpa_tf.submission import ImagePrediction, write_submission
 from hpa_tf.truth import Truth, TruthError
 
@@ -37,9 +45,11 @@ def _scores(labels: list[int]) -> np.ndarray:
 
 
 def oracle_predictions(
-    truth: Truth, kind: str, data_dir: str | None = None, order: list[str] | None = None
+    truth: Truth, kind: str, data_dir: str | None = None, order: list[str] | None = None,
+    masks: str | None = None,
 ) -> list[ImagePrediction]:
-    """Submissions from the true masks; ``data_dir`` (the split's image folder) reads each image back.
+    """Submissions from the truth; ``data_dir`` (the split's image folder) reads each image back;
+    ``masks`` (a folder of predicted masks) puts the answers on predicted cells.
 
     >>> preds = oracle_predictions(Truth.load("synth/truth", "test"), "perfect")  # doctest: +SKIP
     """
@@ -55,6 +65,19 @@ def oracle_predictions(
             if img.shape[:2] != mask.shape:
                 raise TruthError(f"image {image_id}: pixels are {img.shape[:2]} but its truth mask is {mask.shape}")
         cells = truth.cell_labels[image_id]
+        if masks is not None:
+            predicted = read_masks(masks, image_id).cells
+            if predicted.shape != mask.shape:
+                raise TruthError(f"image {image_id}: predicted mask is {predicted.shape}, truth is {mask.shape}")
+            iou = iou_matrix(mask, predicted)
+            ids = [int(p) for p in np.unique(predicted) if p]
+            if kind == "perfect":
+                best = {p: int(np.argmax(iou[:, p])) for p in ids}
+                scores = {p: _scores(cells[t]) for p, t in best.items() if t in cells and iou[t, p] >= IOU_THRESHOLD}
+            else:
+                scores = {p: _scores(image_labels[image_id]) for p in ids}
+            out.append(ImagePrediction.from_label_image(image_id, predicted, scores))
+            continue
         if kind == "perfect":
             scores = {cid: _scores(labs) for cid, labs in cells.items()}
         else:
@@ -68,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="a SynthHPA folder (train/, test/, truth/, sample_submission.csv)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--kind", choices=KINDS, default="image-labels")
+    parser.add_argument("--masks", help="put the answers on these predicted masks (python -m hpa_tf.segmentation output)")
     parser.add_argument("--out", required=True, help="submission CSV to write")
     args = parser.parse_args(argv)
     truth = Truth.load(fs.join(args.data, "truth"), args.split)
@@ -75,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     sample = fs.join(args.data, "sample_submission.csv")
     if args.split == "test" and fs.exists(sample):
         order = list(pd.read_csv(_io.StringIO(fs.read_text(sample)), dtype={"ID": str})["ID"])
-    preds = oracle_predictions(truth, args.kind, fs.join(args.data, args.split), order)
+    preds = oracle_predictions(truth, args.kind, fs.join(args.data, args.split), order, args.masks)
     write_submission(args.out, preds)
     n_cells = sum(len(p.masks) for p in preds)
-    print(f"wrote {args.out}: {len(preds)} images, {n_cells} cells ({args.kind})")
+    on = f"predicted masks in {args.masks}" if args.masks else "true masks"
+    print(f"wrote {args.out}: {len(preds)} images, {n_cells} cells ({args.kind}, {on})")
     return 0
 
 

@@ -159,3 +159,12 @@ def test_cli_writes_masks_overlays_resumes_and_reports_bad_images(synth_dir, tmp
     assert main(args) == 0
     assert "segmented 1 images (3 already done), 0 failed" in capsys.readouterr().out
     assert pd.read_csv(out / "errors.csv").empty
+    # The ceiling this segmentation leaves: the perfect answer painted on the predicted cells.
+    from hpa_tf.baselines import main as baseline
+    from hpa_tf.metrics import main as metric
+
+    sub = str(tmp_path / "ceiling.csv")
+    assert baseline(["--data", str(synth_dir), "--kind", "perfect", "--masks", str(out), "--out", sub]) == 0
+    assert metric(["--truth", str(synth_dir / "truth"), "--submission", sub]) == 0
+    score = float(capsys.readouterr().out.strip().splitlines()[-1].split()[1])
+    assert 0.7 < score <= 1.0
