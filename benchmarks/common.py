@@ -7,6 +7,10 @@ import platform
 import time
 from collections.abc import Callable
 
+import pandas as pd
+
+from hpa_tf.truth import Truth, write_cell_mask
+
 
 def machine() -> dict:
     """CPU model, cores, Python and TensorFlow versions: a figure means nothing without them."""
@@ -37,12 +41,8 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
     return min(times)
 
 
-def write_truth(folder: str, images: list) -> "Truth":
+def write_truth(folder: str, images: list) -> Truth:
     """Write SynthImages' masks into ``folder`` and return their :class:`hpa_tf.truth.Truth` (split ``test``)."""
-    import pandas as pd
-
-    from hpa_tf.truth import Truth, write_cell_mask
-
     rows, cells = [], {}
     for img in images:
         write_cell_mask(folder, img.image_id, img.cells)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import io as _io
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from hpa_tf import fs
+from hpa_tf.io.masks import read_label_png, write_label_png
 from hpa_tf.labels import parse_labels
 
 CELLS_CSV = "cells.csv"
@@ -32,15 +32,14 @@ def mask_path(truth_dir: str, image_id: str) -> str:
     return fs.join(truth_dir, f"{image_id}_cells.png")
 
 
+def nuclei_path(truth_dir: str, image_id: str) -> str:
+    """``truth_dir/{ID}_nuclei.png``."""
+    return fs.join(truth_dir, f"{image_id}_nuclei.png")
+
+
 def write_cell_mask(truth_dir: str, image_id: str, labels: np.ndarray) -> None:
     """Write a uint16 instance mask as lossless PNG. ``write_cell_mask("truth", "a", lab)``"""
-    if labels.max(initial=0) > np.iinfo(np.uint16).max:
-        raise TruthError(f"image {image_id}: more than 65535 cells cannot be stored in a uint16 mask")
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
-    ok, buf = cv2.imencode(".png", labels.astype(np.uint16), params)
-    if not ok:
-        raise TruthError(f"image {image_id}: the mask could not be encoded as PNG")
-    fs.write_bytes(mask_path(truth_dir, image_id), buf.tobytes())
+    write_label_png(mask_path(truth_dir, image_id), labels)
 
 
 def read_cell_mask(truth_dir: str, image_id: str) -> np.ndarray:
@@ -48,10 +47,7 @@ def read_cell_mask(truth_dir: str, image_id: str) -> np.ndarray:
     path = mask_path(truth_dir, image_id)
     if not fs.exists(path):
         raise TruthError(f"{path}: missing cell mask for image {image_id}")
-    arr = cv2.imdecode(np.frombuffer(fs.read_bytes(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.ndim != 2:
-        raise TruthError(f"{path}: not a single-channel label image")
-    return arr
+    return read_label_png(path)
 
 
 @dataclass

@@ -1,7 +1,6 @@
 import cv2
 import numpy as np
 import pandas as pd
-import pytest
 
 from hpa_tf.io import read_image
 from hpa_tf.labels import NEGATIVE, parse_labels

@@ -11,6 +11,7 @@ from hpa_tf.io.images import (
     to_unit_float,
 )
 from hpa_tf.io.index import LabelTableError, index_dataset, read_label_table, scan_image_ids
+from hpa_tf.io.masks import read_label_png, write_label_png
 
 __all__ = [
     "CHANNELS",
@@ -21,8 +22,10 @@ __all__ = [
     "decode_channel",
     "index_dataset",
     "read_image",
+    "read_label_png",
     "read_label_table",
     "scan_image_ids",
     "to_uint8",
     "to_unit_float",
+    "write_label_png",
 ]

@@ -3,6 +3,7 @@
 Backends by name: ``classical`` (built in, default), ``hpacellseg`` (the official tool, when
 installed), ``precomputed:DIR`` (masks saved earlier).
 
+>>> import numpy as np
 >>> seg = get_segmenter("classical")
 >>> seg.segment([np.zeros((64, 64, 4), np.uint8)])[0].n_cells
 0
@@ -11,8 +12,6 @@ installed), ``precomputed:DIR`` (masks saved earlier).
 from __future__ import annotations
 
 from typing import Any
-
-import numpy as np
 
 from hpa_tf.segmentation.base import Segmentation, Segmenter, border_cells, empty_segmentation
 from hpa_tf.segmentation.classical import ClassicalConfig, ClassicalSegmenter

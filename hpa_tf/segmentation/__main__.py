@@ -22,8 +22,11 @@ from tqdm import tqdm
 
 from hpa_tf import fs
 from hpa_tf.io import read_label_table, scan_image_ids
-from hpa_tf.segmentation import BACKENDS
+from hpa_tf.io.masks import read_label_png
+from hpa_tf.segmentation import BACKENDS, read_masks
+from hpa_tf.segmentation.quality import MatchQuality, match_quality
 from hpa_tf.segmentation.runner import is_done, run_chunk
+from hpa_tf.truth import mask_path, nuclei_path, read_cell_mask
 
 
 def _chunks(ids: list[str], size: int) -> list[list[str]]:
@@ -39,23 +42,15 @@ def _run(jobs: list, workers: int) -> Iterator[list[dict]]:
 
 
 def _score(truth_dir: str, out: str, ids: list[str]) -> dict:
-    from hpa_tf.segmentation.precomputed import read_masks
-    from hpa_tf.segmentation.quality import MatchQuality, match_quality
-    from hpa_tf.truth import read_cell_mask
-
     cells, nuclei = MatchQuality(0, 0, 0), MatchQuality(0, 0, 0)
     for image_id in tqdm(ids, desc="scoring", unit="img"):
-        if not fs.exists(fs.join(truth_dir, f"{image_id}_cells.png")) or not is_done(out, image_id):
+        if not fs.exists(mask_path(truth_dir, image_id)) or not is_done(out, image_id):
             continue
         seg = read_masks(out, image_id)
         cells = cells + match_quality(read_cell_mask(truth_dir, image_id), seg.cells)
-        nuc_path = fs.join(truth_dir, f"{image_id}_nuclei.png")
+        nuc_path = nuclei_path(truth_dir, image_id)
         if fs.exists(nuc_path):
-            import cv2
-            import numpy as np
-
-            true_nuc = cv2.imdecode(np.frombuffer(fs.read_bytes(nuc_path), np.uint8), cv2.IMREAD_UNCHANGED)
-            nuclei = nuclei + match_quality(true_nuc, seg.nuclei)
+            nuclei = nuclei + match_quality(read_label_png(nuc_path), seg.nuclei)
     return {
         "cells": {"n_true": cells.n_true, "n_pred": cells.n_pred, "recall": cells.recall, "precision": cells.precision},
         "nuclei": {"n_true": nuclei.n_true, "n_pred": nuclei.n_pred, "recall": nuclei.recall, "precision": nuclei.precision},

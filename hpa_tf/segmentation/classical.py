@@ -38,6 +38,7 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from hpa_tf.io.images import to_unit_float
 from hpa_tf.segmentation.base import Segmentation, empty_segmentation
 
 
@@ -178,13 +179,8 @@ class ClassicalSegmenter:
 
 
 def _unit(plane: np.ndarray) -> np.ndarray:
-    """A channel as float32 in [0, 1] by the package's one rule (value / max of its dtype)."""
-    if plane.dtype == np.uint8:
-        return plane.astype(np.float32) * np.float32(1 / 255)
-    if plane.dtype.kind == "u":
-        return plane.astype(np.float32) / np.float32(np.iinfo(plane.dtype).max)
-    out = np.nan_to_num(plane.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(out, 0.0, 1.0)
+    """A channel in [0, 1] by the package's one rule; NaN (a broken float TIFF) counts as dark."""
+    return np.nan_to_num(to_unit_float(plane), nan=0.0)
 
 
 def _solidity(piece: np.ndarray) -> float:

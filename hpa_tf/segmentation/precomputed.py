@@ -10,10 +10,10 @@ import io as _io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from hpa_tf import fs
+from hpa_tf.io.masks import read_label_png, write_label_png
 from hpa_tf.segmentation.base import Segmentation
 
 
@@ -29,20 +29,13 @@ def nuclei_mask_path(folder: str, image_id: str) -> str:
     return fs.join(folder, f"{image_id}_nucleimask.png")
 
 
-def _png_labels(path: str) -> np.ndarray:
-    arr = cv2.imdecode(np.frombuffer(fs.read_bytes(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None or arr.ndim != 2:
-        raise ValueError(f"{path}: not a single-channel label image")
-    return arr.astype(np.uint16)
-
-
 def read_masks(folder: str, image_id: str) -> Segmentation:
     """Read one image's saved masks. ``read_masks("masks", "abc").cells``"""
     png = cell_mask_path(folder, image_id)
     if fs.exists(png):
-        cells = _png_labels(png)
+        cells = read_label_png(png)
         nuc_path = nuclei_mask_path(folder, image_id)
-        nuclei = _png_labels(nuc_path) if fs.exists(nuc_path) else np.zeros_like(cells)
+        nuclei = read_label_png(nuc_path) if fs.exists(nuc_path) else np.zeros_like(cells)
         return Segmentation(nuclei, cells)
     npz = fs.join(folder, f"{image_id}.npz")
     if fs.exists(npz):
@@ -60,11 +53,8 @@ def read_masks(folder: str, image_id: str) -> Segmentation:
 
 def write_masks(folder: str, image_id: str, seg: Segmentation) -> None:
     """Write ``{ID}_nucleimask.png`` then ``{ID}_cellmask.png`` (the cell mask last marks completion)."""
-    for path, arr in ((nuclei_mask_path(folder, image_id), seg.nuclei), (cell_mask_path(folder, image_id), seg.cells)):
-        ok, buf = cv2.imencode(".png", arr.astype(np.uint16), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:
-            raise ValueError(f"{path}: could not encode the mask")
-        fs.write_bytes(path, buf.tobytes())
+    write_label_png(nuclei_mask_path(folder, image_id), seg.nuclei)
+    write_label_png(cell_mask_path(folder, image_id), seg.cells)
 
 
 @dataclass

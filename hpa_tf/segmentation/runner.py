@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from hpa_tf import fs, viz
-from hpa_tf.io import read_image
+from hpa_tf.io import read_image, to_uint8
 from hpa_tf.segmentation import Segmentation, Segmenter, get_segmenter, write_masks
 from hpa_tf.segmentation.precomputed import cell_mask_path
 
@@ -38,10 +38,7 @@ def overlay(image: np.ndarray, seg: Segmentation, side: int = OVERLAY_SIDE) -> n
     scale = min(side / max(h, w), 1.0)
     size = (max(int(w * scale), 1), max(int(h * scale), 1))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
-    if small.dtype != np.uint8:
-        from hpa_tf.io import to_uint8
-
-        small = to_uint8(small)
+    small = to_uint8(small)
     cells = cv2.resize(seg.cells, size, interpolation=cv2.INTER_NEAREST) if scale < 1 else seg.cells
     nuclei = cv2.resize(seg.nuclei, size, interpolation=cv2.INTER_NEAREST) if scale < 1 else seg.nuclei
     out = viz.draw_cells(viz.composite(small), cells, None, 1, False)

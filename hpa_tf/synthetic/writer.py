@@ -12,7 +12,8 @@ from hpa_tf import fs
 from hpa_tf.io.images import CHANNELS
 from hpa_tf.labels import format_labels
 from hpa_tf.synthetic.generator import generate, image_id
-from hpa_tf.truth import mask_path, write_cell_mask
+from hpa_tf.io.masks import write_label_png
+from hpa_tf.truth import mask_path, nuclei_path, write_cell_mask
 
 
 # Noisy microscopy compresses little; Huffman-only with the SUB filter is twice as fast as
@@ -33,7 +34,7 @@ def _paths(out: str, split: str, image_id: str) -> list[str]:
     truth = fs.join(out, "truth")
     return [fs.join(out, split, f"{image_id}_{c}.png") for c in CHANNELS] + [
         mask_path(truth, image_id),
-        fs.join(truth, f"{image_id}_nuclei.png"),
+        nuclei_path(truth, image_id),
     ]
 
 
@@ -47,7 +48,7 @@ def make_one(job: tuple[str, int, int, str, int]) -> dict:
         paths = _paths(out, split, img.image_id)
         for k, path in enumerate(paths[:4]):
             fs.write_bytes(path, _png(img.image[..., k]))
-        fs.write_bytes(paths[5], _png(img.nuclei))
+        write_label_png(paths[5], img.nuclei)
         write_cell_mask(fs.join(out, "truth"), img.image_id, img.cells)  # last: marks completion
     h, w = img.cells.shape
     return {
