@@ -21,6 +21,7 @@ BENCHES = {
     "rle": "benchmarks.bench_rle",
     "baselines": "benchmarks.bench_baselines",
     "segmentation": "benchmarks.bench_segmentation",
+    "builder": "benchmarks.bench_builder",
 }
 
 

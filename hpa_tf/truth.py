@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from hpa_tf import fs
-from hpa_tf.io.masks import read_label_png, write_label_png
+from hpa_tf.io.png import read_label_png, write_label_png
 from hpa_tf.labels import parse_labels
 
 CELLS_CSV = "cells.csv"

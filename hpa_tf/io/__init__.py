@@ -11,7 +11,7 @@ from hpa_tf.io.images import (
     to_unit_float,
 )
 from hpa_tf.io.index import LabelTableError, index_dataset, read_label_table, scan_image_ids
-from hpa_tf.io.masks import read_label_png, write_label_png
+from hpa_tf.io.png import read_label_png, write_label_png
 
 __all__ = [
     "CHANNELS",

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hpa_tf import fs
 from hpa_tf.io import read_label_table, scan_image_ids
-from hpa_tf.io.masks import read_label_png
+from hpa_tf.io.png import read_label_png
 from hpa_tf.segmentation import BACKENDS, read_masks
 from hpa_tf.segmentation.quality import MatchQuality, match_quality
 from hpa_tf.segmentation.runner import is_done, run_chunk

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hpa_tf import fs
-from hpa_tf.io.masks import read_label_png, write_label_png
+from hpa_tf.io.png import read_label_png, write_label_png
 from hpa_tf.segmentation.base import Segmentation
 
 
@@ -29,13 +29,16 @@ def nuclei_mask_path(folder: str, image_id: str) -> str:
     return fs.join(folder, f"{image_id}_nucleimask.png")
 
 
-def read_masks(folder: str, image_id: str) -> Segmentation:
-    """Read one image's saved masks. ``read_masks("masks", "abc").cells``"""
+def read_masks(folder: str, image_id: str, with_nuclei: bool = True) -> Segmentation:
+    """Read one image's saved masks (``with_nuclei=False``: cells only, nuclei left empty).
+
+    ``read_masks("masks", "abc").cells``
+    """
     png = cell_mask_path(folder, image_id)
     if fs.exists(png):
         cells = read_label_png(png)
         nuc_path = nuclei_mask_path(folder, image_id)
-        nuclei = read_label_png(nuc_path) if fs.exists(nuc_path) else np.zeros_like(cells)
+        nuclei = read_label_png(nuc_path) if with_nuclei and fs.exists(nuc_path) else np.zeros_like(cells)
         return Segmentation(nuclei, cells)
     npz = fs.join(folder, f"{image_id}.npz")
     if fs.exists(npz):
@@ -62,6 +65,7 @@ class PrecomputedSegmenter:
     """Reads masks from ``folder``; a mask whose size differs from its image is an error."""
 
     folder: str
+    with_nuclei: bool = True
     name: str = "precomputed"
 
     def segment(self, images: Sequence[np.ndarray], image_ids: Sequence[str] | None = None) -> list[Segmentation]:
@@ -69,7 +73,7 @@ class PrecomputedSegmenter:
             raise ValueError("the precomputed backend needs the image IDs to find their masks")
         out = []
         for img, image_id in zip(images, image_ids):
-            seg = read_masks(self.folder, image_id)
+            seg = read_masks(self.folder, image_id, self.with_nuclei)
             if seg.cells.shape != img.shape[:2]:
                 raise ValueError(
                     f"image {image_id}: mask in {self.folder} is {seg.cells.shape}, image is {img.shape[:2]}"

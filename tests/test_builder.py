@@ -1,0 +1,145 @@
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from hpa_tf.data.schema import SCHEMA_VERSION, parse_cell_record, parse_image_record
+from hpa_tf.io import read_image
+from tfrecord_builder.__main__ import main
+from tfrecord_builder.build import cell_crops
+
+
+def _read(out, kind, parse, compression=""):
+    files = sorted(tf.io.gfile.glob(f"{out}/{kind}-*.tfrec"))
+    return [{k: v.numpy() for k, v in ex.items()} for ex in tf.data.TFRecordDataset(files, compression_type=compression).map(parse)]
+
+
+def _build(data, labels, out, *extra):
+    return main(["build", "--data", str(data), "--labels", str(labels), "--out", str(out), "--image-size", "64",
+                 "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2", *extra])
+
+
+@pytest.fixture(scope="module")
+def built(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("records")
+    assert _build(synth_dir / "train", synth_dir / "train.csv", out, "--workers", "2") == 0
+    return out
+
+
+def test_records_hold_what_the_schema_promises(built, synth_dir):
+    manifest = json.loads((built / "manifest.json").read_text())
+    train = pd.read_csv(synth_dir / "train.csv", dtype=str)
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["counts"]["images"] == 4
+    assert manifest["counts"]["shards"] == 4  # 0.01 MB shards: one image each
+    images = {r["id"].decode(): r for r in _read(built, "images", parse_image_record)}
+    cells = {r["id"].decode(): r for r in _read(built, "cells", parse_cell_record)}
+    assert set(images) == set(cells) == set(train["ID"])
+    for image_id, label in zip(train["ID"], train["Label"]):
+        rec, cel = images[image_id], cells[image_id]
+        want = [int(x) for x in label.split("|")]
+        assert np.flatnonzero(rec["labels"]).tolist() == want and np.array_equal(rec["labels"], cel["labels"])
+        src = read_image(str(synth_dir / "train"), image_id)
+        assert rec["image"].shape == (64, 64, 4) and rec["height"] == 256 and rec["schema_version"] == SCHEMA_VERSION
+        assert np.array_equal(rec["image"], cv2.resize(src, (64, 64), interpolation=cv2.INTER_AREA))  # lossless, RGBY
+        assert rec["mask"].dtype == np.uint16 and rec["mask"].max() <= rec["n_cells"]
+        n = int(cel["n_cells"])
+        assert n == rec["n_cells"] > 5 and len(cel["cells"]) == n and cel["bbox"].shape == (n, 4)
+        y0, x0, y1, x1 = cel["bbox"].T
+        assert np.array_equal(cel["border"], ((y0 == 0) | (x0 == 0) | (y1 == 256) | (x1 == 256)).astype(int))
+        assert (cel["area"] <= (y1 - y0) * (x1 - x0)).all() and (cel["area"] > 0).all()
+        crop = tf.io.decode_png(cel["cells"][0], channels=4).numpy()
+        assert crop.shape == (32, 32, 4)
+    for f in manifest["shards"]["images"] + manifest["shards"]["cells"]:
+        assert f["bytes"] == (built / f["file"]).stat().st_size
+    folds = pd.read_csv(built / "folds.csv")
+    assert sorted(folds["fold"].unique()) == [0, 1] and len(folds) == 4
+
+
+def test_cell_crops_zero_other_cells_and_keep_aspect():
+    img = np.full((40, 60, 4), 200, np.uint8)
+    cells = np.zeros((40, 60), np.uint16)
+    cells[5:35, 10:20] = 1  # tall: 30 x 10
+    cells[5:35, 20:30] = 2  # its neighbour
+    crops, bbox, area, border, index = cell_crops(img, cells, 30)
+    assert bbox.tolist() == [[5, 10, 35, 20], [5, 20, 35, 30]] and area.tolist() == [300, 300] and index.tolist() == [1, 2]
+    c = crops[0]
+    assert (c[:, :10] == 0).all() and (c[:, -10:] == 0).all() and (c[:, 11:19] == 200).all()  # padded, not stretched
+    img2 = img.copy()
+    cells[5:35, 15] = 2  # a neighbour's pixels inside cell 1's box are zeroed
+    crops, *_ = cell_crops(img2, cells, 30)
+    assert (crops[0][:, 15] == 0).all()
+
+
+def test_rerun_skips_complete_shards_and_rebuilds_broken_ones(built, synth_dir, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.tfrec")}
+    (out / "_meta" / "shard-00002.json").unlink()  # killed while writing shard 2
+    (out / "cells-00002-of-00004.tfrec").unlink()
+    (out / "images-00002-of-00004.tfrec.tmp-1-abc").write_bytes(b"half")
+    assert _build(synth_dir / "train", synth_dir / "train.csv", out) == 0
+    assert "4 images in 4 shards; 3 already complete" in capsys.readouterr().out
+    after = {p.name: p.read_bytes() for p in out.glob("*.tfrec")}
+    assert after == before  # shard 2 rebuilt byte for byte, the others untouched
+
+
+def test_other_config_needs_overwrite(built, synth_dir, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(built, out)
+    with pytest.raises(SystemExit, match="another config"):
+        main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
+              "--image-size", "96", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2"])
+    assert main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
+                 "--image-size", "96", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2", "--overwrite"]) == 0
+    assert _read(out, "images", parse_image_record)[0]["image"].shape == (96, 96, 4)
+
+
+def test_bad_images_go_to_errors_csv(synth_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir / "train", data)
+    train = pd.read_csv(synth_dir / "train.csv", dtype=str)
+    broken = train["ID"][1]
+    (data / f"{broken}_red.png").write_bytes(b"")
+    black = "all-black"
+    for c in ("red", "green", "blue", "yellow"):
+        cv2.imwrite(str(data / f"{black}_{c}.png"), np.zeros((256, 256), np.uint8))
+    labels = tmp_path / "train.csv"
+    pd.concat([train, pd.DataFrame({"ID": [black, "missing-one"], "Label": ["0", "1"]})]).to_csv(labels, index=False)
+    assert _build(data, labels, tmp_path / "out") == 0
+    errors = pd.read_csv(tmp_path / "out" / "errors.csv").set_index("ID")["error"]
+    assert "empty" in errors[broken] and "no cells" in errors[black] and "no red channel" in errors["missing-one"]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["counts"]["images"] == 3
+
+
+def test_builder_and_readers_on_tf_ram_filesystem(synth_dir):
+    src, out = "ram://builder_src", "ram://builder_out"
+    for f in (synth_dir / "train").iterdir():
+        with tf.io.gfile.GFile(f"{src}/{f.name}", "wb") as g:
+            g.write(f.read_bytes())
+    with tf.io.gfile.GFile(f"{src}/train.csv", "wb") as g:
+        g.write((synth_dir / "train.csv").read_bytes())
+    assert _build(src, f"{src}/train.csv", out, "--compression", "gzip") == 0  # one process: ram:// is per process
+    assert len(_read(out, "images", parse_image_record, "GZIP")) == 4
+    assert len(_read(out, "cells", parse_cell_record, "GZIP")) == 4
+    assert tf.io.gfile.exists(f"{out}/manifest.json")
+
+
+def test_beam_direct_runner_writes_the_same_records(built, synth_dir, tmp_path):
+    out = tmp_path / "beam"
+    assert _build(synth_dir / "train", synth_dir / "train.csv", out, "--runner", "beam",
+                  "--beam-options=--runner=DirectRunner --direct_num_workers=1") == 0
+    local = json.loads((built / "manifest.json").read_text())["shards"]
+    beam = json.loads((out / "manifest.json").read_text())["shards"]
+    assert local == beam  # same files, same sha256
+
+
+def test_inspect_prints_and_draws(built, capsys):
+    assert main(["inspect", str(built), "--n", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "4 images" in text and "folds:" in text
+    sheet = cv2.imread(str(built / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[0] == 2 * 256

@@ -1,0 +1,150 @@
+"""The per-image work of the builder: one pure function from an image ID to its two records.
+
+``build_example(config, job)`` reads the image, segments it (or reads its masks), resizes the
+image and mask, crops every cell, and serialises an image record and a cell record with
+:mod:`hpa_tf.data.schema`. It never raises for a bad image: the result carries the error. The
+local runner and the Beam runner both call it, so both produce the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+from hpa_tf.data import schema
+from hpa_tf.io import read_image
+from hpa_tf.labels import to_multi_hot
+from hpa_tf.rle import label_boxes
+from hpa_tf.segmentation import PrecomputedSegmenter, Segmenter, get_segmenter
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that decides the records' bytes (saved in the manifest)."""
+
+    data: str
+    segmenter: str = "classical"
+    image_size: int = 512
+    cell_size: int = 128
+    shard_mb: float = 150.0
+    compression: str = ""  # "" or "GZIP"
+    folds: int = 5
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    image_id: str
+    labels: tuple[int, ...]
+    fold: int
+
+
+@dataclass
+class Built:
+    """The records of one image, or why there are none."""
+
+    image_id: str
+    labels: tuple[int, ...]
+    image_record: bytes = b""
+    cell_record: bytes = b""
+    n_cells: int = 0
+    error: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def cell_crops(image: np.ndarray, cells: np.ndarray, size: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every cell as a ``size`` x ``size`` crop of its bounding box, other cells' pixels zeroed,
+    padded to a square around its centre (aspect kept) before resizing.
+
+    Crops are cut from the image shrunk by the largest whole factor that keeps the median cell
+    at least 1.5 x ``size`` across: the same pixels reach the crop, at a fraction of the cost.
+    Returns ``(crops, bbox (n x 4: y0, x0, y1, x1), area, border, cell_index)`` in original pixels.
+    """
+    h, w = cells.shape
+    ids, boxes, areas = label_boxes(cells)
+    if ids.size == 0:
+        return [], np.zeros((0, 4), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    f = max(1, int(np.median(sides) // (1.5 * size)))
+    work, labels = image, cells
+    if f > 1:
+        work = cv2.resize(image, (w // f, h // f), interpolation=cv2.INTER_AREA)
+        labels = cells[: (h // f) * f : f, : (w // f) * f : f]
+    crops = []
+    for k, (y0, x0, y1, x1) in zip(ids.tolist(), boxes.tolist()):
+        a0, b0 = y0 // f, x0 // f
+        a1, b1 = max(-(-y1 // f), a0 + 1), max(-(-x1 // f), b0 + 1)
+        crop = work[a0:a1, b0:b1].copy()
+        lab = labels[a0:a1, b0:b1]
+        crop[(lab != k) & (lab != 0)] = 0
+        ch, cw = crop.shape[:2]
+        side = max(ch, cw)
+        square = np.zeros((side, side, image.shape[2]), image.dtype)
+        oy, ox = (side - ch) // 2, (side - cw) // 2
+        square[oy : oy + ch, ox : ox + cw] = crop
+        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+        crops.append(cv2.resize(square, (size, size), interpolation=interp))
+    border = ((boxes[:, 0] == 0) | (boxes[:, 1] == 0) | (boxes[:, 2] == h) | (boxes[:, 3] == w)).astype(np.int64)
+    return crops, boxes.astype(np.int64), areas.astype(np.int64), border, ids.astype(np.int64)
+
+
+@functools.cache
+def _segmenter(spec: str) -> Segmenter:
+    # The builder needs cell masks only: skip reading saved nuclei masks.
+    if spec.startswith("precomputed:"):
+        return PrecomputedSegmenter(spec.split(":", 1)[1], with_nuclei=False)
+    return get_segmenter(spec)
+
+
+def build_example(config: BuildConfig, job: ImageJob) -> Built:
+    """Both records of one image. ``build_example(BuildConfig("synth/train"), ImageJob("id", (0,), 2))``"""
+    out = Built(job.image_id, job.labels)
+    t = time.perf_counter()
+    try:
+        image = read_image(config.data, job.image_id)
+    except Exception as err:  # a bad file is reported, the build goes on
+        out.error = f"read: {err}"
+        return out
+    t = _tick(out, "read", t)
+    try:
+        seg = _segmenter(config.segmenter).segment([image], [job.image_id])[0]
+    except Exception as err:
+        out.error = f"segment: {type(err).__name__}: {err}"
+        return out
+    t = _tick(out, "segment", t)
+    if seg.n_cells == 0:
+        out.error = "no cells found"
+        return out
+    h, w = image.shape[:2]
+    size = (config.image_size, config.image_size)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small_mask = cv2.resize(seg.cells, size, interpolation=cv2.INTER_NEAREST)
+    crops, bbox, area, border, index = cell_crops(image, seg.cells, config.cell_size)
+    t = _tick(out, "resize_crop", t)
+    labels = to_multi_hot(list(job.labels), np.int64)
+    out.image_record = schema.image_example(
+        job.image_id, labels, h, w, job.fold, schema.encode_rgby_png(small), schema.encode_mask_png(small_mask), len(crops)
+    )
+    out.cell_record = schema.cell_example(
+        job.image_id, labels, h, w, job.fold, [schema.encode_rgby_png(c) for c in crops], bbox, area, border, index
+    )
+    out.n_cells = len(crops)
+    _tick(out, "encode", t)
+    return out
+
+
+def _tick(out: Built, stage: str, start: float) -> float:
+    now = time.perf_counter()
+    out.timings[stage] = now - start
+    return now

@@ -1,0 +1,64 @@
+"""``python -m tfrecord_builder inspect OUT``: the manifest in a few lines, and a contact sheet of
+a few image records (cell outlines from their masks) each with a strip of its cell crops."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from hpa_tf import fs, viz
+from hpa_tf.data.schema import parse_cell_record, parse_image_record
+from hpa_tf.labels import CLASS_NAMES
+from tfrecord_builder.shards import MANIFEST
+
+TILE = 256
+
+
+def _records(out: str, files: list[dict], compression: str, parse, n: int) -> list[dict]:
+    import tensorflow as tf
+
+    paths = [fs.join(out, f["file"]) for f in files]
+    ds = tf.data.TFRecordDataset(paths, compression_type=compression).take(n).map(parse)
+    return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
+
+
+def inspect(out: str, png: str | None = None, n: int = 6) -> int:
+    """Print the summary and write the sheet; returns a process exit code."""
+    path = fs.join(out, MANIFEST)
+    if not fs.exists(path):
+        print(f"error: {path} not found: is {out!r} a finished build?")
+        return 2
+    m = json.loads(fs.read_text(path))
+    c, cfg = m["counts"], m["config"]
+    print(f"{out}: schema v{m['schema_version']}, {c['images']} images, {c['cells']} cells, {c['errors']} errors, "
+          f"{c['shards']} shards of each kind")
+    print(f"  built from {cfg['data']} with segmenter {cfg['segmenter']}, images {cfg['image_size']} px, "
+          f"cells {cfg['cell_size']} px, compression {cfg['compression'] or 'none'}")
+    print("  folds: " + ", ".join(f"{k}: {v}" for k, v in m["folds"]["images_per_fold"].items()))
+    freq = sorted(m["class_frequencies"].items(), key=lambda kv: -kv[1])
+    print("  images per class: " + ", ".join(f"{name} {count}" for name, count in freq if count))
+    sizes = [f["bytes"] / 1e6 for f in m["shards"]["images"] + m["shards"]["cells"]]
+    print(f"  shard sizes: {min(sizes):.1f} to {max(sizes):.1f} MB")
+    images = _records(out, m["shards"]["images"], cfg["compression"], parse_image_record, n)
+    cells = {r["id"]: r for r in _records(out, m["shards"]["cells"], cfg["compression"], parse_cell_record, n)}
+    rows = []
+    for rec in images:
+        tile = cv2.resize(rec["image"], (TILE, TILE), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(rec["mask"], (TILE, TILE), interpolation=cv2.INTER_NEAREST)
+        left = viz.draw_cells(viz.composite(tile), mask, None, 1, False)
+        names = ", ".join(CLASS_NAMES[k] for k in np.flatnonzero(rec["labels"]))
+        cv2.putText(left, names[:40], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        strip = np.zeros((TILE, TILE * 2, 3), np.uint8)
+        crops = cells.get(rec["id"], {}).get("cells", [])[:8]
+        for k, data in enumerate(crops):
+            crop = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)[..., [2, 1, 0, 3]]
+            y, x = divmod(k, 4)
+            strip[y * 128 : (y + 1) * 128, x * 128 : (x + 1) * 128] = cv2.resize(viz.composite(crop), (128, 128))
+        rows.append(np.hstack([left, strip]))
+    target = png or fs.join(out, "contact_sheet.png")
+    if rows:
+        viz.write_png(target, np.vstack(rows))
+        print(f"  contact sheet: {target}")
+    return 0

@@ -1,0 +1,113 @@
+"""Shards: which images go where, writing one shard safely, and the manifest.
+
+A shard is written under a temporary name and renamed when complete; its metadata file
+(``_meta/shard-00003.json``) is written last and marks it done. A rerun skips shards whose
+metadata and files exist and rebuilds the others, so a killed build loses only the shards it
+was writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+
+from hpa_tf import fs
+from hpa_tf.data.schema import SCHEMA_VERSION
+from hpa_tf.labels import CLASS_NAMES, NUM_CLASSES
+from tfrecord_builder.build import Built, ImageJob
+
+PLAN = "plan.json"
+MANIFEST = "manifest.json"
+KINDS = ("images", "cells")
+
+
+def shard_name(kind: str, index: int, n_shards: int) -> str:
+    """``images-00003-of-00042.tfrec``."""
+    return f"{kind}-{index:05d}-of-{n_shards:05d}.tfrec"
+
+
+def meta_path(out: str, index: int) -> str:
+    return fs.join(out, "_meta", f"shard-{index:05d}.json")
+
+
+def plan_shards(jobs: Sequence[ImageJob], per_shard: int, seed: int) -> list[list[ImageJob]]:
+    """Shuffle the images once (so every shard mixes labels) and cut them into shards."""
+    order = np.random.default_rng(seed).permutation(len(jobs))
+    shuffled = [jobs[i] for i in order]
+    return [shuffled[i : i + per_shard] for i in range(0, len(shuffled), per_shard)] or [[]]
+
+
+def shard_done(out: str, index: int, n_shards: int) -> bool:
+    """Whether a shard's files and its metadata (written last) exist."""
+    return fs.exists(meta_path(out, index)) and all(
+        fs.exists(fs.join(out, shard_name(k, index, n_shards))) for k in KINDS
+    )
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(fs.read_bytes(path)).hexdigest()
+
+
+def write_shard(out: str, index: int, n_shards: int, results: Sequence[Built], compression: str) -> dict:
+    """Write the image and cell shard of ``results`` (in their plan order) and the shard's metadata."""
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type=compression)
+    fs.makedirs(out)
+    files = {}
+    good = [r for r in results if r.ok]
+    for kind in KINDS:
+        final = fs.join(out, shard_name(kind, index, n_shards))
+        tmp = f"{final}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        with tf.io.TFRecordWriter(tmp, options) as writer:
+            for r in good:
+                writer.write(r.image_record if kind == "images" else r.cell_record)
+        tf.io.gfile.rename(tmp, final, overwrite=True)
+        files[kind] = {"file": shard_name(kind, index, n_shards), "examples": len(good),
+                       "bytes": fs.size(final), "sha256": _sha256(final)}
+    class_counts = np.zeros(NUM_CLASSES, np.int64)
+    for r in good:
+        class_counts[list(r.labels)] += 1
+    meta = {
+        "index": index, "files": files, "ids": [r.image_id for r in good],
+        "n_cells": int(sum(r.n_cells for r in good)), "class_counts": class_counts.tolist(),
+        "errors": [{"ID": r.image_id, "error": r.error} for r in results if not r.ok],
+        "timings": {k: float(sum(r.timings.get(k, 0.0) for r in results)) for k in ("read", "segment", "resize_crop", "encode")},
+    }
+    fs.write_text(meta_path(out, index), json.dumps(meta))
+    return meta
+
+
+def read_meta(out: str, index: int) -> dict:
+    return json.loads(fs.read_text(meta_path(out, index)))
+
+
+def write_manifest(out: str, config: dict, metas: Sequence[dict], folds: dict[str, int]) -> dict:
+    """Summarise all shards into ``manifest.json``; list bad images in ``errors.csv``."""
+    class_counts = np.sum([m["class_counts"] for m in metas], axis=0).astype(int)
+    ids = [i for m in metas for i in m["ids"]]
+    errors = [e for m in metas for e in m["errors"]]
+    fold_counts: dict[str, int] = {}
+    for i in ids:
+        key = str(folds[i])
+        fold_counts[key] = fold_counts.get(key, 0) + 1
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "config": config,
+        "counts": {"images": len(ids), "cells": int(sum(m["n_cells"] for m in metas)), "errors": len(errors),
+                   "shards": len(metas)},
+        "class_frequencies": {CLASS_NAMES[c]: int(class_counts[c]) for c in range(NUM_CLASSES)},
+        "folds": {"n_folds": config["folds"], "images_per_fold": dict(sorted(fold_counts.items())), "file": "folds.csv"},
+        "shards": {kind: [m["files"][kind] for m in metas] for kind in KINDS},
+        "errors_file": "errors.csv",
+    }
+    fs.write_text(fs.join(out, "folds.csv"), "ID,fold\n" + "".join(f"{i},{folds[i]}\n" for i in sorted(folds)))
+    fs.write_text(fs.join(out, "errors.csv"), "ID,error\n" + "".join(
+        f"{e['ID']},\"{e['error'].replace(chr(34), chr(39))}\"\n" for e in errors))
+    fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=2))
+    return manifest
