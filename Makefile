@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job end to end on SynthHPA: generate, segment, submit, score.
+# The main job end to end on SynthHPA: generate, build records, segment, submit, score.
 demo: $(STAMP)
 	$(PY) -m hpa_tf.synthetic --out $(RUN)/synth --n-train 32 --n-test 32 --size 1024 --seed 0 --workers $(WORKERS)
+	$(PY) -m tfrecord_builder build --data $(RUN)/synth/train --labels $(RUN)/synth/train.csv --out $(RUN)/records --workers $(WORKERS) --shard-mb 20
+	$(PY) -m tfrecord_builder inspect $(RUN)/records
 	$(PY) -m hpa_tf.segmentation --data $(RUN)/synth/test --out $(RUN)/masks --workers $(WORKERS) --truth $(RUN)/synth/truth
 	$(PY) -m hpa_tf.baselines --data $(RUN)/synth --kind image-labels --out $(RUN)/oracle_image_labels.csv
 	$(PY) -m hpa_tf.metrics --truth $(RUN)/synth/truth --submission $(RUN)/oracle_image_labels.csv --json $(RUN)/oracle_image_labels.json
