@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from hpa_tf import fs
 from hpa_tf.data.schema import SCHEMA_VERSION
@@ -106,8 +107,8 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], folds: dict[st
         "shards": {kind: [m["files"][kind] for m in metas] for kind in KINDS},
         "errors_file": "errors.csv",
     }
-    fs.write_text(fs.join(out, "folds.csv"), "ID,fold\n" + "".join(f"{i},{folds[i]}\n" for i in sorted(folds)))
-    fs.write_text(fs.join(out, "errors.csv"), "ID,error\n" + "".join(
-        f"{e['ID']},\"{e['error'].replace(chr(34), chr(39))}\"\n" for e in errors))
+    fold_table = pd.DataFrame({"ID": sorted(folds), "fold": [folds[i] for i in sorted(folds)]})
+    fs.write_text(fs.join(out, "folds.csv"), fold_table.to_csv(index=False))
+    fs.write_text(fs.join(out, "errors.csv"), pd.DataFrame(errors, columns=["ID", "error"]).to_csv(index=False))
     fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=2))
     return manifest
