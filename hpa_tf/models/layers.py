@@ -1,0 +1,70 @@
+"""Custom layers, registered so that models save and load as ``.keras``."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="hpa_tf")
+class GeM(keras.layers.Layer):
+    """Generalised-mean pooling over space, with a learnable exponent p (p=1: average; large p: max).
+
+    >>> GeM()(ops.ones((2, 4, 4, 3))).shape
+    (2, 3)
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.p_init, self.eps = p, eps
+
+    def build(self, input_shape):
+        self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.p_init))
+
+    def call(self, x):
+        x = ops.maximum(x, self.eps)
+        return ops.power(ops.mean(ops.power(x, self.p), axis=(1, 2)), 1.0 / self.p)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p_init, "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="hpa_tf")
+class MaskedBagPool(keras.layers.Layer):
+    """Per-cell logits (B, N, C) + validity mask (B, N) -> image logits (B, C) by max or
+    log-sum-exp over the valid cells only (padded cells never win).
+
+    >>> MaskedBagPool("max")([ops.ones((1, 2, 3)), ops.ones((1, 2))]).shape
+    (1, 3)
+    """
+
+    def __init__(self, mode: str = "max", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("max", "lse"):
+            raise ValueError(f"bag pooling must be 'max' or 'lse', not {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        logits, mask = inputs
+        mask = ops.cast(mask, logits.dtype)[..., None]
+        masked = logits + (mask - 1.0) * 1e4
+        if self.mode == "max":
+            return ops.max(masked, axis=1)
+        return ops.logsumexp(masked, axis=1) - ops.log(ops.maximum(ops.sum(mask, axis=1), 1.0))
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="hpa_tf")
+class UnflattenBag(keras.layers.Layer):
+    """(B * N, C) per-cell values back to (B, N, C), B and N read from the bag at run time.
+
+    >>> UnflattenBag()([ops.ones((6, 19)), ops.ones((2, 3, 8, 8, 4))]).shape
+    (2, 3, 19)
+    """
+
+    def call(self, inputs):
+        flat, bag = inputs
+        shape = ops.shape(bag)
+        return ops.reshape(flat, (shape[0], shape[1], flat.shape[-1]))
