@@ -22,6 +22,7 @@ BENCHES = {
     "baselines": "benchmarks.bench_baselines",
     "segmentation": "benchmarks.bench_segmentation",
     "builder": "benchmarks.bench_builder",
+    "pipeline": "benchmarks.bench_pipeline",
 }
 
 

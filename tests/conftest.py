@@ -20,3 +20,30 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     assert main(["--out", str(out), "--n-train", "4", "--n-test", "4", "--size", "256", "--seed", "3"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def built_records(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TFRecords of the tiny SynthHPA train split: 64 px images, 32 px cells, 2 folds."""
+    from tfrecord_builder.__main__ import main
+
+    out = tmp_path_factory.mktemp("records")
+    args = ["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
+            "--image-size", "64", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2"]
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def learning_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough SynthHPA to learn from on a CPU: 120 images of 256 px, records of 128 px, 5 folds."""
+    from hpa_tf.synthetic.__main__ import main as synth
+    from tfrecord_builder.__main__ import main as build
+
+    root = tmp_path_factory.mktemp("learn")
+    assert synth(["--out", str(root / "synth"), "--n-train", "120", "--n-test", "0", "--size", "256", "--seed", "5",
+                  "--workers", "2"]) == 0
+    out = root / "records"
+    assert build(["build", "--data", str(root / "synth" / "train"), "--labels", str(root / "synth" / "train.csv"),
+                  "--out", str(out), "--image-size", "128", "--cell-size", "48", "--shard-mb", "2", "--workers", "2"]) == 0
+    return out

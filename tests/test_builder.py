@@ -24,10 +24,8 @@ def _build(data, labels, out, *extra):
 
 
 @pytest.fixture(scope="module")
-def built(synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("records")
-    assert _build(synth_dir / "train", synth_dir / "train.csv", out, "--workers", "2") == 0
-    return out
+def built(built_records):
+    return built_records
 
 
 def test_records_hold_what_the_schema_promises(built, synth_dir):

@@ -69,10 +69,10 @@ def _in_folds(fold: tf.Tensor, folds: Sequence[int] | None, exclude: bool) -> tf
     return tf.logical_not(hit) if exclude else hit
 
 
-def _decode_image(ex: dict, size: int) -> tf.Tensor:
-    image = tf.io.decode_png(ex["image"], channels=4)
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    image = tf.image.resize(image, [size, size], antialias=True)
+def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
+    image = tf.image.convert_image_dtype(tf.io.decode_png(ex["image"], channels=4), tf.float32)
+    if stored != size:  # records at another size than the model's input
+        image = tf.image.resize(image, [size, size], antialias=True)
     return tf.ensure_shape(image, [size, size, 4])
 
 
@@ -89,9 +89,10 @@ def image_dataset(data: dict, aug: dict | None, batch_size: int, training: bool,
     if training:
         ds = ds.shuffle(data["shuffle_buffer"], seed=data["seed"]).repeat()
     size = data["image_size"]
+    stored = read_manifest(data["records"])["config"]["image_size"]
 
     def prepare(ex):
-        image = _decode_image(ex, size)
+        image = _decode_image(ex, size, stored)
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
             image, labels = augment.augment_image(image, labels, aug)

@@ -86,6 +86,7 @@ def train(config: dict, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
     else:
         print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
     callbacks += list(extra_callbacks)
-    history = model.fit(train_ds, epochs=int(t["epochs"]), steps_per_epoch=steps, callbacks=callbacks, verbose=2)
+    history = model.fit(train_ds, epochs=int(t["epochs"]), steps_per_epoch=steps, callbacks=callbacks, verbose=2,
+                        shuffle=False)  # the dataset shuffles itself
     model.save(fs.join(model_dir, "last.keras"))
     return {"history": history.history, "model_dir": model_dir, "replicas": replicas, "steps_per_epoch": steps}

@@ -1,0 +1,76 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hpa_tf.models import (
+    BACKBONES, MaskedBagPool, MultiLabelLoss, cam_model, cell_bag_model, create_backbone, image_classifier, widen_stem,
+)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_every_backbone_runs_forward_and_backward_on_four_channels(name):
+    model = image_classifier(name, 64)
+    x = tf.random.uniform((2, 64, 64, 4))
+    y = tf.constant(np.eye(19, dtype="float32")[[0, 5]])
+    with tf.GradientTape() as tape:
+        loss = MultiLabelLoss()(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert model.output.shape == (None, 19) and np.isfinite(float(loss))
+    assert all(g is not None for g in grads) and all(np.isfinite(g.numpy()).all() for g in grads)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+
+
+def test_three_channel_weights_from_a_local_file_widen_the_stem(tmp_path):
+    keras.utils.set_random_seed(1)
+    three = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    path = str(tmp_path / "resnet50_3ch.weights.h5")
+    three.save_weights(path)
+    four = create_backbone("resnet50", (64, 64, 4), weights=path)
+    core = four.get_layer("resnet50")
+    stem3, stem4 = three.get_layer("conv1_conv").get_weights()[0], core.get_layer("conv1_conv").get_weights()[0]
+    assert stem4.shape[2] == 4 and np.allclose(stem4[:, :, :3], stem3)
+    assert np.allclose(stem4[:, :, 3], (stem3[:, :, 0] + stem3[:, :, 1]) / 2)  # yellow = mean(red, green)
+    assert np.allclose(three.get_layer("conv5_block3_3_conv").get_weights()[0], core.get_layer("conv5_block3_3_conv").get_weights()[0])
+    assert widen_stem(np.ones((1, 1, 3, 2))).shape == (1, 1, 4, 2)
+
+
+def test_losses_match_keras_and_weight_classes():
+    rng = np.random.default_rng(0)
+    y = (rng.random((8, 19)) > 0.7).astype("float32")
+    p = rng.uniform(0.01, 0.99, (8, 19)).astype("float32")
+    assert np.isclose(float(MultiLabelLoss("bce")(y, p)), float(keras.losses.BinaryCrossentropy()(y, p)), rtol=1e-5)
+    keras_focal = keras.losses.BinaryFocalCrossentropy(gamma=2.0, apply_class_balancing=False)
+    assert np.isclose(float(MultiLabelLoss("focal", 2.0)(y, p)), float(keras_focal(y, p)), rtol=1e-4)
+    w = np.zeros(19)
+    w[3] = 19.0
+    only3 = float(MultiLabelLoss("bce", class_weights=w)(y, p))
+    assert np.isclose(only3, float(keras.losses.BinaryCrossentropy()(y[:, 3:4], p[:, 3:4])), rtol=1e-5)
+
+
+def test_padded_cells_never_reach_the_image_head():
+    logits = np.zeros((1, 4, 19), "float32")
+    logits[0, 3] = 50.0  # a padded cell with a huge score
+    mask = np.array([[1, 1, 1, 0]], "float32")
+    for mode in ("max", "lse"):
+        assert float(np.max(MaskedBagPool(mode)([logits, mask]))) < 1.0
+    model = cell_bag_model("small_cnn", 32)
+    cells = np.random.default_rng(0).random((1, 4, 32, 32, 4)).astype("float32")
+    base = model({"cells": cells, "mask": mask})["image"].numpy()
+    cells[0, 3] = 1.0  # change only the padded cell
+    assert np.allclose(model({"cells": cells, "mask": mask})["image"].numpy(), base, atol=1e-6)
+
+
+def test_save_load_round_trip_predicts_the_same(tmp_path):
+    x = np.random.default_rng(0).random((2, 64, 64, 4)).astype("float32")
+    img = image_classifier("small_cnn", 64, pooling="gem")
+    img.save(tmp_path / "img.keras")
+    back = keras.models.load_model(tmp_path / "img.keras")
+    assert np.allclose(back(x), img(x), atol=1e-6)
+    assert cam_model(back)(x).shape == (2, 4, 4, 19)
+    bag = {"cells": np.random.default_rng(1).random((2, 5, 32, 32, 4)).astype("float32"), "mask": np.ones((2, 5), "float32")}
+    cells = cell_bag_model("small_cnn", 32, bag_pooling="lse")
+    cells.save(tmp_path / "cells.keras")
+    back = keras.models.load_model(tmp_path / "cells.keras")
+    for key in ("cells", "image"):
+        assert np.allclose(back(bag)[key], cells(bag)[key], atol=1e-6)

@@ -1,0 +1,55 @@
+import numpy as np
+import tensorflow as tf
+
+from hpa_tf.config import load_config
+from hpa_tf.data import augment
+from hpa_tf.data.pipeline import count_images, make_dataset
+
+
+def _image():
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(0.2, 0.8, (16, 16, 4)).astype("float32"))
+
+
+def test_label_aware_augmentation_changes_pixels_and_labels_together():
+    img, labels = _image(), tf.constant(np.eye(19, dtype="float32")[2])
+    tf.random.set_seed(0)
+    neg_img, neg_lab = augment.label_aware(img, labels, p_negative=1.0, p_swap=0.0)
+    assert np.argmax(neg_lab) == 18 and neg_lab.numpy().sum() == 1
+    assert float(tf.reduce_max(neg_img[..., 1] / img[..., 1])) <= 0.1 + 1e-6
+    assert np.allclose(neg_img.numpy()[..., [0, 2, 3]], img.numpy()[..., [0, 2, 3]])
+    seen = set()
+    for _ in range(20):
+        sw_img, sw_lab = augment.label_aware(img, labels, p_negative=0.0, p_swap=1.0)
+        cls = int(np.argmax(sw_lab))
+        seen.add(cls)
+        source = img[..., 0] if cls == 10 else img[..., 3]
+        ratio = (sw_img[..., 1] / source).numpy()
+        assert cls in (6, 10) and np.allclose(ratio, ratio.flat[0], atol=1e-5) and 0.6 - 1e-6 <= ratio.flat[0] <= 1.0
+    assert seen == {6, 10}
+    kept_img, kept_lab = augment.label_aware(img, labels, 0.0, 0.0)
+    assert np.array_equal(kept_img, img) and np.array_equal(kept_lab, labels)
+
+
+def test_geometric_and_intensity_keep_static_shapes():
+    img = _image()
+    out = augment.augment_image(img, tf.zeros(19), load_config()["augment"] | {"cutout": 0.25})
+    assert out[0].shape == (16, 16, 4) and out[1].shape == (19,)
+    assert 0.0 <= float(tf.reduce_min(out[0])) and float(tf.reduce_max(out[0])) <= 1.0
+
+
+def test_image_and_cell_bag_pipelines_over_records(built_records):
+    cfg = load_config(None, [f"data.records={built_records}", "data.image_size=48", "data.cell_size=24",
+                             "data.cells_per_bag=6", "data.max_eval_cells=40", "data.val_fold=0"])
+    x, y = next(iter(make_dataset(cfg, True, 3)))
+    assert x.shape == (3, 48, 48, 4) and y.shape == (3, 19) and x.dtype == tf.float32
+    val = list(make_dataset(cfg, False, 2))
+    assert sum(int(b[0].shape[0]) for b in val) == count_images(str(built_records), [0])
+    cfg["data"]["kind"] = "cells"
+    x, y, w = next(iter(make_dataset(cfg, True, 2)))
+    assert x["cells"].shape == (2, 6, 24, 24, 4) and x["mask"].shape == (2, 6)
+    assert y["cells"].shape == (2, 6, 19) and np.array_equal(w["cells"], x["mask"])
+    x, y, w = next(iter(make_dataset(cfg, False, 1)))
+    n = int(x["mask"].numpy().sum())
+    assert x["cells"].shape == (1, 40, 24, 24, 4) and 5 < n <= 40
+    assert float(tf.reduce_max(tf.abs(x["cells"][0, n:]))) == 0.0  # padded cells are empty

@@ -1,0 +1,78 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_tf.config import ConfigError, load_config
+from hpa_tf.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(records, model_dir, *extra):
+    return load_config(str(ROOT / "configs" / "demo_cpu.yaml"),
+                       [f"data.records={records}", f"train.model_dir={model_dir}", "data.deterministic=true", *extra])
+
+
+def test_demo_model_learns_on_synthhpa(learning_records, tmp_path):
+    keras.utils.set_random_seed(0)
+    result = train(_config(learning_records, tmp_path / "m", "train.epochs=8"))
+    hist = result["history"]
+    assert hist["loss"][-1] < 0.6 * hist["loss"][0]
+    assert max(hist["val_auc"][-3:]) > hist["val_auc"][0] + 0.05 and max(hist["val_auc"]) > 0.6, hist["val_auc"]
+    for name in ("config.yaml", "best.keras", "last.keras", "train_log.csv", "val_metrics.jsonl"):
+        assert (tmp_path / "m" / name).exists(), name
+    model = keras.models.load_model(tmp_path / "m" / "last.keras")
+    assert model.predict(np.zeros((2, 128, 128, 4), "float32"), verbose=0).shape == (2, 19)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Killed()
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(built_records, tmp_path):
+    extra = ["train.epochs=3", "train.steps_per_epoch=2", "data.image_size=64", "train.batch_size=2", "data.val_fold=-1"]
+    config = _config(built_records, tmp_path / "m", *extra)
+    with pytest.raises(_Killed):
+        train(config, [_KillAfter(1)])
+    train(config)
+    log = pd.read_csv(tmp_path / "m" / "train_log.csv")
+    assert log["epoch"].tolist() == [0, 1, 2]  # epoch 2 ran once, after the restart
+    model = keras.models.load_model(tmp_path / "m" / "last.keras")
+    assert int(model.optimizer.iterations.numpy()) == 6  # the schedule continued, not restarted
+
+
+def test_mirrored_strategy_on_two_logical_cpus(built_records, tmp_path):
+    out = tmp_path / "m"
+    cmd = [sys.executable, str(ROOT / "train_tpu.py"), "--config", str(ROOT / "configs" / "demo_cpu.yaml"),
+           "--set", f"data.records={built_records}", "--set", f"train.model_dir={out}", "--set", "train.strategy=cpu_mirrored",
+           "--set", "train.logical_cpus=2", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=2",
+           "--set", "data.image_size=64", "--set", "train.batch_size=2", "--set", "data.val_fold=-1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "trained on 2 replica(s)" in run.stdout
+    model = keras.models.load_model(out / "last.keras")
+    assert model.predict(np.zeros((3, 64, 64, 4), "float32"), verbose=0).shape == (3, 19)
+
+
+def test_config_typos_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'train.epoch'"):
+        load_config(None, ["train.epoch=3"])
+    (tmp_path / "c.yaml").write_text("model:\n  backbone: resnet50\n  widht: 3\n")
+    with pytest.raises(ConfigError, match="c.yaml: unknown key 'model.widht'"):
+        load_config(str(tmp_path / "c.yaml"))
