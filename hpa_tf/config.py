@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "flip": True,
         "rot90": True,
         "crop_min": 0.75,  # random resized crop: smallest side fraction; 1.0 = off
-        "brightness": 0.1,
+        "brightness": 0.0,  # an offset fakes signal in the dim green channel: off by default
         "contrast": 0.2,
         "cutout": 0.0,  # side of the cut-out square as a fraction of the image; 0 = off
         "p_negative": 0.02,  # green scaled by U(0, 0.1), label set to Negative (18)

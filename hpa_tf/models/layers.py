@@ -10,7 +10,7 @@ from keras import ops
 class GeM(keras.layers.Layer):
     """Generalised-mean pooling over space, with a learnable exponent p (p=1: average; large p: max).
 
-    >>> GeM()(ops.ones((2, 4, 4, 3))).shape
+    >>> tuple(GeM()(ops.ones((2, 4, 4, 3))).shape)
     (2, 3)
     """
 
@@ -34,7 +34,7 @@ class MaskedBagPool(keras.layers.Layer):
     """Per-cell logits (B, N, C) + validity mask (B, N) -> image logits (B, C) by max or
     log-sum-exp over the valid cells only (padded cells never win).
 
-    >>> MaskedBagPool("max")([ops.ones((1, 2, 3)), ops.ones((1, 2))]).shape
+    >>> tuple(MaskedBagPool("max")([ops.ones((1, 2, 3)), ops.ones((1, 2))]).shape)
     (1, 3)
     """
 
@@ -60,7 +60,7 @@ class MaskedBagPool(keras.layers.Layer):
 class UnflattenBag(keras.layers.Layer):
     """(B * N, C) per-cell values back to (B, N, C), B and N read from the bag at run time.
 
-    >>> UnflattenBag()([ops.ones((6, 19)), ops.ones((2, 3, 8, 8, 4))]).shape
+    >>> tuple(UnflattenBag()([ops.ones((6, 19)), ops.ones((2, 3, 8, 8, 4))]).shape)
     (2, 3, 19)
     """
 
