@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from hpa_tf.data.crops import cell_crops
 from hpa_tf.data.schema import SCHEMA_VERSION, parse_cell_record, parse_image_record
 from hpa_tf.io import read_image
 from tfrecord_builder.__main__ import main
-from tfrecord_builder.build import cell_crops
 
 
 def _read(out, kind, parse, compression=""):

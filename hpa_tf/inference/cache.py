@@ -1,0 +1,69 @@
+"""The per-image cache of a prediction run: each image's cells, masks and every model's scores.
+
+A killed run resumes from it, and a different ``--combine`` rule or weights reuse it without
+running a model again. ``key.json`` records what produced it (models, segmenter, TTA, cell view);
+a run with other settings refuses to mix its scores in.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from hpa_tf import fs
+from hpa_tf.inference.combine import ModelScores
+
+KEY = "key.json"
+
+
+class CacheMismatchError(ValueError):
+    """A cache folder written by a run with other settings."""
+
+
+def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
+    """Write ``key`` to a new cache; for an existing one, insist it matches (or wipe it on ``overwrite``)."""
+    path = fs.join(cache_dir, KEY)
+    if fs.exists(path):
+        old = json.loads(fs.read_text(path))
+        if old == key:
+            return
+        if not overwrite:
+            diff = {k: (old.get(k), key.get(k)) for k in set(old) | set(key) if old.get(k) != key.get(k)}
+            raise CacheMismatchError(
+                f"{cache_dir} holds scores of another run (differs in {sorted(diff)}: {diff}); "
+                "pass --overwrite to discard them, or --cache a new folder")
+        for name in fs.listdir(cache_dir):
+            fs.remove(fs.join(cache_dir, name))
+    fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
+
+
+def _path(cache_dir: str, image_id: str) -> str:
+    return fs.join(cache_dir, f"{image_id}.npz")
+
+
+def is_cached(cache_dir: str, image_id: str) -> bool:
+    return fs.exists(_path(cache_dir, image_id))
+
+
+def save(cache_dir: str, image_id: str, width: int, height: int, cell_ids: np.ndarray, masks: list[str],
+         scores: list[ModelScores]) -> None:
+    """Store one image atomically (a killed run never leaves half an entry)."""
+    arrays = {"size": np.array([width, height]), "cell_ids": np.asarray(cell_ids, np.int64),
+              "masks": np.array(masks, dtype=str)}
+    for k, s in enumerate(scores):
+        arrays[f"image_{k}"] = s.image
+        if s.cells is not None:
+            arrays[f"cells_{k}"] = s.cells
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    fs.write_bytes(_path(cache_dir, image_id), buf.getvalue())
+
+
+def load(cache_dir: str, image_id: str, n_models: int) -> tuple[int, int, np.ndarray, list[str], list[ModelScores]]:
+    """``(width, height, cell_ids, masks, scores)`` of a cached image."""
+    with np.load(io.BytesIO(fs.read_bytes(_path(cache_dir, image_id)))) as z:
+        width, height = (int(v) for v in z["size"])
+        scores = [ModelScores(z[f"image_{k}"], z[f"cells_{k}"] if f"cells_{k}" in z else None) for k in range(n_models)]
+        return width, height, z["cell_ids"], [str(m) for m in z["masks"]], scores

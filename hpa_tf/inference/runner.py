@@ -1,0 +1,234 @@
+"""Predict a folder of test images: the loop behind ``predict.py``.
+
+The CPU side (read, segment, crop, RLE-encode; :mod:`prepare`) runs in worker processes a few
+images ahead of the main process, which only runs the models, so the accelerator does not wait
+on the CPU when the CPU can keep up. Each scored image goes to the cache at once; the CSV is
+written atomically at the end, rows in the sample submission's order.
+"""
+
+from __future__ import annotations
+
+import collections
+import io as _io
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from hpa_tf import fs, viz
+from hpa_tf.inference import cache
+from hpa_tf.inference.combine import combine
+from hpa_tf.inference.predictor import Predictor
+from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
+from hpa_tf.io import read_image, scan_image_ids
+from hpa_tf.rle import decode_mask
+from hpa_tf.submission import ImagePrediction, write_submission
+
+STAGES = ("read", "segment", "crop", "infer", "encode")
+OVERLAY_SIDE = 768  # overlay pictures are shrunk to this side
+
+
+@dataclass
+class RunConfig:
+    """The settings of one prediction run (``predict.py``'s flags)."""
+
+    data: str
+    models: list[str]
+    out: str
+    segmenter: str = "classical"
+    tta: str = "none"
+    combine: str = "image_x_cell"
+    weights: list[float] | None = None
+    cell_view: str = "masked"
+    batch: int = 16
+    workers: int = 1
+    sample_submission: str | None = None
+    cache: str | None = None
+    overwrite: bool = False
+    overlays: int = 4
+    truth: str | None = None
+    truth_split: str = "test"
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def cache_dir(self) -> str:
+        return self.cache or f"{self.out}.cache"
+
+
+def image_order(data: str, sample_submission: str | None) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """IDs in the sample submission's order (with its sizes), else every complete image of ``data``."""
+    if sample_submission:
+        df = pd.read_csv(_io.StringIO(fs.read_text(sample_submission)), dtype={"ID": str})
+        missing = {"ID", "ImageWidth", "ImageHeight"} - set(df.columns)
+        if missing:
+            raise ValueError(f"{sample_submission}: no column(s) {sorted(missing)}; expected the competition's "
+                             "ID,ImageWidth,ImageHeight,PredictionString")
+        return list(df["ID"]), {i: (int(w), int(h)) for i, w, h in zip(df["ID"], df["ImageWidth"], df["ImageHeight"])}
+    ids = scan_image_ids(data)
+    if not ids:
+        raise FileNotFoundError(f"no images in {data}: expected {{ID}}_red/green/blue/yellow.png (or .tif/.jpg)")
+    return ids, {}
+
+
+def _prepared_stream(spec: PrepareSpec, ids: Sequence[str], workers: int) -> Iterator[Prepared]:
+    """Prepared images in order; with workers, at most 2 per worker are in flight (bounded memory)."""
+    if workers <= 0:
+        yield from (prepare_image(spec, i) for i in ids)
+        return
+    # spawn: TensorFlow in this process does not survive fork
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        pending: collections.deque = collections.deque()
+        todo = iter(ids)
+        for image_id in todo:
+            pending.append(pool.submit(prepare_image, spec, image_id))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(prepare_image, spec, nxt))
+            yield done
+
+
+def _cache_key(cfg: RunConfig, predictor: Predictor) -> dict:
+    models = []
+    for path in cfg.models:
+        models.append({"path": path, "bytes": fs.size(path) if fs.exists(path) else None})
+    return {"models": models, "segmenter": cfg.segmenter, "tta": cfg.tta, "cell_view": cfg.cell_view,
+            "sizes": [[m.kind, m.size] for m in predictor.models]}
+
+
+def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> dict[str, float]:
+    """Score every image of ``ids`` not yet cached; returns the total seconds per stage."""
+    todo = [i for i in ids if not cache.is_cached(cfg.cache_dir, i)]
+    if len(todo) < len(ids):
+        print(f"{len(ids) - len(todo)} of {len(ids)} images already scored in {cfg.cache_dir}")
+    totals = dict.fromkeys(STAGES, 0.0)
+    totals["images"] = 0
+    spec = predictor.prepare_spec(cfg.data)
+    bar = tqdm(total=len(todo), desc="predicting", unit="img")
+    for prepared in _prepared_stream(spec, todo, cfg.workers):
+        if prepared.error:
+            cfg.errors.append({"ID": prepared.image_id, "error": prepared.error})
+            bar.update(1)
+            continue
+        t = time.perf_counter()
+        scores = predictor.score(prepared)
+        infer = time.perf_counter() - t
+        cache.save(cfg.cache_dir, prepared.image_id, prepared.width, prepared.height, prepared.cell_ids,
+                   prepared.masks, scores)
+        for stage, sec in prepared.timings.items():
+            totals[stage] += sec
+        totals["infer"] += infer
+        totals["images"] += 1
+        bar.update(1)
+    bar.close()
+    return totals
+
+
+def assemble(cache_dir: str, ids: Sequence[str], sizes: dict[str, tuple[int, int]], n_models: int, rule: str,
+             weights: Sequence[float], use: Sequence[int] | None = None) -> list[ImagePrediction]:
+    """Submission rows from the cache under a rule; ``use`` picks a subset of the models (ablations).
+    An image that was never scored (a bad file) gets an empty row."""
+    use = list(range(n_models)) if use is None else list(use)
+    rows = []
+    for image_id in ids:
+        if not cache.is_cached(cache_dir, image_id):
+            w, h = sizes.get(image_id, (0, 0))
+            rows.append(ImagePrediction(image_id, w, h))
+            continue
+        w, h, _, masks, scores = cache.load(cache_dir, image_id, n_models)
+        probs = combine([scores[k] for k in use], len(masks), rule, [weights[k] for k in use])
+        rows.append(ImagePrediction.from_scores(image_id, w, h, masks, probs))
+    return rows
+
+
+def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: dict[int, int] | None = None,
+                       truth_mask: np.ndarray | None = None) -> np.ndarray:
+    """The image with each predicted cell outlined in the colour of its top class (BGR); with the
+    truth, the true cells in the colour of their first label, side by side.
+
+    >>> img = np.zeros((16, 16, 4), np.uint8)
+    >>> prediction_overlay(img, ImagePrediction("a", 16, 16)).shape
+    (16, 16, 3)
+    """
+    h, w = image.shape[:2]
+    labels = np.zeros((h, w), np.uint16)
+    top: dict[int, int] = {}
+    for k, enc in enumerate(rows.masks):
+        labels[decode_mask(enc, h, w)] = k + 1
+        mine = rows.mask_index == k
+        if mine.any():
+            top[k + 1] = int(rows.classes[mine][np.argmax(rows.confidences[mine])])
+    scale = min(1.0, OVERLAY_SIDE / max(h, w))
+    size = (max(int(w * scale), 1), max(int(h * scale), 1))
+    base = viz.composite(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    left = viz.draw_cells(base, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST), top)
+    if truth_classes is None or truth_mask is None:
+        return left
+    right = viz.draw_cells(base, cv2.resize(truth_mask, size, interpolation=cv2.INTER_NEAREST), truth_classes)
+    return np.concatenate([left, np.full((size[1], 8, 3), 255, np.uint8), right], axis=1)
+
+
+def run(cfg: RunConfig) -> dict:
+    """Predict, write the submission and a summary; score it when ``cfg.truth`` is given."""
+    start = time.perf_counter()
+    ids, sizes = image_order(cfg.data, cfg.sample_submission)
+    predictor = Predictor.from_models(cfg.models, cfg.weights, segmenter=cfg.segmenter, tta=cfg.tta,
+                                      rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)
+    fs.makedirs(cfg.cache_dir)
+    cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
+    totals = score_images(cfg, predictor, ids)
+    rows = assemble(cfg.cache_dir, ids, sizes, len(predictor.models), cfg.combine, predictor.weights)
+    write_submission(cfg.out, rows)
+    stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
+    if cfg.errors:
+        fs.write_text(f"{stem}.errors.csv", pd.DataFrame(cfg.errors).to_csv(index=False))
+        print(f"{len(cfg.errors)} images could not be predicted (empty rows); see {stem}.errors.csv")
+    n = max(int(totals["images"]), 1)
+    summary = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "errors"},
+        "images": len(ids), "scored_now": int(totals["images"]), "errors": len(cfg.errors),
+        "cells": int(sum(len(r.masks) for r in rows)),
+        "seconds_per_image": {s: totals[s] / n for s in STAGES},
+        "wall_s": time.perf_counter() - start,
+    }
+    if cfg.truth:
+        from hpa_tf.metrics import evaluate
+        from hpa_tf.truth import Truth
+
+        result = evaluate(Truth.load(cfg.truth, cfg.truth_split), rows)
+        print(result.table())
+        summary["map"] = result.map
+        summary["metric"] = result.to_dict()
+    _write_overlays(cfg, rows[: cfg.overlays], stem)
+    fs.write_text(f"{stem}.summary.json", json.dumps(summary, indent=2))
+    per = summary["seconds_per_image"]
+    print(f"wrote {cfg.out}: {len(rows)} images, {summary['cells']} cells; per image: "
+          + ", ".join(f"{s} {per[s]:.3f} s" for s in STAGES) + (f"; mAP {summary['map']:.4f}" if cfg.truth else ""))
+    return summary
+
+
+def _write_overlays(cfg: RunConfig, rows: list[ImagePrediction], stem: str) -> None:
+    truth = None
+    if cfg.truth:
+        from hpa_tf.truth import Truth
+
+        truth = Truth.load(cfg.truth, cfg.truth_split)
+    for row in rows:
+        if not row.masks:
+            continue
+        image = read_image(cfg.data, row.image_id)
+        true_classes = truth_mask = None
+        if truth is not None and row.image_id in truth.cell_labels:
+            truth_mask = truth.mask(row.image_id)
+            true_classes = {c: labs[0] for c, labs in truth.cell_labels[row.image_id].items() if labs}
+        viz.write_png(f"{stem}.overlays/{row.image_id}.png", prediction_overlay(image, row, true_classes, truth_mask))

@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Segment test images, score every cell with trained models, write the Kaggle submission.
+
+    python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
+        [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
+        [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|none] \\
+        [--sample-submission sample_submission.csv] [--truth synth/truth]
+
+Every cell gets all 19 classes with their confidence. Scores are cached per image in
+``OUT.cache/`` (a killed run resumes; another ``--combine`` reuses them); bad images get an empty
+row and are listed in ``OUT.errors.csv``; ``OUT.summary.json`` has the seconds per image by stage
+(and the mAP with ``--truth``); ``OUT.overlays/`` shows cells coloured by their top class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from hpa_tf.inference.combine import RULES
+from hpa_tf.inference.tta import TTA_MODES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
+    parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image and/or cell-bag)")
+    parser.add_argument("--out", required=True, help="submission CSV to write")
+    parser.add_argument("--segmenter", default="classical", help="classical | hpacellseg | precomputed:DIR")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none")
+    parser.add_argument("--combine", choices=RULES, default="image_x_cell")
+    parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")
+    parser.add_argument("--cell-view", choices=("masked", "centred", "none"), default="masked",
+                        help="how an image model sees one cell at a time")
+    parser.add_argument("--batch", type=int, default=16, help="images per model call")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="CPU processes reading and segmenting ahead of the models (0: in the main process)")
+    parser.add_argument("--sample-submission", help="rows and sizes in this file's order")
+    parser.add_argument("--cache", help="per-image score cache (default OUT.cache)")
+    parser.add_argument("--overwrite", action="store_true", help="discard a cache written with other settings")
+    parser.add_argument("--overlays", type=int, default=4, help="PNG overlays of the first N images")
+    parser.add_argument("--truth", help="a SynthHPA truth folder: score the submission and print per-class AP")
+    parser.add_argument("--truth-split", default="test")
+    args = parser.parse_args(argv)
+    if args.weights and len(args.weights) != len(args.models):
+        parser.error(f"--weights: {len(args.weights)} values for {len(args.models)} models")
+
+    from hpa_tf.inference.runner import RunConfig, run  # TensorFlow loads here, after --help
+
+    cfg = RunConfig(
+        data=args.data, models=args.models, out=args.out, segmenter=args.segmenter, tta=args.tta,
+        combine=args.combine, weights=args.weights, cell_view=args.cell_view, batch=args.batch, workers=args.workers,
+        sample_submission=args.sample_submission, cache=args.cache, overwrite=args.overwrite, overlays=args.overlays,
+        truth=args.truth, truth_split=args.truth_split,
+    )
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""predict.py: every cell scored with all 19 classes, rules, cell views, cache/resume, bad images, truth."""
+
+import shutil
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from hpa_tf.inference import ModelScores, PrepareSpec, combine, prepare_array
+from hpa_tf.inference.predictor import Predictor, ScoringModel
+from hpa_tf.inference.runner import RunConfig, run
+from hpa_tf.models import cell_bag_model, image_classifier
+from hpa_tf.rle import decode_mask
+from hpa_tf.segmentation import Segmentation
+from hpa_tf.submission import read_submission
+from predict import main as predict_main
+
+
+def _green_detector(size: int) -> keras.Model:
+    """Class k's probability rises with the brightest green pixel the model sees (class 0 strongly)."""
+    x = keras.Input((size, size, 4))
+    pooled = keras.layers.GlobalMaxPooling2D()(x)
+    dense = keras.layers.Dense(19, activation="sigmoid")
+    model = keras.Model(x, dense(pooled))
+    kernel = np.zeros((4, 19), np.float32)
+    kernel[1] = 10.0
+    dense.set_weights([kernel, np.full(19, -5.0, np.float32)])
+    return model
+
+
+def _two_cells(size=64):
+    image = np.zeros((size, size, 4), np.uint8)
+    cells = np.zeros((size, size), np.uint16)
+    cells[4:28, 4:28], cells[36:60, 36:60] = 1, 2
+    image[cells > 0, 2] = 100
+    image[cells == 2, 1] = 255  # only cell 2 has green
+    return image, cells
+
+
+def test_one_cell_at_a_time_tells_the_cells_of_an_image_apart():
+    image, cells = _two_cells()
+    prepared = prepare_array(image, Segmentation(cells, cells), PrepareSpec("", image_sizes=(32,)), "a")
+    for view in ("masked", "centred"):
+        predictor = Predictor([ScoringModel.wrap(_green_detector(32))], cell_view=view)
+        scores = predictor.score(prepared)[0]
+        assert scores.cells[1, 0] > 0.99 and scores.cells[0, 0] < 0.01, view  # cell 2 green, cell 1 not
+        assert scores.image[0] > 0.99  # the whole image has green somewhere
+        by_rule = {rule: combine([scores], 2, rule) for rule in ("image", "cell", "image_x_cell")}
+        assert by_rule["image"][0, 0] == by_rule["image"][1, 0]  # whole-image scores cannot tell them apart
+        assert by_rule["image_x_cell"][1, 0] > 0.98 > 0.01 > by_rule["image_x_cell"][0, 0]
+
+
+def test_cell_bag_scores_all_cells_and_padding_changes_nothing():
+    keras.utils.set_random_seed(1)
+    model = cell_bag_model("small_cnn", 32)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (96, 96, 4), dtype=np.uint8)
+    cells = np.zeros((96, 96), np.uint16)
+    for k in range(5):  # 5 cells: padded to a bag of 16 inside the predictor
+        cells[k * 18 : k * 18 + 15, 10:40] = k + 1
+    prepared = prepare_array(image, Segmentation(cells, cells), PrepareSpec("", cell_sizes=(32,)), "a")
+    for tta in ("none", "d4"):
+        scores = Predictor([ScoringModel.wrap(model)], tta=tta).score(prepared)[0]
+        assert scores.cells.shape == (5, 19)
+        crops = prepared.crops[32].astype(np.float32) / 255.0
+        if tta == "none":  # the same as the bag of exactly these 5 cells
+            direct = model({"cells": crops[None], "mask": np.ones((1, 5), np.float32)}, training=False)
+            np.testing.assert_allclose(scores.cells, np.asarray(direct["cells"])[0], atol=1e-5)
+            np.testing.assert_allclose(scores.image, np.asarray(direct["image"])[0], atol=1e-5)
+
+
+def test_rules_and_weights():
+    a = ModelScores(np.full(19, 0.8), None)
+    b = ModelScores(np.full(19, 0.2), np.array([[0.5] * 19, [1.0] * 19]))
+    out = combine([a, b], 2, "image_x_cell", [3, 1])
+    np.testing.assert_allclose(out[:, 0], [0.65 * 0.5, 0.65 * 1.0])  # image = (3*0.8 + 0.2) / 4
+    with pytest.raises(ValueError, match="cell-level"):
+        combine([a], 2, "cell")
+    with pytest.raises(ValueError, match="rule"):
+        combine([a], 2, "vote")
+
+
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    image_classifier("small_cnn", 64).save(root / "image.keras")
+    cell_bag_model("small_cnn", 32).save(root / "cells.keras")
+    return [str(root / "image.keras"), str(root / "cells.keras")]
+
+
+def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, saved_models, tmp_path):
+    data = tmp_path / "test"
+    shutil.copytree(synth_dir / "test", data)
+    sample = pd.read_csv(synth_dir / "sample_submission.csv")
+    bad = sample["ID"].iloc[1]
+    (data / f"{bad}_green.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "sub.csv"
+    args = ["--data", str(data), "--models", *saved_models, "--out", str(out), "--workers", "1",
+            "--sample-submission", str(synth_dir / "sample_submission.csv"), "--truth", str(synth_dir / "truth"),
+            "--overlays", "1", "--tta", "flip"]
+    assert predict_main(args) == 0
+    rows = read_submission(str(out))
+    assert [r.image_id for r in rows] == list(sample["ID"])  # the sample's order
+    for row, (_, s) in zip(rows, sample.iterrows()):
+        assert (row.width, row.height) == (s["ImageWidth"], s["ImageHeight"])
+        if row.image_id == bad:
+            assert row.classes.size == 0  # an empty row, and the run went on
+            continue
+        assert row.classes.size == 19 * len(row.masks) > 0  # every cell, every class
+        masks = np.stack([decode_mask(m, row.height, row.width) for m in row.masks])
+        assert masks.sum(0).max() == 1  # cells do not overlap
+    errors = pd.read_csv(tmp_path / "sub.errors.csv")
+    assert errors["ID"].tolist() == [bad] and "green" in errors["error"].iloc[0]
+    summary = pd.read_json(tmp_path / "sub.summary.json", typ="series")
+    assert 0.0 <= summary["map"] <= 1.0 and summary["scored_now"] == len(sample) - 1
+    assert len(list((tmp_path / "sub.overlays").glob("*.png"))) == 1
+
+    # A killed run resumes: drop two cached images; the rerun scores only those and gives the same CSV.
+    cached = sorted((tmp_path / "sub.csv.cache").glob("*.npz"))
+    for path in cached[:2]:
+        path.unlink()
+    before = out.read_text()
+    summary = run(RunConfig(data=str(data), models=saved_models, out=str(out), workers=0, tta="flip",
+                            sample_submission=str(synth_dir / "sample_submission.csv"), overlays=0))
+    assert summary["scored_now"] == 2 and out.read_text() == before
+
+    # Other settings must not silently mix with the cached scores.
+    with pytest.raises(ValueError, match="another run"):
+        run(RunConfig(data=str(data), models=saved_models, out=str(out), workers=0, tta="none", overlays=0))
