@@ -1,6 +1,6 @@
 """Train an hpa-tf model under any tf.distribute strategy (TPU, GPUs, workers, CPU).
 
-    python train_tpu.py --config configs/demo_cpu.yaml [--set train.epochs=3 --set model.backbone=efficientnet_b0]
+    python train_tpu.py --config configs/demo_cpu.yaml [--set train.epochs=3 model.backbone=efficientnet_b0]
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from hpa_tf.config import load_config
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train_tpu.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a YAML file under configs/")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=3 (repeatable)")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. --set train.epochs=3 model.backbone=efficientnet_b0 (repeatable)")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
     from hpa_tf.training import train

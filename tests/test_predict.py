@@ -9,6 +9,7 @@ import pytest
 
 from hpa_tf.inference import ModelScores, PrepareSpec, combine, prepare_array
 from hpa_tf.inference.predictor import Predictor, ScoringModel
+from hpa_tf.inference.report import report
 from hpa_tf.inference.runner import RunConfig, run
 from hpa_tf.models import cell_bag_model, image_classifier
 from hpa_tf.rle import decode_mask
@@ -116,6 +117,11 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     summary = pd.read_json(tmp_path / "sub.summary.json", typ="series")
     assert 0.0 <= summary["map"] <= 1.0 and summary["scored_now"] == len(sample) - 1
     assert len(list((tmp_path / "sub.overlays").glob("*.png"))) == 1
+
+    # The results table re-scores from the cache: its combination row is the submission's score.
+    results = report(str(out), str(synth_dir / "truth"), str(synth_dir / "sample_submission.csv"), {}, str(tmp_path / "rep"))
+    assert results["default combination (image x cell, all models)"]["mAP"] == pytest.approx(summary["map"])
+    assert len(results) == 5 and (tmp_path / "rep" / "ap_per_class.png").stat().st_size > 0
 
     # A killed run resumes: drop two cached images; the rerun scores only those and gives the same CSV.
     cached = sorted((tmp_path / "sub.csv.cache").glob("*.npz"))

@@ -1,0 +1,120 @@
+"""The results table of a prediction run: each model and rule alone, and the combination, scored
+with the competition metric on the same test split, next to reference rows (oracles).
+
+Reads the run's per-image cache (no model runs again), so every row uses the same cells:
+
+    python -m hpa_tf.inference.report --pred runs/demo/pred/submission.csv --truth runs/demo/synth/truth \\
+        --sample-submission runs/demo/synth/sample_submission.csv \\
+        --reference "oracle image labels on the true cells=runs/demo/oracle_image_labels.json" \\
+        --out runs/demo/results
+
+writes ``results.md``, ``results.json`` and ``ap_per_class.png`` (per-class AP bars of every row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as _io
+import json
+import sys
+
+import numpy as np
+
+from hpa_tf import fs
+from hpa_tf.inference.runner import assemble, image_order
+from hpa_tf.labels import CLASS_NAMES
+from hpa_tf.metrics import evaluate
+from hpa_tf.truth import Truth
+
+
+def ablation_rows(cache_dir: str, kinds: list[str]) -> list[tuple[str, list[int], str]]:
+    """(row label, models used, rule) for each model alone and for the default combination.
+
+    >>> [r[0] for r in ablation_rows("", ["image", "cells"])][-1]
+    'default combination (image x cell, all models)'
+    """
+    rows = []
+    for k, kind in enumerate(kinds):
+        if kind == "image":
+            rows.append((f"image model #{k} on the whole image, its probabilities given to every cell", [k], "image"))
+            rows.append((f"image model #{k}, one cell at a time", [k], "cell"))
+        else:
+            rows.append((f"cell-bag model #{k}, its cell head", [k], "cell"))
+            rows.append((f"cell-bag model #{k}, image head x cell head", [k], "image_x_cell"))
+    rows.append(("default combination (image x cell, all models)", list(range(len(kinds))), "image_x_cell"))
+    return rows
+
+
+def _bars(results: dict[str, dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(14, 5))
+    x = np.arange(len(CLASS_NAMES))
+    for i, name in enumerate(names):
+        ap = [results[name]["per_class"][c]["AP"] or 0.0 for c in CLASS_NAMES]
+        ax.bar(x + i * width, ap, width, label=f"{name[:60]} ({results[name]['mAP']:.3f})")
+    ax.set_xticks(x + 0.4 - width / 2, [f"{i} {c[:14]}" for i, c in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("AP @ IoU 0.6")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    fs.write_bytes(path, buf.getvalue())
+
+
+def report(pred: str, truth_dir: str, sample_submission: str | None, references: dict[str, str], out: str,
+           split: str = "test") -> dict[str, dict]:
+    """Score every ablation row of the run that wrote ``pred``; returns {row: metric dict}."""
+    cache_dir = f"{pred}.cache"
+    key = json.loads(fs.read_text(fs.join(cache_dir, "key.json")))
+    kinds = [kind for kind, _ in key["sizes"]]
+    data = json.loads(fs.read_text(f"{pred[:-4] if pred.endswith('.csv') else pred}.summary.json"))["config"]
+    ids, sizes = image_order(data["data"], sample_submission)
+    weights = data["weights"] or [1.0] * len(kinds)
+    truth = Truth.load(truth_dir, split)
+    results: dict[str, dict] = {}
+    for label, path in references.items():
+        results[label] = json.loads(fs.read_text(path))
+    for label, use, rule in ablation_rows(cache_dir, kinds):
+        results[label] = evaluate(truth, assemble(cache_dir, ids, sizes, len(kinds), rule, weights, use)).to_dict()
+    lines = ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()]
+    table = "\n".join(lines)
+    fs.makedirs(out)
+    fs.write_text(fs.join(out, "results.md"), f"# Results on {truth_dir} ({split}, {len(ids)} images)\n\n{table}\n\n"
+                  f"Models: {', '.join(m['path'] for m in key['models'])}; segmenter {key['segmenter']}, "
+                  f"TTA {key['tta']}, cell view {key['cell_view']}.\n")
+    fs.write_text(fs.join(out, "results.json"), json.dumps(results, indent=2))
+    _bars(results, fs.join(out, "ap_per_class.png"))
+    print(table)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpa_tf.inference.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pred", required=True, help="the submission CSV of a predict.py run (its cache is next to it)")
+    parser.add_argument("--truth", required=True, help="SynthHPA truth folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--sample-submission")
+    parser.add_argument("--reference", action="append", default=[], metavar="LABEL=JSON",
+                        help="a reference row from `python -m hpa_tf.metrics --json` (repeatable)")
+    parser.add_argument("--out", required=True, help="folder for results.md, results.json, ap_per_class.png")
+    args = parser.parse_args(argv)
+    refs = {}
+    for item in args.reference:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            parser.error(f"--reference {item!r}: expected LABEL=path.json")
+        refs[label] = path
+    report(args.pred, args.truth, args.sample_submission, refs, args.out, args.split)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
