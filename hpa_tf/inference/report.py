@@ -27,10 +27,10 @@ from hpa_tf.metrics import evaluate
 from hpa_tf.truth import Truth
 
 
-def ablation_rows(cache_dir: str, kinds: list[str]) -> list[tuple[str, list[int], str]]:
+def ablation_rows(kinds: list[str]) -> list[tuple[str, list[int], str]]:
     """(row label, models used, rule) for each model alone and for the default combination.
 
-    >>> [r[0] for r in ablation_rows("", ["image", "cells"])][-1]
+    >>> [r[0] for r in ablation_rows(["image", "cells"])][-1]
     'default combination (image x cell, all models)'
     """
     rows = []
@@ -82,7 +82,7 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     results: dict[str, dict] = {}
     for label, path in references.items():
         results[label] = json.loads(fs.read_text(path))
-    for label, use, rule in ablation_rows(cache_dir, kinds):
+    for label, use, rule in ablation_rows(kinds):
         results[label] = evaluate(truth, assemble(cache_dir, ids, sizes, len(kinds), rule, weights, use)).to_dict()
     lines = ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()]
     table = "\n".join(lines)

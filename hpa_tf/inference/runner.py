@@ -212,8 +212,9 @@ def run(cfg: RunConfig) -> dict:
     _write_overlays(cfg, rows[: cfg.overlays], stem)
     fs.write_text(f"{stem}.summary.json", json.dumps(summary, indent=2))
     per = summary["seconds_per_image"]
-    print(f"wrote {cfg.out}: {len(rows)} images, {summary['cells']} cells; per image: "
-          + ", ".join(f"{s} {per[s]:.3f} s" for s in STAGES) + (f"; mAP {summary['map']:.4f}" if cfg.truth else ""))
+    timing = ", ".join(f"{s} {per[s]:.3f} s" for s in STAGES) if totals["images"] else "all scores from the cache"
+    print(f"wrote {cfg.out}: {len(rows)} images, {summary['cells']} cells; per image: {timing}"
+          + (f"; mAP {summary['map']:.4f}" if cfg.truth else ""))
     return summary
 
 
