@@ -9,13 +9,14 @@ written atomically at the end, rows in the sample submission's order.
 from __future__ import annotations
 
 import collections
+import hashlib
 import io as _io
 import json
 import multiprocessing as mp
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
@@ -55,7 +56,6 @@ class RunConfig:
     overlays: int = 4
     truth: str | None = None
     truth_split: str = "test"
-    errors: list[dict] = field(default_factory=list)
 
     @property
     def cache_dir(self) -> str:
@@ -99,25 +99,26 @@ def _prepared_stream(spec: PrepareSpec, ids: Sequence[str], workers: int) -> Ite
 
 
 def _cache_key(cfg: RunConfig, predictor: Predictor) -> dict:
-    models = []
-    for path in cfg.models:
-        models.append({"path": path, "bytes": fs.size(path) if fs.exists(path) else None})
+    # A retrained model of the same architecture has the same size: identify it by its content.
+    models = [{"path": path, "sha256": hashlib.sha256(fs.read_bytes(path)).hexdigest()} for path in cfg.models]
     return {"models": models, "segmenter": cfg.segmenter, "tta": cfg.tta, "cell_view": cfg.cell_view,
             "sizes": [[m.kind, m.size] for m in predictor.models]}
 
 
-def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> dict[str, float]:
-    """Score every image of ``ids`` not yet cached; returns the total seconds per stage."""
+def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tuple[dict[str, float], list[dict]]:
+    """Score every image of ``ids`` not yet cached; returns the total seconds per stage and the
+    images that failed (``{"ID", "error"}``)."""
     todo = [i for i in ids if not cache.is_cached(cfg.cache_dir, i)]
     if len(todo) < len(ids):
         print(f"{len(ids) - len(todo)} of {len(ids)} images already scored in {cfg.cache_dir}")
     totals = dict.fromkeys(STAGES, 0.0)
     totals["images"] = 0
+    errors: list[dict] = []
     spec = predictor.prepare_spec(cfg.data)
     bar = tqdm(total=len(todo), desc="predicting", unit="img")
     for prepared in _prepared_stream(spec, todo, cfg.workers):
         if prepared.error:
-            cfg.errors.append({"ID": prepared.image_id, "error": prepared.error})
+            errors.append({"ID": prepared.image_id, "error": prepared.error})
             bar.update(1)
             continue
         t = time.perf_counter()
@@ -131,7 +132,7 @@ def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> di
         totals["images"] += 1
         bar.update(1)
     bar.close()
-    return totals
+    return totals, errors
 
 
 def assemble(cache_dir: str, ids: Sequence[str], sizes: dict[str, tuple[int, int]], n_models: int, rule: str,
@@ -186,17 +187,19 @@ def run(cfg: RunConfig) -> dict:
                                       rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)
     fs.makedirs(cfg.cache_dir)
     cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
-    totals = score_images(cfg, predictor, ids)
+    totals, errors = score_images(cfg, predictor, ids)
     rows = assemble(cfg.cache_dir, ids, sizes, len(predictor.models), cfg.combine, predictor.weights)
     write_submission(cfg.out, rows)
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
-    if cfg.errors:
-        fs.write_text(f"{stem}.errors.csv", pd.DataFrame(cfg.errors).to_csv(index=False))
-        print(f"{len(cfg.errors)} images could not be predicted (empty rows); see {stem}.errors.csv")
+    if errors:
+        fs.write_text(f"{stem}.errors.csv", pd.DataFrame(errors).to_csv(index=False))
+        print(f"{len(errors)} images could not be predicted (empty rows); see {stem}.errors.csv")
+    else:
+        fs.remove(f"{stem}.errors.csv")  # from an earlier run whose bad images are fixed now
     n = max(int(totals["images"]), 1)
     summary = {
-        "config": {k: v for k, v in asdict(cfg).items() if k != "errors"},
-        "images": len(ids), "scored_now": int(totals["images"]), "errors": len(cfg.errors),
+        "config": asdict(cfg),
+        "images": len(ids), "scored_now": int(totals["images"]), "errors": len(errors),
         "cells": int(sum(len(r.masks) for r in rows)),
         "seconds_per_image": {s: totals[s] / n for s in STAGES},
         "wall_s": time.perf_counter() - start,
