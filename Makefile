@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(PY) train_tpu.py --config configs/demo_cpu.yaml --set data.records=$(RUN)/records train.model_dir=$(RUN)/model_image
 	$(PY) train_tpu.py --config configs/demo_cpu_cells.yaml --set data.records=$(RUN)/records train.model_dir=$(RUN)/model_cells
 	$(PY) predict.py --data $(RUN)/synth/test --models $(RUN)/model_image/best.keras $(RUN)/model_cells/best.keras \
-		--out $(RUN)/pred/submission.csv --sample-submission $(RUN)/synth/sample_submission.csv --truth $(RUN)/synth/truth
+		--out $(RUN)/pred/submission.csv --sample-submission $(RUN)/synth/sample_submission.csv --truth $(RUN)/synth/truth --overwrite
 	$(PY) -m hpa_tf.inference.report --pred $(RUN)/pred/submission.csv --truth $(RUN)/synth/truth \
 		--sample-submission $(RUN)/synth/sample_submission.csv --out $(RUN) \
 		--reference "oracle image labels given to every true cell (labels no method has at test time)=$(RUN)/oracle_image_labels.json" \
