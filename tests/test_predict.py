@@ -135,3 +135,18 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     # Other settings must not silently mix with the cached scores.
     with pytest.raises(ValueError, match="another run"):
         run(RunConfig(data=str(data), models=saved_models, out=str(out), workers=0, tta="none", overlays=0))
+
+
+def test_notebook_use_on_the_real_sample(tmp_path):
+    from hpa_tf.inference.predictor import top_class_overlay
+    from hpa_tf.io import read_image
+    from conftest import SAMPLE_512, SAMPLE_512_ID
+
+    image = read_image(str(SAMPLE_512), SAMPLE_512_ID)
+    predictor = Predictor.from_models([_green_detector(64)])
+    cells, cell_ids, probs = predictor.predict_image(image)
+    assert cells.shape == image.shape[:2] and len(cell_ids) == probs.shape[0] > 3
+    assert set(cell_ids.tolist()) == set(np.unique(cells[cells > 0]).tolist())
+    assert np.all((probs >= 0) & (probs <= 1))
+    top_class_overlay(image, cells, cell_ids, probs, str(tmp_path / "cells.png"))
+    assert (tmp_path / "cells.png").stat().st_size > 1000

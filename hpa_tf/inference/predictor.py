@@ -63,7 +63,7 @@ class Predictor:
     """Segment, prepare and score images with a set of models.
 
     >>> p = Predictor.from_models(["image.keras", "cells.keras"], tta="flip")  # doctest: +SKIP
-    >>> cells, probs = p.predict_image(image)  # doctest: +SKIP
+    >>> cells, cell_ids, probs = p.predict_image(image)  # doctest: +SKIP
     >>> probs.shape  # (number of cells, 19)  # doctest: +SKIP
     """
 
@@ -174,3 +174,21 @@ class Predictor:
         seg = segmenter_for(self.segmenter).segment([image], [image_id])[0]
         prepared = prepare_array(image, seg, self.prepare_spec(""), image_id)
         return seg.cells, prepared.cell_ids, self.combine(self.score(prepared), prepared.n_cells)
+
+
+def top_class_overlay(image: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, probs: np.ndarray,
+                      path: str | None = None) -> np.ndarray:
+    """The image (BGR composite) with each cell outlined in the colour of its top class, written to
+    ``path`` as PNG when given: ``top_class_overlay(image, *predictor.predict_image(image), "a.png")``.
+
+    >>> lab = np.zeros((16, 16), np.uint16); lab[2:9, 2:9] = 1
+    >>> top_class_overlay(np.zeros((16, 16, 4), np.uint8), lab, np.array([1]), np.eye(19)[[4]]).shape
+    (16, 16, 3)
+    """
+    from hpa_tf import viz
+
+    top = {int(c): int(np.argmax(p)) for c, p in zip(cell_ids, probs)}
+    out = viz.draw_cells(viz.composite(image), cells, top, max(1, image.shape[0] // 512))
+    if path:
+        viz.write_png(path, out)
+    return out
