@@ -6,11 +6,13 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SAMPLE_512, SAMPLE_512_ID
 
 from hpa_tf.inference import ModelScores, PrepareSpec, combine, prepare_array
-from hpa_tf.inference.predictor import Predictor, ScoringModel
+from hpa_tf.inference.predictor import Predictor, ScoringModel, top_class_overlay
 from hpa_tf.inference.report import report
 from hpa_tf.inference.runner import RunConfig, run
+from hpa_tf.io import read_image
 from hpa_tf.models import cell_bag_model, image_classifier
 from hpa_tf.rle import decode_mask
 from hpa_tf.segmentation import Segmentation
@@ -138,10 +140,6 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
 
 
 def test_notebook_use_on_the_real_sample(tmp_path):
-    from hpa_tf.inference.predictor import top_class_overlay
-    from hpa_tf.io import read_image
-    from conftest import SAMPLE_512, SAMPLE_512_ID
-
     image = read_image(str(SAMPLE_512), SAMPLE_512_ID)
     predictor = Predictor.from_models([_green_detector(64)])
     cells, cell_ids, probs = predictor.predict_image(image)
