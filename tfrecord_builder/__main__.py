@@ -21,7 +21,7 @@ from hpa_tf import fs
 from hpa_tf.io import read_label_table
 from tfrecord_builder.build import BuildConfig, ImageJob, build_example
 from tfrecord_builder.folds import assign_folds
-from tfrecord_builder.shards import MANIFEST, PLAN, plan_shards, read_meta, shard_done, write_manifest
+from tfrecord_builder.shards import MANIFEST, PLAN, plan_shards, read_meta, shard_done, write_manifest, write_shard
 
 _PROBE = 3  # images built up front to size the shards
 
@@ -69,6 +69,10 @@ def build(args: argparse.Namespace) -> int:
     plan = _load_or_make_plan(config, args.out, jobs, args.overwrite)
     todo = [s for s in range(len(plan)) if not shard_done(args.out, s, len(plan))]
     print(f"{len(jobs)} images in {len(plan)} shards; {len(plan) - len(todo)} already complete")
+    for s in todo:  # a shard whose images are all gone still gets written (no runner sees it)
+        if not plan[s]:
+            write_shard(args.out, s, len(plan), [], config.compression)
+    todo = [s for s in todo if plan[s]]
     if args.runner == "beam":
         from tfrecord_builder.runners import run_beam
 

@@ -8,7 +8,6 @@ local runner and the Beam runner both call it, so both produce the same bytes.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +18,7 @@ from hpa_tf.data import schema
 from hpa_tf.data.crops import cell_crops
 from hpa_tf.io import read_image
 from hpa_tf.labels import to_multi_hot
-from hpa_tf.segmentation import PrecomputedSegmenter, Segmenter, get_segmenter
+from hpa_tf.segmentation import cell_segmenter
 
 
 @dataclass(frozen=True)
@@ -63,14 +62,6 @@ class Built:
         return not self.error
 
 
-@functools.cache
-def _segmenter(spec: str) -> Segmenter:
-    # The builder needs cell masks only: skip reading saved nuclei masks.
-    if spec.startswith("precomputed:"):
-        return PrecomputedSegmenter(spec.split(":", 1)[1], with_nuclei=False)
-    return get_segmenter(spec)
-
-
 def build_example(config: BuildConfig, job: ImageJob) -> Built:
     """Both records of one image. ``build_example(BuildConfig("synth/train"), ImageJob("id", (0,), 2))``"""
     out = Built(job.image_id, job.labels)
@@ -82,7 +73,7 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
         return out
     t = _tick(out, "read", t)
     try:
-        seg = _segmenter(config.segmenter).segment([image], [job.image_id])[0]
+        seg = cell_segmenter(config.segmenter).segment([image], [job.image_id])[0]
     except Exception as err:
         out.error = f"segment: {type(err).__name__}: {err}"
         return out

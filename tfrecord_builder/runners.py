@@ -24,9 +24,6 @@ def run_local(config: BuildConfig, out: str, plan: Sequence[Sequence[ImageJob]],
     pending = {s: len(plan[s]) for s in todo}
     results: dict[int, list[Built]] = {s: [] for s in todo}
     owner = [s for s in todo for _ in plan[s]]
-    for s in todo:  # shards whose images are all gone (an empty plan) still get written
-        if not pending[s]:
-            write_shard(out, s, len(plan), [], config.compression)
     bar = tqdm(total=len(jobs), desc="building", unit="img")
     if workers > 1:
         pool = mp.get_context("spawn").Pool(workers)  # spawn: TensorFlow does not survive fork
@@ -74,7 +71,3 @@ def run_beam(config: BuildConfig, out: str, plan: Sequence[Sequence[ImageJob]], 
             | "ByShard" >> beam.GroupByKey()
             | "Write" >> beam.Map(_write_group, out, len(plan), config.compression)
         )
-    # Shards with no images never reach the pipeline's groups.
-    for s in todo:
-        if not plan[s]:
-            write_shard(out, s, len(plan), [], config.compression)

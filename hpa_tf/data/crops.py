@@ -12,7 +12,8 @@ import numpy as np
 from hpa_tf.rle import label_boxes
 
 
-def cell_crops(image: np.ndarray, cells: np.ndarray, size: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def cell_crops(image: np.ndarray, cells: np.ndarray,
+               size: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every cell as a ``size`` x ``size`` crop of its bounding box, other cells' pixels zeroed,
     padded to a square around its centre (aspect kept) before resizing.
 

@@ -43,10 +43,10 @@ def shard_files(records: str, kind: str) -> tuple[list[str], str]:
     return [fs.join(records, f["file"]) for f in m["shards"][kind]], m["config"]["compression"]
 
 
-def count_images(records: str, folds: Sequence[int] | None) -> int:
-    """How many images the given folds hold (all images when ``folds`` is None)."""
+def count_images(records: str, folds: Sequence[int] | None, exclude: Sequence[int] = ()) -> int:
+    """How many images the given folds hold (all images when ``folds`` is None), less ``exclude``."""
     per_fold = read_manifest(records)["folds"]["images_per_fold"]
-    return sum(n for f, n in per_fold.items() if folds is None or int(f) in folds)
+    return sum(n for f, n in per_fold.items() if (folds is None or int(f) in folds) and int(f) not in exclude)
 
 
 def _files_dataset(files: list[str], compression: str, training: bool, deterministic: bool, seed: int,
@@ -69,6 +69,24 @@ def _in_folds(fold: tf.Tensor, folds: Sequence[int] | None, exclude: bool) -> tf
     return tf.logical_not(hit) if exclude else hit
 
 
+def _examples(data: dict, kind: str, spec: dict, training: bool, folds: Sequence[int] | None, exclude_folds: bool,
+              input_context: tf.distribute.InputContext | None, need_cells: bool = False) -> tf.data.Dataset:
+    """Parsed records of ``kind`` in the chosen folds (with cells, if asked); shuffled and repeated when training."""
+    files, compression = shard_files(data["records"], kind)
+    det = bool(data["deterministic"])
+    ds = _files_dataset(files, compression, training, det, data["seed"], input_context)
+    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE, deterministic=det or not training)
+
+    def keep(ex):
+        hit = _in_folds(ex["fold"], folds, exclude_folds)
+        return hit & (ex["n_cells"] > 0) if need_cells else hit
+
+    ds = ds.filter(keep)
+    if training:
+        ds = ds.shuffle(data["shuffle_buffer"], seed=data["seed"]).repeat()
+    return ds
+
+
 def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
     image = tf.image.convert_image_dtype(tf.io.decode_png(ex["image"], channels=4), tf.float32)
     if stored != size:  # records at another size than the model's input
@@ -80,14 +98,8 @@ def image_dataset(data: dict, aug: dict | None, batch_size: int, training: bool,
                   folds: Sequence[int] | None = None, exclude_folds: bool = False,
                   input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Batches of ``(image, labels)``. ``folds`` keeps (or with ``exclude_folds`` drops) those folds."""
-    files, compression = shard_files(data["records"], "images")
+    ds = _examples(data, "images", image_features(), training, folds, exclude_folds, input_context)
     det = bool(data["deterministic"])
-    ds = _files_dataset(files, compression, training, det, data["seed"], input_context)
-    spec = image_features()
-    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE, deterministic=det or not training)
-    ds = ds.filter(lambda ex: _in_folds(ex["fold"], folds, exclude_folds))
-    if training:
-        ds = ds.shuffle(data["shuffle_buffer"], seed=data["seed"]).repeat()
     size = data["image_size"]
     stored = read_manifest(data["records"])["config"]["image_size"]
 
@@ -118,14 +130,8 @@ def cell_bag_dataset(data: dict, aug: dict | None, batch_size: int, training: bo
                      folds: Sequence[int] | None = None, exclude_folds: bool = False,
                      input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
     """Batches of cell bags with their validity masks and per-output sample weights."""
-    files, compression = shard_files(data["records"], "cells")
+    ds = _examples(data, "cells", cell_features(), training, folds, exclude_folds, input_context, need_cells=True)
     det = bool(data["deterministic"])
-    ds = _files_dataset(files, compression, training, det, data["seed"], input_context)
-    spec = cell_features()
-    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE, deterministic=det or not training)
-    ds = ds.filter(lambda ex: _in_folds(ex["fold"], folds, exclude_folds) & (ex["n_cells"] > 0))
-    if training:
-        ds = ds.shuffle(data["shuffle_buffer"], seed=data["seed"]).repeat()
     bag = data["cells_per_bag"] if training else data["max_eval_cells"]
     size = data["cell_size"]
 

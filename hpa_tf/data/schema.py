@@ -33,8 +33,8 @@ def _tf():
     return tf
 
 
-def image_features() -> dict:
-    """The parse spec of an image record. ``tf.io.parse_single_example(x, image_features())``"""
+def _common_features() -> dict:
+    """The fields both record kinds carry."""
     tf = _tf()
     return {
         "id": tf.io.FixedLenFeature([], tf.string),
@@ -43,9 +43,17 @@ def image_features() -> dict:
         "width": tf.io.FixedLenFeature([], tf.int64),
         "fold": tf.io.FixedLenFeature([], tf.int64),
         "schema_version": tf.io.FixedLenFeature([], tf.int64),
+        "n_cells": tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def image_features() -> dict:
+    """The parse spec of an image record. ``tf.io.parse_single_example(x, image_features())``"""
+    tf = _tf()
+    return {
+        **_common_features(),
         "image": tf.io.FixedLenFeature([], tf.string),
         "mask": tf.io.FixedLenFeature([], tf.string),
-        "n_cells": tf.io.FixedLenFeature([], tf.int64),
     }
 
 
@@ -53,13 +61,7 @@ def cell_features() -> dict:
     """The parse spec of a cell record (variable-length lists are ``VarLenFeature``)."""
     tf = _tf()
     return {
-        "id": tf.io.FixedLenFeature([], tf.string),
-        "labels": tf.io.FixedLenFeature([NUM_CLASSES], tf.int64),
-        "height": tf.io.FixedLenFeature([], tf.int64),
-        "width": tf.io.FixedLenFeature([], tf.int64),
-        "fold": tf.io.FixedLenFeature([], tf.int64),
-        "schema_version": tf.io.FixedLenFeature([], tf.int64),
-        "n_cells": tf.io.FixedLenFeature([], tf.int64),
+        **_common_features(),
         "cells": tf.io.VarLenFeature(tf.string),
         "bbox": tf.io.VarLenFeature(tf.int64),
         "area": tf.io.VarLenFeature(tf.int64),

@@ -16,6 +16,7 @@ from hpa_tf import fs
 from hpa_tf.inference.combine import ModelScores
 
 KEY = "key.json"
+Entry = tuple[int, int, np.ndarray, list[str], list[ModelScores]]  # width, height, cell ids, masks, scores
 
 
 class CacheMismatchError(ValueError):
@@ -61,7 +62,7 @@ def save(cache_dir: str, image_id: str, width: int, height: int, cell_ids: np.nd
     fs.write_bytes(_path(cache_dir, image_id), buf.getvalue())
 
 
-def load(cache_dir: str, image_id: str, n_models: int) -> tuple[int, int, np.ndarray, list[str], list[ModelScores]]:
+def load(cache_dir: str, image_id: str, n_models: int) -> Entry:
     """``(width, height, cell_ids, masks, scores)`` of a cached image."""
     with np.load(io.BytesIO(fs.read_bytes(_path(cache_dir, image_id)))) as z:
         width, height = (int(v) for v in z["size"])

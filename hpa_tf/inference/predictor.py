@@ -21,9 +21,10 @@ import tensorflow as tf
 
 import hpa_tf.models  # noqa: F401 - registers the custom layers before loading
 from hpa_tf.inference.combine import ModelScores, combine
-from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array, segmenter_for
+from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.segmentation import cell_segmenter
 
 CELL_VIEWS = ("masked", "centred", "none")
 _BAG_PAD = 16  # bags are padded to a multiple of this: few shapes, few retraces
@@ -171,7 +172,7 @@ class Predictor:
 
     def predict_image(self, image: np.ndarray, image_id: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Segment and score one (H, W, 4) uint8 image: ``(cell mask, cell_ids, probs (n, 19))``."""
-        seg = segmenter_for(self.segmenter).segment([image], [image_id])[0]
+        seg = cell_segmenter(self.segmenter).segment([image], [image_id])[0]
         prepared = prepare_array(image, seg, self.prepare_spec(""), image_id)
         return seg.cells, prepared.cell_ids, self.combine(self.score(prepared), prepared.n_cells)
 

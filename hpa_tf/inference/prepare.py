@@ -8,7 +8,6 @@ every cell's mask already RLE-encoded for the submission (once per cell, whateve
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ import numpy as np
 from hpa_tf.data.crops import cell_crops
 from hpa_tf.io import read_image
 from hpa_tf.rle import encode_label_image
-from hpa_tf.segmentation import PrecomputedSegmenter, Segmentation, Segmenter, get_segmenter
+from hpa_tf.segmentation import Segmentation, cell_segmenter
 
 
 @dataclass(frozen=True)
@@ -49,14 +48,6 @@ class Prepared:
     @property
     def n_cells(self) -> int:
         return int(self.cell_ids.size)
-
-
-@functools.cache
-def segmenter_for(spec: str) -> Segmenter:
-    """The segmenter of a spec, built once per process (``precomputed:DIR`` reads cell masks only)."""
-    if spec.startswith("precomputed:"):  # nuclei masks are not needed to score cells
-        return PrecomputedSegmenter(spec.split(":", 1)[1], with_nuclei=False)
-    return get_segmenter(spec)
 
 
 def _tick(timings: dict[str, float], stage: str, start: float) -> float:
@@ -100,7 +91,7 @@ def prepare_image(spec: PrepareSpec, image_id: str) -> Prepared:
     try:
         image = read_image(spec.data_dir, image_id)
         t = _tick(timings, "read", t)
-        seg = segmenter_for(spec.segmenter).segment([image], [image_id])[0]
+        seg = cell_segmenter(spec.segmenter).segment([image], [image_id])[0]
         _tick(timings, "segment", t)
         return prepare_array(image, seg, spec, image_id, timings)
     except Exception as err:  # noqa: BLE001 - a bad image gets an empty row, the run goes on

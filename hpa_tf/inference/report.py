@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from hpa_tf import fs
-from hpa_tf.inference.runner import assemble, image_order
+from hpa_tf.inference.runner import assemble, image_order, load_cached
 from hpa_tf.labels import CLASS_NAMES
 from hpa_tf.metrics import evaluate
 from hpa_tf.truth import Truth
@@ -82,8 +82,9 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     results: dict[str, dict] = {}
     for label, path in references.items():
         results[label] = json.loads(fs.read_text(path))
+    entries = load_cached(cache_dir, ids, len(kinds))  # read once, combined once per row
     for label, use, rule in ablation_rows(kinds):
-        results[label] = evaluate(truth, assemble(cache_dir, ids, sizes, len(kinds), rule, weights, use)).to_dict()
+        results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, weights, use)).to_dict()
     lines = ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()]
     table = "\n".join(lines)
     fs.makedirs(out)

@@ -31,6 +31,7 @@ from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import read_image, scan_image_ids
 from hpa_tf.rle import decode_mask
 from hpa_tf.submission import ImagePrediction, write_submission
+from hpa_tf.truth import Truth
 
 STAGES = ("read", "segment", "crop", "infer", "encode")
 OVERLAY_SIDE = 768  # overlay pictures are shrunk to this side
@@ -135,19 +136,24 @@ def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tu
     return totals, errors
 
 
-def assemble(cache_dir: str, ids: Sequence[str], sizes: dict[str, tuple[int, int]], n_models: int, rule: str,
+def load_cached(cache_dir: str, ids: Sequence[str], n_models: int) -> dict[str, cache.Entry]:
+    """The cached entries of ``ids`` (images never scored, such as bad files, are absent)."""
+    return {i: cache.load(cache_dir, i, n_models) for i in ids if cache.is_cached(cache_dir, i)}
+
+
+def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[str, tuple[int, int]], rule: str,
              weights: Sequence[float], use: Sequence[int] | None = None) -> list[ImagePrediction]:
-    """Submission rows from the cache under a rule; ``use`` picks a subset of the models (ablations).
-    An image that was never scored (a bad file) gets an empty row."""
-    use = list(range(n_models)) if use is None else list(use)
+    """Submission rows from cached entries under a rule; ``use`` picks a subset of the models
+    (ablations). An image without an entry gets an empty row."""
     rows = []
     for image_id in ids:
-        if not cache.is_cached(cache_dir, image_id):
+        if image_id not in entries:
             w, h = sizes.get(image_id, (0, 0))
             rows.append(ImagePrediction(image_id, w, h))
             continue
-        w, h, _, masks, scores = cache.load(cache_dir, image_id, n_models)
-        probs = combine([scores[k] for k in use], len(masks), rule, [weights[k] for k in use])
+        w, h, _, masks, scores = entries[image_id]
+        picked = range(len(scores)) if use is None else use
+        probs = combine([scores[k] for k in picked], len(masks), rule, [weights[k] for k in picked])
         rows.append(ImagePrediction.from_scores(image_id, w, h, masks, probs))
     return rows
 
@@ -188,7 +194,8 @@ def run(cfg: RunConfig) -> dict:
     fs.makedirs(cfg.cache_dir)
     cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
     totals, errors = score_images(cfg, predictor, ids)
-    rows = assemble(cfg.cache_dir, ids, sizes, len(predictor.models), cfg.combine, predictor.weights)
+    entries = load_cached(cfg.cache_dir, ids, len(predictor.models))
+    rows = assemble(entries, ids, sizes, cfg.combine, predictor.weights)
     write_submission(cfg.out, rows)
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
     if errors:
@@ -204,15 +211,16 @@ def run(cfg: RunConfig) -> dict:
         "seconds_per_image": {s: totals[s] / n for s in STAGES},
         "wall_s": time.perf_counter() - start,
     }
+    truth = None
     if cfg.truth:
         from hpa_tf.metrics import evaluate
-        from hpa_tf.truth import Truth
 
-        result = evaluate(Truth.load(cfg.truth, cfg.truth_split), rows)
+        truth = Truth.load(cfg.truth, cfg.truth_split)
+        result = evaluate(truth, rows)
         print(result.table())
         summary["map"] = result.map
         summary["metric"] = result.to_dict()
-    _write_overlays(cfg, rows[: cfg.overlays], stem)
+    _write_overlays(cfg.data, rows[: cfg.overlays], stem, truth)
     fs.write_text(f"{stem}.summary.json", json.dumps(summary, indent=2))
     per = summary["seconds_per_image"]
     timing = ", ".join(f"{s} {per[s]:.3f} s" for s in STAGES) if totals["images"] else "all scores from the cache"
@@ -221,16 +229,11 @@ def run(cfg: RunConfig) -> dict:
     return summary
 
 
-def _write_overlays(cfg: RunConfig, rows: list[ImagePrediction], stem: str) -> None:
-    truth = None
-    if cfg.truth:
-        from hpa_tf.truth import Truth
-
-        truth = Truth.load(cfg.truth, cfg.truth_split)
+def _write_overlays(data: str, rows: list[ImagePrediction], stem: str, truth: Truth | None) -> None:
     for row in rows:
         if not row.masks:
             continue
-        image = read_image(cfg.data, row.image_id)
+        image = read_image(data, row.image_id)
         true_classes = truth_mask = None
         if truth is not None and row.image_id in truth.cell_labels:
             truth_mask = truth.mask(row.image_id)

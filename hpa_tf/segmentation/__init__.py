@@ -11,6 +11,7 @@ installed), ``precomputed:DIR`` (masks saved earlier).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from hpa_tf.segmentation.base import Segmentation, Segmenter, border_cells, empty_segmentation
@@ -36,8 +37,17 @@ def get_segmenter(spec: str, **options: Any) -> Segmenter:
     raise ValueError(f"unknown segmenter {spec!r}; choose one of {', '.join(BACKENDS)}")
 
 
+@functools.cache
+def cell_segmenter(spec: str) -> Segmenter:
+    """The segmenter of a spec, built once per process, for callers that need cell masks only
+    (``precomputed:DIR`` then skips reading the nuclei masks): the builder and prediction."""
+    if spec.startswith("precomputed:") and len(spec) > len("precomputed:"):
+        return PrecomputedSegmenter(spec.split(":", 1)[1], with_nuclei=False)
+    return get_segmenter(spec)
+
+
 __all__ = [
     "BACKENDS", "ClassicalConfig", "ClassicalSegmenter", "HPACellSegSegmenter", "PrecomputedSegmenter",
-    "Segmentation", "Segmenter", "border_cells", "empty_segmentation", "get_segmenter", "read_masks",
+    "Segmentation", "Segmenter", "border_cells", "cell_segmenter", "empty_segmentation", "get_segmenter", "read_masks",
     "write_masks",
 ]

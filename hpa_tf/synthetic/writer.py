@@ -9,9 +9,9 @@ import numpy as np
 
 from hpa_tf import fs
 from hpa_tf.io.images import CHANNELS
+from hpa_tf.io.png import encode_png, write_label_png
 from hpa_tf.labels import format_labels
 from hpa_tf.synthetic.generator import generate, image_id
-from hpa_tf.io.png import encode_png, write_label_png
 from hpa_tf.truth import mask_path, nuclei_path, write_cell_mask
 
 
