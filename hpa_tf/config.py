@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "kind": "image",  # image | cells
         "backbone": "small_cnn",
         "weights": None,  # None, "imagenet", or a local weights file of the 3-channel backbone
-        "pooling": "avg",  # image head: avg | gem
+        "pooling": "avg",  # feature map -> vector (image, or each cell): avg | gem
         "bag_pooling": "max",  # cell-bag image head: max | lse
         "cell_loss_weight": 0.1,
         "image_loss_weight": 1.0,

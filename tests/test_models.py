@@ -69,7 +69,7 @@ def test_save_load_round_trip_predicts_the_same(tmp_path):
     assert np.allclose(back(x), img(x), atol=1e-6)
     assert cam_model(back)(x).shape == (2, 4, 4, 19)
     bag = {"cells": np.random.default_rng(1).random((2, 5, 32, 32, 4)).astype("float32"), "mask": np.ones((2, 5), "float32")}
-    cells = cell_bag_model("small_cnn", 32, bag_pooling="lse")
+    cells = cell_bag_model("small_cnn", 32, bag_pooling="lse", pooling="gem")
     cells.save(tmp_path / "cells.keras")
     back = keras.models.load_model(tmp_path / "cells.keras")
     for key in ("cells", "image"):

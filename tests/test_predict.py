@@ -10,7 +10,7 @@ from conftest import SAMPLE_512, SAMPLE_512_ID
 
 from hpa_tf.inference import ModelScores, PrepareSpec, combine, prepare_array
 from hpa_tf.inference.predictor import Predictor, ScoringModel, top_class_overlay
-from hpa_tf.inference.report import report
+from hpa_tf.inference.report import TRUE_IMAGE_ROW, report
 from hpa_tf.inference.runner import RunConfig, run
 from hpa_tf.io import read_image
 from hpa_tf.models import cell_bag_model, image_classifier
@@ -123,7 +123,8 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     # The results table re-scores from the cache: its combination row is the submission's score.
     results = report(str(out), str(synth_dir / "truth"), str(synth_dir / "sample_submission.csv"), {}, str(tmp_path / "rep"))
     assert results["default combination (image x cell, all models)"]["mAP"] == pytest.approx(summary["map"])
-    assert len(results) == 5 and (tmp_path / "rep" / "ap_per_class.png").stat().st_size > 0
+    assert len(results) == 6 and (tmp_path / "rep" / "ap_per_class.png").stat().st_size > 0
+    assert 0.0 <= results[TRUE_IMAGE_ROW]["mAP"] <= 1.0
 
     # A killed run resumes: drop two cached images; the rerun scores only those and gives the same CSV.
     cached = sorted((tmp_path / "sub.csv.cache").glob("*.npz"))

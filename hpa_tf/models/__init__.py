@@ -15,7 +15,7 @@ def build_model(config: dict) -> keras.Model:
     """The model a config describes (``model.kind`` image or cells)."""
     m, d = config["model"], config["data"]
     if m["kind"] == "cells":
-        return cell_bag_model(m["backbone"], d["cell_size"], None, m["weights"], m["bag_pooling"], m["dropout"])
+        return cell_bag_model(m["backbone"], d["cell_size"], None, m["weights"], m["bag_pooling"], m["dropout"], m["pooling"])
     if m["kind"] == "image":
         return image_classifier(m["backbone"], d["image_size"], m["weights"], m["pooling"], m["dropout"])
     raise ValueError(f"model.kind must be 'image' or 'cells', not {m['kind']!r}")

@@ -13,17 +13,20 @@ import keras
 
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models.backbones import create_backbone
-from hpa_tf.models.layers import MaskedBagPool, UnflattenBag
+from hpa_tf.models.layers import MaskedBagPool, UnflattenBag, spatial_pool
 
 
 def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = None, weights: str | None = None,
-                   bag_pooling: str = "max", dropout: float = 0.0) -> keras.Model:
-    """``cell_bag_model("efficientnet_b0", 128)``; ``cells_per_bag=None`` accepts any bag size."""
+                   bag_pooling: str = "max", dropout: float = 0.0, pooling: str = "avg") -> keras.Model:
+    """``cell_bag_model("efficientnet_b0", 128)``; ``cells_per_bag=None`` accepts any bag size.
+
+    ``pooling`` (avg | gem) pools each cell's feature map, ``bag_pooling`` (max | lse) the cells.
+    """
     cells = keras.Input((cells_per_bag, cell_size, cell_size, 4), name="cells")
     mask = keras.Input((cells_per_bag,), name="mask")
     net = create_backbone(backbone, (cell_size, cell_size, 4), weights)
     flat = keras.layers.Reshape((cell_size, cell_size, 4), name="to_cells")(keras.ops.reshape(cells, (-1, cell_size, cell_size, 4)))
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(net(flat))
+    pooled = spatial_pool(net(flat), pooling)
     if dropout:
         pooled = keras.layers.Dropout(dropout)(pooled)
     cell_logits = keras.layers.Dense(NUM_CLASSES, name="cell_logits")(pooled)

@@ -11,7 +11,7 @@ import keras
 
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models.backbones import create_backbone
-from hpa_tf.models.layers import GeM
+from hpa_tf.models.layers import spatial_pool
 
 
 def image_classifier(backbone: str, image_size: int, weights: str | None = None, pooling: str = "avg",
@@ -19,12 +19,7 @@ def image_classifier(backbone: str, image_size: int, weights: str | None = None,
     """``image_classifier("efficientnet_b0", 512)``: (B, S, S, 4) in [0, 1] -> (B, 19) probabilities."""
     inputs = keras.Input((image_size, image_size, 4), name="image")
     features = create_backbone(backbone, (image_size, image_size, 4), weights)(inputs)
-    if pooling == "avg":
-        pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    elif pooling == "gem":
-        pooled = GeM(name="pool")(features)
-    else:
-        raise ValueError(f"pooling must be 'avg' or 'gem', not {pooling!r}")
+    pooled = spatial_pool(features, pooling)
     if dropout:
         pooled = keras.layers.Dropout(dropout)(pooled)
     cam = keras.layers.Conv2D(NUM_CLASSES, 1, name="cam")

@@ -29,6 +29,25 @@ class GeM(keras.layers.Layer):
         return {**super().get_config(), "p": self.p_init, "eps": self.eps}
 
 
+POOLINGS = ("avg", "gem")
+
+
+def spatial_pool(features, pooling: str = "avg"):
+    """Feature map (B, h, w, C) -> (B, C) by average or :class:`GeM` pooling, the layer named ``pool``.
+
+    GeM lets a few bright spots (a centrosome, nuclear bodies) outweigh the rest of the map,
+    which an average dilutes.
+
+    >>> tuple(spatial_pool(keras.Input((4, 4, 3)), "gem").shape)
+    (None, 3)
+    """
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if pooling == "gem":
+        return GeM(name="pool")(features)
+    raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
+
+
 @keras.saving.register_keras_serializable(package="hpa_tf")
 class MaskedBagPool(keras.layers.Layer):
     """Per-cell logits (B, N, C) + validity mask (B, N) -> image logits (B, C) by max or
