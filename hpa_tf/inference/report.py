@@ -76,7 +76,7 @@ def _bars(results: dict[str, dict], path: str) -> None:
 
     names = list(results)
     width = 0.8 / max(len(names), 1)
-    fig, ax = plt.subplots(figsize=(14, 5))
+    fig, ax = plt.subplots(figsize=(14, 5 + 0.2 * len(names)))
     x = np.arange(len(CLASS_NAMES))
     for i, name in enumerate(names):
         ap = [results[name]["per_class"][c]["AP"] or 0.0 for c in CLASS_NAMES]
@@ -84,7 +84,8 @@ def _bars(results: dict[str, dict], path: str) -> None:
     ax.set_xticks(x + 0.4 - width / 2, [f"{i} {c[:14]}" for i, c in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("AP @ IoU 0.6")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="upper right")
+    # Below the axes: inside, the legend hid the bars of the last classes.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2)
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
