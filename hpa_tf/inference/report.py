@@ -57,6 +57,13 @@ def with_true_image_labels(entries: dict[str, Entry], truth: Truth) -> dict[str,
 
     Scored with ``image_x_cell``, this splits the gap to the perfect row in two: what the image
     level loses (this row minus the combination) and what the cell level loses (the rest).
+
+    >>> import pandas as pd
+    >>> truth = Truth("truth", pd.DataFrame({"ID": ["a"], "labels": [[2, 16]]}), {})
+    >>> scores = [ModelScores(np.full(NUM_CLASSES, 0.3), np.ones((1, NUM_CLASSES)))]
+    >>> entry = with_true_image_labels({"a": (8, 8, np.array([1]), ["m"], scores)}, truth)["a"]
+    >>> np.flatnonzero(entry[4][0].image).tolist(), entry[4][0].cells is scores[0].cells
+    ([2, 16, 18], True)
     """
     labels = dict(zip(truth.images["ID"], truth.images["labels"]))
     out = {}
