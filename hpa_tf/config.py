@@ -62,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
         "learning_rate": 2e-3,
         "weight_decay": 1e-4,
         "warmup_epochs": 0.5,
+        "seed": 0,  # weights and augmentations (keras.utils.set_random_seed)
+        "deterministic": False,  # the same run twice gives the same weights (op determinism; may be slower on GPUs)
     },
 }
 

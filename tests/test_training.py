@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from tensorflow.python.framework import config as tf_config
 
 from hpa_tf.config import ConfigError, load_config
 from hpa_tf.training import train
@@ -55,6 +56,32 @@ def test_a_killed_run_resumes_from_its_last_epoch(built_records, tmp_path):
     assert log["epoch"].tolist() == [0, 1, 2]  # epoch 2 ran once, after the restart
     model = keras.models.load_model(tmp_path / "m" / "last.keras")
     assert int(model.optimizer.iterations.numpy()) == 6  # the schedule continued, not restarted
+    train(config)  # a finished run's folder trained again: a new run, with its own log
+    assert pd.read_csv(tmp_path / "m" / "train_log.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+@pytest.fixture
+def op_determinism_restored():
+    was_on = tf_config.is_op_determinism_enabled()
+    yield
+    if not was_on:  # train.deterministic turns it on for the whole (pytest worker) process
+        tf_config.disable_op_determinism()
+
+
+def test_a_deterministic_run_repeats_exactly(built_records, tmp_path, op_determinism_restored):
+    def weights(seed: int, name: str) -> np.ndarray:
+        config = load_config(str(ROOT / "configs" / "demo_cpu_cells.yaml"), [
+            f"data.records={built_records}", f"train.model_dir={tmp_path / name}", "data.cell_size=32",
+            "data.cells_per_bag=4", "data.shuffle_buffer=8", "train.batch_size=2", "train.epochs=2",
+            "train.steps_per_epoch=3", "data.val_fold=-1", "train.deterministic=true", f"train.seed={seed}"])
+        train(config)
+        model = keras.models.load_model(tmp_path / name / "last.keras")
+        return np.concatenate([w.ravel() for w in model.get_weights()])
+
+    first = weights(0, "a")
+    assert tf_config.is_op_determinism_enabled()
+    assert np.array_equal(first, weights(0, "b"))  # weights, augmentations and batch order all repeat
+    assert not np.allclose(first, weights(1, "c"))  # and the seed is what picks them
 
 
 def test_mirrored_strategy_on_two_logical_cpus(built_records, tmp_path):

@@ -4,7 +4,12 @@ Outputs under ``train.model_dir`` (local or ``gs://``): ``config.yaml`` (the eff
 ``backup/`` (BackupAndRestore: a killed run resumes from its last finished epoch with the same
 learning-rate schedule, since the optimizer's step count is restored), ``best.keras`` (highest
 validation mAP of image labels) and ``last.keras``, ``train_log.csv``, ``logs/`` (TensorBoard) and
-``val_metrics.jsonl`` (per-class AUC, AP and F1 per epoch).
+``val_metrics.jsonl`` (per-class AUC, AP and F1 per epoch); a new run in the folder of a finished
+one starts both logs anew, a resumed one appends.
+
+``train.seed`` seeds the weights and augmentations; with ``train.deterministic`` a rerun on the same
+machine and TensorFlow gives the same weights (TensorFlow's op determinism, which also makes tf.data
+keep its order; it stays on for the rest of the process).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import importlib.util
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 
 from hpa_tf import fs
 from hpa_tf.config import save_config
@@ -51,10 +57,17 @@ def train(config: dict, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
     """
     t = config["train"]
     configure_logical_cpus(int(t["logical_cpus"]))
+    keras.utils.set_random_seed(int(t["seed"]))
+    if t["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
     strategy = get_strategy(t["strategy"])
     keras.mixed_precision.set_global_policy(precision_policy(t["mixed_precision"], strategy))
     model_dir = t["model_dir"]
     fs.makedirs(model_dir)
+    backup = fs.join(model_dir, "backup")
+    if not fs.exists(backup):  # a new run, not a resumed one: logs of an earlier run would mix in
+        for name in ("train_log.csv", "val_metrics.jsonl"):
+            fs.remove(fs.join(model_dir, name))
     save_config(config, fs.join(model_dir, "config.yaml"))
 
     replicas = strategy.num_replicas_in_sync
@@ -72,7 +85,7 @@ def train(config: dict, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
         _compile(model, config, optimizer)
 
     train_ds = distribute(strategy, config, True, t["batch_size"])
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.BackupAndRestore(fs.join(model_dir, "backup"))]
+    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.BackupAndRestore(backup)]
     if val_fold >= 0:
         val_ds = make_dataset(config, False, t["batch_size"])
         output = "image" if config["model"]["kind"] == "cells" else None
