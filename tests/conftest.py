@@ -12,6 +12,20 @@ SAMPLE_512_ID = "837e738c-bba8-11e8-b2ba-ac1f6b6435d0"
 SAMPLE_2048 = SAMPLES / "hpa_cellatlas_2048"
 
 
+@pytest.fixture(autouse=True)
+def _op_determinism_off_after_each_test():
+    """``train.deterministic`` (on in the demo configs) turns TensorFlow's op determinism on for the
+    whole process; turn it off again so that no test depends on which ran before it in its worker."""
+    yield
+    import sys
+
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SynthHPA folder: 4 train + 4 test images of 256 px (made once per test session)."""

@@ -21,7 +21,6 @@ def _config(records, model_dir, *extra):
 
 
 def test_demo_model_learns_on_synthhpa(learning_records, tmp_path):
-    keras.utils.set_random_seed(0)
     result = train(_config(learning_records, tmp_path / "m", "train.epochs=8"))
     hist = result["history"]
     assert hist["loss"][-1] < 0.6 * hist["loss"][0]
@@ -60,15 +59,7 @@ def test_a_killed_run_resumes_from_its_last_epoch(built_records, tmp_path):
     assert pd.read_csv(tmp_path / "m" / "train_log.csv")["epoch"].tolist() == [0, 1, 2]
 
 
-@pytest.fixture
-def op_determinism_restored():
-    was_on = tf_config.is_op_determinism_enabled()
-    yield
-    if not was_on:  # train.deterministic turns it on for the whole (pytest worker) process
-        tf_config.disable_op_determinism()
-
-
-def test_a_deterministic_run_repeats_exactly(built_records, tmp_path, op_determinism_restored):
+def test_a_deterministic_run_repeats_exactly(built_records, tmp_path):
     def weights(seed: int, name: str) -> np.ndarray:
         config = load_config(str(ROOT / "configs" / "demo_cpu_cells.yaml"), [
             f"data.records={built_records}", f"train.model_dir={tmp_path / name}", "data.cell_size=32",
