@@ -45,7 +45,7 @@ def run(quick: bool = False) -> dict:
         for j in jobs:
             write_masks(f"{d}/masks", j.image_id, seg.segment([read_image(data, j.image_id)])[0])
         for name, segmenter in (("precomputed_masks", f"precomputed:{d}/masks"), ("classical_segmentation", "classical")):
-            config = BuildConfig(data, segmenter)
+            config = BuildConfig((("main", data, ""),), segmenter)
             build_example(config, jobs[0])  # warm-up: imports, segmenter construction
             t = time.perf_counter()
             built = [build_example(config, j) for j in jobs]

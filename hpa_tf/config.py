@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
         "records": "runs/demo/records",
         "kind": "image",  # image | cells
         "val_fold": 0,  # the fold held out for validation; -1 = none
+        "val_sources": [],  # validate on these sources' images of val_fold only (others train); [] = all
         "image_size": 128,
         "cell_size": 64,
         "cells_per_bag": 16,
@@ -42,7 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "model": {
         "kind": "image",  # image | cells
         "backbone": "small_cnn",
-        "weights": None,  # None, "imagenet", or a local weights file of the 3-channel backbone
+        "weights": None,  # None, "imagenet", "imagenet:PATH" (keras' file, offline), or a 3-channel weights file
+        "init_from": None,  # a 4-channel hpa-tf checkpoint (.keras / .weights.h5) to start from; overrides weights
         "pooling": "avg",  # feature map -> vector (image, or each cell): avg | gem
         "bag_pooling": "max",  # cell-bag image head: max | lse
         "cell_loss_weight": 0.1,

@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 import shutil
 
 import cv2
@@ -141,3 +142,39 @@ def test_inspect_prints_and_draws(built, capsys):
     assert "4 images" in text and "folds:" in text
     sheet = cv2.imread(str(built / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] == 2 * 256
+
+
+def test_several_sources_make_one_record_set(synth_dir, tmp_path):
+    truth = pd.read_csv(synth_dir / "truth" / "images.csv", dtype=str)
+    external = tmp_path / "external.csv"
+    truth[truth["split"] == "test"][["ID", "Label"]].to_csv(external, index=False)
+    out = tmp_path / "records"
+    assert main(["build", "--source", "competition", str(synth_dir / "train"), str(synth_dir / "train.csv"),
+                 "--source", "external", str(synth_dir / "test"), str(external), "--out", str(out),
+                 "--image-size", "64", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {k: v["images"] for k, v in manifest["sources"].items()} == {"competition": 4, "external": 4}
+    records = _read(out, "images", parse_image_record)
+    assert Counter(r["source"].decode() for r in records) == {"competition": 4, "external": 4}
+    assert Counter(r["source"].decode() for r in _read(out, "cells", parse_cell_record)) == {"competition": 4, "external": 4}
+    folds = {r["id"].decode(): int(r["fold"]) for r in records}
+    assert set(folds.values()) == {0, 1}  # stratified over all eight images
+
+    from hpa_tf.config import load_config
+    from hpa_tf.data.pipeline import count_images, make_dataset
+
+    cfg = load_config(None, [f"data.records={out}", "data.image_size=32", "data.val_fold=0",
+                             "data.val_sources=[competition]", "data.shuffle_buffer=1"])
+    ex_val = [e for e in records if e["fold"] == 0 and e["source"] == b"competition"]
+    n_val = sum(int(b[0].shape[0]) for b in make_dataset(cfg, False, 1))
+    assert n_val == len(ex_val) == count_images(str(out), [0], ["competition"])
+    # training sees everything else, the external images of fold 0 included
+    plain = ["augment.flip=false", "augment.rot90=false", "augment.crop_min=1", "augment.contrast=0",
+             "augment.p_negative=0", "augment.p_swap=0"]
+    train_cfg = load_config(None, [f"data.records={out}", "data.image_size=64", "data.val_fold=0",
+                                   "data.val_sources=[competition]", *plain])
+    seen = {np.rint(x[0].numpy() * 255).astype(np.uint8).tobytes() for x, _ in make_dataset(train_cfg, True, 1).take(80)}
+    want = {e["image"].tobytes() for e in records if not (e["fold"] == 0 and e["source"] == b"competition")}
+    assert seen == want and len(want) == 8 - n_val and any(e["fold"] == 0 and e["source"] == b"external" for e in records)
+    with pytest.raises(ValueError, match="no source \\['kaggle'\\]"):
+        count_images(str(out), [0], ["kaggle"])

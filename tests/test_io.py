@@ -139,6 +139,24 @@ def test_label_tables_in_three_layouts(tmp_path):
         read_label_table(str(tmp_path / "dup.csv"))
 
 
+def test_2018_labels_are_mapped_by_class(tmp_path):
+    (tmp_path / "train.csv").write_text("Id,Target\na,8 25\nb,11\nc,27\nd,19 18 22 0\ne,16 27\n")
+    table = read_label_table(str(tmp_path / "train.csv"))
+    # Peroxisomes -> Vesicles, Cytosol 25 -> 16; Intermediate filaments 11 -> 8; Rods & rings: no 2021 class
+    assert table["ID"].tolist() == ["a", "b", "d"]
+    assert table["labels"].tolist() == [[16, 17], [8], [0, 12, 13]]
+    assert table["Label_2018"].tolist() == ["8 25", "11", "19 18 22 0"]
+    report = table.attrs["label_report"]
+    assert "Rods & rings (27) x 2" in report and "Cytokinetic bridge (16) x 1" in report and "2 image(s)" in report
+    assert read_label_table(str(SAMPLE_512 / "train.csv"))["labels"].tolist() == [[5]]  # Nuclear bodies in both
+    (tmp_path / "new.csv").write_text("ID,Label\na,8\n")  # a 2021 table keeps its ids
+    assert read_label_table(str(tmp_path / "new.csv"))["labels"].tolist() == [[8]]
+    assert read_label_table(str(tmp_path / "new.csv"), classes="2018")["labels"].tolist() == [[17]]
+    (tmp_path / "bad.csv").write_text("Id,Target\na,28\n")
+    with pytest.raises(LabelError, match="ID a.*0..27"):
+        read_label_table(str(tmp_path / "bad.csv"))
+
+
 def test_scan_folder_without_csv(tmp_path):
     _write_set(tmp_path, "one")
     _write_set(tmp_path, "two")

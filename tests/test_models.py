@@ -29,8 +29,9 @@ def test_three_channel_weights_from_a_local_file_widen_the_stem(tmp_path):
     four = create_backbone("resnet50", (64, 64, 4), weights=path)
     core = four.get_layer("resnet50")
     stem3, stem4 = three.get_layer("conv1_conv").get_weights()[0], core.get_layer("conv1_conv").get_weights()[0]
-    assert stem4.shape[2] == 4 and np.allclose(stem4[:, :, :3], stem3)
-    assert np.allclose(stem4[:, :, 3], (stem3[:, :, 0] + stem3[:, :, 1]) / 2)  # yellow = mean(red, green)
+    rgb = stem3[:, :, ::-1]  # ResNet's ImageNet weights are caffe-style: blue, green, red
+    assert stem4.shape[2] == 4 and np.allclose(stem4[:, :, :3], rgb)
+    assert np.allclose(stem4[:, :, 3], (rgb[:, :, 0] + rgb[:, :, 1]) / 2)  # yellow = mean(red, green)
     assert np.allclose(three.get_layer("conv5_block3_3_conv").get_weights()[0], core.get_layer("conv5_block3_3_conv").get_weights()[0])
     assert widen_stem(np.ones((1, 1, 3, 2))).shape == (1, 1, 4, 2)
 
@@ -74,3 +75,55 @@ def test_save_load_round_trip_predicts_the_same(tmp_path):
     back = keras.models.load_model(tmp_path / "cells.keras")
     for key in ("cells", "image"):
         assert np.allclose(back(bag)[key], cells(bag)[key], atol=1e-6)
+
+
+def _same_weights(a: keras.Model, b: keras.Model) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights()))
+
+
+def test_a_trained_model_starts_another_kind_and_size(tmp_path):
+    from hpa_tf.config import load_config
+    from hpa_tf.models import backbone_of, build_model
+
+    keras.utils.set_random_seed(3)
+    source = image_classifier("small_cnn", 64, pooling="gem")
+    source.get_layer("pool").set_weights([np.array(4.5, "float32")])
+    source.save(tmp_path / "image.keras")
+    source.save_weights(tmp_path / "image.weights.h5")
+    for path in (tmp_path / "image.keras", tmp_path / "image.weights.h5"):
+        # the image model at 64 px starts one at 128 px, and a cell-bag model
+        bigger = build_model(load_config(None, [f"model.init_from={path}", "data.image_size=128", "model.pooling=gem"]))
+        assert _same_weights(backbone_of(bigger), backbone_of(source))
+        assert np.array_equal(bigger.get_layer("cam").get_weights()[0], source.get_layer("cam").get_weights()[0])
+        assert float(bigger.get_layer("pool").get_weights()[0]) == 4.5
+        cells = build_model(load_config(None, [f"model.init_from={path}", "model.kind=cells", "data.kind=cells"]))
+        assert _same_weights(backbone_of(cells), backbone_of(source))
+        head = cells.get_layer("cell_logits").get_weights()[0]
+        assert np.array_equal(head, source.get_layer("cam").get_weights()[0].reshape(head.shape))  # same map, reshaped
+    with pytest.raises(ValueError, match="has a small_cnn backbone, the config asks for resnet50|no hpa-tf model with a resnet50"):
+        build_model(load_config(None, [f"model.init_from={tmp_path / 'image.keras'}", "model.backbone=resnet50"]))
+
+
+def test_a_bfloat16_model_loads_in_float32(tmp_path):
+    from hpa_tf.models import load_model
+
+    x = np.random.default_rng(0).random((2, 64, 64, 4)).astype("float32")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")  # as on a TPU
+    try:
+        keras.utils.set_random_seed(0)
+        trained = cell_bag_model("small_cnn", 32, pooling="gem")
+        image = image_classifier("small_cnn", 64)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    trained.save(tmp_path / "cells.keras")
+    image.save(tmp_path / "image.keras")
+    loaded = load_model(str(tmp_path / "image.keras"))
+    assert {layer.compute_dtype for layer in loaded._flatten_layers()} == {"float32"}
+    reference = image_classifier("small_cnn", 64)  # the same weights in a float32 model
+    reference.set_weights(image.get_weights())
+    assert np.allclose(loaded(x), reference(x), atol=1e-6)
+    kept = load_model(str(tmp_path / "image.keras"), dtype="keep")
+    assert "bfloat16" in {layer.compute_dtype for layer in kept._flatten_layers()}
+    cells = load_model(str(tmp_path / "cells.keras"))
+    bag = {"cells": x[:1, None, :32, :32].repeat(3, axis=1), "mask": np.ones((1, 3), "float32")}
+    assert cells(bag)["cells"].dtype == "float32" and cells(bag)["cells"].shape == (1, 3, 19)

@@ -1,14 +1,17 @@
 """Build TFRecords once, reuse them everywhere.
 
     python -m tfrecord_builder build --data DIR --labels train.csv --out OUT
-        [--segmenter classical|hpacellseg|precomputed:DIR] [--image-size 512] [--cell-size 128]
+        [--source NAME DIR LABELS ...] [--segmenter classical|hpacellseg|precomputed:DIR] [--image-size 512] [--cell-size 128]
         [--shard-mb 150] [--workers N] [--folds 5] [--compression none|gzip]
         [--runner local|beam --beam-options="--runner=DataflowRunner ..."] [--overwrite]
     python -m tfrecord_builder inspect OUT [--png sheet.png]
 
 OUT gets ``images-00000-of-000NN.tfrec`` and ``cells-...`` shards, ``manifest.json`` (counts, class
 frequencies, per-shard example counts and sha256, schema version, the build config), ``folds.csv``
-and ``errors.csv``. A rerun skips complete shards; ``--overwrite`` starts over.
+and ``errors.csv``. A rerun skips complete shards; ``--overwrite`` starts over. Several data sources
+(``--source competition data/train data/train.csv --source external ext/train ext/train.csv``) go
+into one record set: folds stratified over all of them, each record stores its source, so training
+can keep external images out of validation (``data.val_sources``).
 """
 
 from __future__ import annotations
@@ -51,13 +54,46 @@ def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], over
     return plan
 
 
+def _sources(args: argparse.Namespace) -> tuple[tuple[str, str, str], ...]:
+    """(name, image folder, label table) of every source the command line names."""
+    sources = [tuple(s) for s in args.source or []]
+    if args.data or args.labels:
+        if not (args.data and args.labels):
+            raise SystemExit("error: --data and --labels go together (or give --source NAME DATA LABELS)")
+        sources.insert(0, (args.source_name, args.data, args.labels))
+    if not sources:
+        raise SystemExit("error: give --data DIR --labels CSV, or one --source NAME DATA LABELS per data source")
+    names = [s[0] for s in sources]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"error: source names must differ, got {names}")
+    return tuple(sources)
+
+
+def _jobs(config: BuildConfig, classes: str, n_folds: int, seed: int) -> tuple[list[ImageJob], dict[str, int]]:
+    """One job per image of every source; folds stratified over all of them together."""
+    ids, labels, owners = [], [], []
+    seen: dict[str, str] = {}
+    for name, _, labels_path in config.sources:
+        table = read_label_table(labels_path, classes)
+        if table.attrs.get("label_report"):
+            print(table.attrs["label_report"])
+        for image_id, lab in zip(table["ID"], table["labels"]):
+            if image_id in seen:
+                raise SystemExit(f"error: image {image_id} is listed by source {seen[image_id]!r} and by {name!r} "
+                                 f"({labels_path}); an ID must be unique across sources")
+            seen[image_id] = name
+            ids.append(image_id)
+            labels.append(lab)
+            owners.append(name)
+    folds = assign_folds(ids, labels, n_folds, seed)
+    return [ImageJob(i, tuple(lab), folds[i], src) for i, lab, src in zip(ids, labels, owners)], folds
+
+
 def build(args: argparse.Namespace) -> int:
     compression = {"none": "", "gzip": "GZIP"}[args.compression]
-    config = BuildConfig(args.data, args.segmenter, args.image_size, args.cell_size, args.shard_mb,
+    config = BuildConfig(_sources(args), args.segmenter, args.image_size, args.cell_size, args.shard_mb,
                          compression, args.folds, args.seed)
-    table = read_label_table(args.labels)
-    folds = assign_folds(list(table["ID"]), list(table["labels"]), args.folds, args.seed)
-    jobs = [ImageJob(i, tuple(lab), folds[i]) for i, lab in zip(table["ID"], table["labels"])]
+    jobs, folds = _jobs(config, args.classes, args.folds, args.seed)
     if args.overwrite and fs.exists(args.out):
         for name in fs.listdir(args.out):
             if name.endswith(".tfrec") or ".tfrec.tmp-" in name or name in (PLAN, MANIFEST):
@@ -93,9 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfrecord_builder", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build image and cell shards")
-    b.add_argument("--data", required=True, help="folder of {ID}_{red,green,blue,yellow} images")
-    b.add_argument("--labels", required=True, help="label table: train.csv (2021 or 2018 form) or kaggle_2021.tsv")
+    b.add_argument("--data", help="folder of {ID}_{red,green,blue,yellow} images")
+    b.add_argument("--labels", help="label table: train.csv (2021 or 2018 form) or kaggle_2021.tsv")
+    b.add_argument("--source-name", default="main", help="the name --data/--labels are stored under (default main)")
+    b.add_argument("--source", nargs=3, action="append", metavar=("NAME", "DATA", "LABELS"),
+                   help="one more data source: its name, image folder and label table (repeatable)")
     b.add_argument("--out", required=True, help="output folder (local, gs://, ...)")
+    b.add_argument("--classes", choices=("auto", "2021", "2018"), default="auto",
+                   help="class ids of the label table: auto = 2018 for an Id,Target table, else 2021")
     b.add_argument("--segmenter", default="classical", help="classical | hpacellseg | precomputed:DIR")
     b.add_argument("--image-size", type=int, default=512)
     b.add_argument("--cell-size", type=int, default=128)

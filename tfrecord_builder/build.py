@@ -23,9 +23,10 @@ from hpa_tf.segmentation import cell_segmenter
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Everything that decides the records' bytes (saved in the manifest)."""
+    """Everything that decides the records' bytes (saved in the manifest). ``sources``: one
+    ``(name, image folder, label table)`` per data source, e.g. the competition's and external data."""
 
-    data: str
+    sources: tuple[tuple[str, str, str], ...]
     segmenter: str = "classical"
     image_size: int = 512
     cell_size: int = 128
@@ -35,7 +36,13 @@ class BuildConfig:
     seed: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out["sources"] = [list(src) for src in self.sources]  # the JSON form, so a saved config compares equal
+        return out
+
+    def data_dir(self, source: str) -> str:
+        """The image folder of a source."""
+        return next(data for name, data, _ in self.sources if name == source)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class ImageJob:
     image_id: str
     labels: tuple[int, ...]
     fold: int
+    source: str = "main"
 
 
 @dataclass
@@ -51,6 +59,7 @@ class Built:
 
     image_id: str
     labels: tuple[int, ...]
+    source: str = "main"
     image_record: bytes = b""
     cell_record: bytes = b""
     n_cells: int = 0
@@ -63,11 +72,14 @@ class Built:
 
 
 def build_example(config: BuildConfig, job: ImageJob) -> Built:
-    """Both records of one image. ``build_example(BuildConfig("synth/train"), ImageJob("id", (0,), 2))``"""
-    out = Built(job.image_id, job.labels)
+    """Both records of one image.
+
+    >>> build_example(BuildConfig((("main", "synth/train", "synth/train.csv"),)), ImageJob("id", (0,), 2))  # doctest: +SKIP
+    """
+    out = Built(job.image_id, job.labels, job.source)
     t = time.perf_counter()
     try:
-        image = read_image(config.data, job.image_id)
+        image = read_image(config.data_dir(job.source), job.image_id)
     except Exception as err:  # a bad file is reported, the build goes on
         out.error = f"read: {err}"
         return out
@@ -89,10 +101,12 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
     t = _tick(out, "resize_crop", t)
     labels = to_multi_hot(list(job.labels), np.int64)
     out.image_record = schema.image_example(
-        job.image_id, labels, h, w, job.fold, schema.encode_rgby_png(small), schema.encode_mask_png(small_mask), len(crops)
+        job.image_id, labels, h, w, job.fold, schema.encode_rgby_png(small), schema.encode_mask_png(small_mask),
+        len(crops), job.source,
     )
     out.cell_record = schema.cell_example(
-        job.image_id, labels, h, w, job.fold, [schema.encode_rgby_png(c) for c in crops], bbox, area, border, index
+        job.image_id, labels, h, w, job.fold, [schema.encode_rgby_png(c) for c in crops], bbox, area, border, index,
+        job.source,
     )
     out.n_cells = len(crops)
     _tick(out, "encode", t)

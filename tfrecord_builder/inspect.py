@@ -34,7 +34,9 @@ def inspect(out: str, png: str | None = None, n: int = 6) -> int:
     c, cfg = m["counts"], m["config"]
     print(f"{out}: schema v{m['schema_version']}, {c['images']} images, {c['cells']} cells, {c['errors']} errors, "
           f"{c['shards']} shards of each kind")
-    print(f"  built from {cfg['data']} with segmenter {cfg['segmenter']}, images {cfg['image_size']} px, "
+    sources = ", ".join(f"{name} ({data}, {m.get('sources', {}).get(name, {}).get('images', 0)} images)"
+                        for name, data, _ in cfg["sources"])
+    print(f"  built from {sources} with segmenter {cfg['segmenter']}, images {cfg['image_size']} px, "
           f"cells {cfg['cell_size']} px, compression {cfg['compression'] or 'none'}")
     print("  folds: " + ", ".join(f"{k}: {v}" for k, v in m["folds"]["images_per_fold"].items()))
     freq = sorted(m["class_frequencies"].items(), key=lambda kv: -kv[1])

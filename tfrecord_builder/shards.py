@@ -75,7 +75,7 @@ def write_shard(out: str, index: int, n_shards: int, results: Sequence[Built], c
     for r in good:
         class_counts[list(r.labels)] += 1
     meta = {
-        "index": index, "files": files, "ids": [r.image_id for r in good],
+        "index": index, "files": files, "ids": [r.image_id for r in good], "sources": [r.source for r in good],
         "n_cells": int(sum(r.n_cells for r in good)), "class_counts": class_counts.tolist(),
         "errors": [{"ID": r.image_id, "error": r.error} for r in results if not r.ok],
         "timings": {k: float(sum(r.timings.get(k, 0.0) for r in results)) for k in ("read", "segment", "resize_crop", "encode")},
@@ -92,16 +92,22 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], folds: dict[st
     """Summarise all shards into ``manifest.json``; list bad images in ``errors.csv``."""
     class_counts = np.sum([m["class_counts"] for m in metas], axis=0).astype(int)
     ids = [i for m in metas for i in m["ids"]]
+    source_of = {i: src for m in metas for i, src in zip(m["ids"], m.get("sources", ["main"] * len(m["ids"])))}
     errors = [e for m in metas for e in m["errors"]]
     fold_counts: dict[str, int] = {}
+    by_source: dict[str, dict[str, int]] = {}
     for i in ids:
         key = str(folds[i])
         fold_counts[key] = fold_counts.get(key, 0) + 1
+        per = by_source.setdefault(source_of[i], {})
+        per[key] = per.get(key, 0) + 1
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "config": config,
         "counts": {"images": len(ids), "cells": int(sum(m["n_cells"] for m in metas)), "errors": len(errors),
                    "shards": len(metas)},
+        "sources": {name: {"images": sum(per.values()), "images_per_fold": dict(sorted(per.items()))}
+                    for name, per in sorted(by_source.items())},
         "class_frequencies": {CLASS_NAMES[c]: int(class_counts[c]) for c in range(NUM_CLASSES)},
         "folds": {"n_folds": config["folds"], "images_per_fold": dict(sorted(fold_counts.items())), "file": "folds.csv"},
         "shards": {kind: [m["files"][kind] for m in metas] for kind in KINDS},

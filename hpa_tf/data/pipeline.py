@@ -3,7 +3,9 @@
 Training: file-level shuffle, parallel interleave, parallel parse, shuffle buffer, ``repeat()``,
 static shapes (``drop_remainder=True``), prefetch, ``deterministic=False`` unless asked.
 Evaluation: one pass in file order. Fold selection uses the ``fold`` feature the builder stored
-(``folds.csv`` in the manifest says the same). Under a ``tf.distribute`` strategy use
+(``folds.csv`` in the manifest says the same); with ``data.val_sources`` only those sources'
+images of the validation fold validate, and the other sources' images of that fold train (the usual
+practice with external data). Under a ``tf.distribute`` strategy use
 :func:`distribute`, which batches per replica through ``distribute_datasets_from_function``.
 
 Elements:
@@ -43,10 +45,25 @@ def shard_files(records: str, kind: str) -> tuple[list[str], str]:
     return [fs.join(records, f["file"]) for f in m["shards"][kind]], m["config"]["compression"]
 
 
-def count_images(records: str, folds: Sequence[int] | None, exclude: Sequence[int] = ()) -> int:
-    """How many images the given folds hold (all images when ``folds`` is None), less ``exclude``."""
-    per_fold = read_manifest(records)["folds"]["images_per_fold"]
-    return sum(n for f, n in per_fold.items() if (folds is None or int(f) in folds) and int(f) not in exclude)
+def count_images(records: str, folds: Sequence[int] | None = None, sources: Sequence[str] | None = None) -> int:
+    """How many images the given folds hold (all folds when None), counting only ``sources`` if given.
+
+    >>> count_images("records", [0], sources=["competition"])  # doctest: +SKIP
+    4361
+    """
+    manifest = read_manifest(records)
+    if sources:
+        per_source = manifest.get("sources", {})
+        unknown = sorted(set(sources) - set(per_source))
+        if unknown:
+            raise ValueError(f"data.val_sources: {records} has no source {unknown}; it has {sorted(per_source)}")
+        per_fold: dict[str, int] = {}
+        for name in sources:
+            for f, n in per_source[name]["images_per_fold"].items():
+                per_fold[f] = per_fold.get(f, 0) + n
+    else:
+        per_fold = manifest["folds"]["images_per_fold"]
+    return sum(n for f, n in per_fold.items() if folds is None or int(f) in folds)
 
 
 def _files_dataset(files: list[str], compression: str, training: bool, deterministic: bool, seed: int,
@@ -62,23 +79,29 @@ def _files_dataset(files: list[str], compression: str, training: bool, determini
     )
 
 
-def _in_folds(fold: tf.Tensor, folds: Sequence[int] | None, exclude: bool) -> tf.Tensor:
+def _selected(ex: dict, folds: Sequence[int] | None, sources: Sequence[str] | None, exclude: bool) -> tf.Tensor:
+    """Whether a record is in ``folds`` (any fold when None) and one of ``sources`` (any when empty);
+    the opposite with ``exclude`` (no folds: nothing is held out, every record is kept)."""
     if folds is None:
         return tf.constant(True)
-    hit = tf.reduce_any(tf.equal(fold, tf.constant(list(folds), tf.int64)))
+    hit = tf.reduce_any(tf.equal(ex["fold"], tf.constant(list(folds), tf.int64)))
+    if sources:
+        hit = hit & tf.reduce_any(tf.equal(ex["source"], tf.constant(list(sources))))
     return tf.logical_not(hit) if exclude else hit
 
 
 def _examples(data: dict, kind: str, spec: dict, training: bool, folds: Sequence[int] | None, exclude_folds: bool,
               input_context: tf.distribute.InputContext | None, need_cells: bool = False) -> tf.data.Dataset:
-    """Parsed records of ``kind`` in the chosen folds (with cells, if asked); shuffled and repeated when training."""
+    """Parsed records of ``kind`` in the chosen folds and ``data.val_sources`` (or all others with
+    ``exclude_folds``), with cells if asked; shuffled and repeated when training."""
     files, compression = shard_files(data["records"], kind)
     det = bool(data["deterministic"])
     ds = _files_dataset(files, compression, training, det, data["seed"], input_context)
     ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE, deterministic=det or not training)
+    sources = (data.get("val_sources") or None) if folds is not None else None
 
     def keep(ex):
-        hit = _in_folds(ex["fold"], folds, exclude_folds)
+        hit = _selected(ex, folds, sources, exclude_folds)
         return hit & (ex["n_cells"] > 0) if need_cells else hit
 
     ds = ds.filter(keep)

@@ -4,13 +4,14 @@ Two record kinds per image, in separate shard sets (``images-*.tfrec``, ``cells-
 
 **Image record** (``IMAGE_FEATURES``)
 - ``id`` (bytes), ``labels`` (19 x int64 multi-hot), ``height``/``width`` (the original size),
-  ``fold`` (int64), ``schema_version`` (int64);
+  ``fold`` (int64), ``source`` (bytes: the name of the data source the image came from, e.g.
+  ``competition`` or ``external``; empty in version-1 records), ``schema_version`` (int64);
 - ``image``: PNG, 4 channels in the order red, green, blue, yellow (the file's RGBA), resized to
   ``image_size`` x ``image_size``; lossless;
 - ``mask``: 16-bit PNG cell instance mask at the same size (0 = background); ``n_cells``.
 
 **Cell record** (``CELL_FEATURES``): all cells of one image, so a reader can sample from them
-- the image's ``id``, ``labels``, ``height``, ``width``, ``fold``, ``schema_version``, ``n_cells``;
+- the image's ``id``, ``labels``, ``height``, ``width``, ``fold``, ``source``, ``schema_version``, ``n_cells``;
 - ``cells``: one PNG per cell (4 channels, ``cell_size`` x ``cell_size``): the cell's bounding box
   with the pixels of other cells zeroed, padded to a square (aspect kept), then resized;
 - ``bbox`` (n x 4 int64: y0, x0, y1, x1 in original pixels), ``area`` (n, original pixels),
@@ -24,7 +25,7 @@ import numpy as np
 from hpa_tf.io.png import encode_label_png, encode_png
 from hpa_tf.labels import NUM_CLASSES
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the source field
 
 
 def _tf():
@@ -42,6 +43,7 @@ def _common_features() -> dict:
         "height": tf.io.FixedLenFeature([], tf.int64),
         "width": tf.io.FixedLenFeature([], tf.int64),
         "fold": tf.io.FixedLenFeature([], tf.int64),
+        "source": tf.io.FixedLenFeature([], tf.string, default_value=""),
         "schema_version": tf.io.FixedLenFeature([], tf.int64),
         "n_cells": tf.io.FixedLenFeature([], tf.int64),
     }
@@ -93,9 +95,11 @@ def _ints(values) -> object:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
 
 
-def _common(image_id: str, labels: np.ndarray, height: int, width: int, fold: int, n_cells: int) -> dict:
+def _common(image_id: str, labels: np.ndarray, height: int, width: int, fold: int, n_cells: int,
+            source: str) -> dict:
     return {
         "id": _bytes([image_id.encode()]),
+        "source": _bytes([source.encode()]),
         "labels": _ints(labels),
         "height": _ints([height]),
         "width": _ints([width]),
@@ -106,20 +110,20 @@ def _common(image_id: str, labels: np.ndarray, height: int, width: int, fold: in
 
 
 def image_example(image_id: str, labels: np.ndarray, height: int, width: int, fold: int,
-                  image_png: bytes, mask_png: bytes, n_cells: int) -> bytes:
+                  image_png: bytes, mask_png: bytes, n_cells: int, source: str = "") -> bytes:
     """A serialized image record."""
     tf = _tf()
-    feats = _common(image_id, labels, height, width, fold, n_cells)
+    feats = _common(image_id, labels, height, width, fold, n_cells, source)
     feats.update(image=_bytes([image_png]), mask=_bytes([mask_png]))
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
 def cell_example(image_id: str, labels: np.ndarray, height: int, width: int, fold: int,
                  crops_png: list[bytes], bbox: np.ndarray, area: np.ndarray, border: np.ndarray,
-                 cell_index: np.ndarray) -> bytes:
+                 cell_index: np.ndarray, source: str = "") -> bytes:
     """A serialized cell record (all cells of one image)."""
     tf = _tf()
-    feats = _common(image_id, labels, height, width, fold, len(crops_png))
+    feats = _common(image_id, labels, height, width, fold, len(crops_png), source)
     feats.update(
         cells=_bytes(crops_png), bbox=_ints(np.asarray(bbox).reshape(-1)), area=_ints(area),
         border=_ints(border), cell_index=_ints(cell_index),

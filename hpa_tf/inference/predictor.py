@@ -19,11 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import hpa_tf.models  # noqa: F401 - registers the custom layers before loading
 from hpa_tf.inference.combine import ModelScores, combine
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.models import load_model
 from hpa_tf.segmentation import cell_segmenter
 
 CELL_VIEWS = ("masked", "centred", "none")
@@ -45,10 +45,7 @@ class ScoringModel:
         """A ``.keras`` path or a loaded model. ``ScoringModel.wrap("runs/demo/model_image/best.keras")``"""
         name = str(model)
         if isinstance(model, str):
-            try:
-                model = keras.models.load_model(model, compile=False)
-            except (OSError, ValueError) as err:
-                raise ValueError(f"cannot load model {name}: {err} (expected a .keras file written by train_tpu.py)") from err
+            model = load_model(model)  # float32 on CPU/GPU, whatever precision it was trained in
         else:
             name = model.name
         if isinstance(model.input, dict) and "cells" in model.input:

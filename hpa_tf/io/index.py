@@ -2,7 +2,10 @@
 
 Three table layouts are recognised by their header:
 - 2021 competition ``train.csv``: ``ID,Label`` with labels ``0|5|16``;
-- 2018 competition ``train.csv``: ``Id,Target`` with labels ``0 5 16``;
+- 2018 competition ``train.csv``: ``Id,Target`` with labels ``0 5 16`` of the 2018 competition's 28
+  classes, mapped to the 19 of 2021 by class (:data:`hpa_tf.labels.MAP_2018_TO_2021`); a label with
+  no 2021 class is dropped, an image left with no label is left out, and both are reported in
+  ``table.attrs["label_report"]``;
 - external HPA data ``kaggle_2021.tsv``: ``Image`` (a URL base such as
   ``https://images.proteinatlas.org/10005/921_B9_1``), ``Label_idx``, and optionally
   ``Cellline``, ``in_trainset``. The ID is the URL's last two path parts joined by ``_``
@@ -17,7 +20,7 @@ import pandas as pd
 
 from hpa_tf import fs
 from hpa_tf.io.images import CHANNELS, EXTENSIONS
-from hpa_tf.labels import format_labels, parse_labels
+from hpa_tf.labels import CLASSES_2018, convert_2018, format_labels, parse_labels
 
 
 class LabelTableError(ValueError):
@@ -29,10 +32,11 @@ def _external_id(url: str) -> str:
     return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
 
 
-def read_label_table(path: str) -> pd.DataFrame:
+def read_label_table(path: str, classes: str = "auto") -> pd.DataFrame:
     """Read a label table in any of the three layouts -> columns ``ID``, ``Label`` (2021 form), ``labels``.
 
-    Extra columns (``Cellline``, ``in_trainset``...) are kept.
+    Extra columns (``Cellline``, ``in_trainset``...) are kept. ``classes``: ``auto`` (2018 classes
+    for an ``Id,Target`` table, else 2021), ``2021`` or ``2018`` to say so.
 
     >>> df = read_label_table("data/train.csv")  # doctest: +SKIP
     >>> df.loc[0, "Label"], df.loc[0, "labels"]  # doctest: +SKIP
@@ -64,12 +68,44 @@ def read_label_table(path: str) -> pd.DataFrame:
     dup = ids[ids.duplicated()]
     if len(dup):
         raise LabelTableError(f"{path}: ID {dup.iloc[0]!r} appears more than once")
-    labels = [parse_labels(v, row=f"{path} ID {i}") for i, v in zip(ids, df[label_col])]
+    if classes not in ("auto", "2021", "2018"):
+        raise ValueError(f"classes must be 'auto', '2021' or '2018', not {classes!r}")
+    is_2018 = classes == "2018" or (classes == "auto" and label_col == "Target")
+    if not is_2018:
+        labels = [parse_labels(v, row=f"{path} ID {i}") for i, v in zip(ids, df[label_col])]
+        report = ""
+    else:
+        labels, report = _from_2018(path, ids, df[label_col])
     out = df.drop(columns=[c for c in (id_col, label_col, "ID", "Label") if c in df.columns])
     out.insert(0, "ID", ids.to_numpy())
     out.insert(1, "Label", [format_labels(v) for v in labels])
     out.insert(2, "labels", labels)
-    return out.reset_index(drop=True)
+    if is_2018:
+        out.insert(3, "Label_2018", df[label_col].to_numpy())
+        out = out[[bool(v) for v in labels]]
+    out = out.reset_index(drop=True)
+    out.attrs["label_report"] = report
+    return out
+
+
+def _from_2018(path: str, ids: pd.Series, values: pd.Series) -> tuple[list[list[int]], str]:
+    """2021 labels of a 2018 table, and a report of what could not be kept."""
+    labels, dropped, emptied = [], {}, []
+    for image_id, value in zip(ids, values):
+        new, lost = convert_2018(parse_labels(value, row=f"{path} ID {image_id}", n_classes=len(CLASSES_2018)))
+        labels.append(new)
+        for c in lost:
+            dropped[c] = dropped.get(c, 0) + 1
+        if not new:
+            emptied.append(image_id)
+    report = f"{path}: 2018 competition classes, mapped to the 2021 classes by class"
+    if dropped:
+        report += "; labels with no 2021 class dropped: " + ", ".join(
+            f"{CLASSES_2018[c]} ({c}) x {n}" for c, n in sorted(dropped.items()))
+    if emptied:
+        shown = ", ".join(emptied[:5]) + (", ..." if len(emptied) > 5 else "")
+        report += f"; {len(emptied)} image(s) with no label left are left out: {shown}"
+    return labels, report
 
 
 def scan_image_ids(data_dir: str) -> list[str]:

@@ -6,19 +6,27 @@ import keras
 
 from hpa_tf.models.backbones import BACKBONES, create_backbone, widen_stem
 from hpa_tf.models.cellbag import cell_bag_model
+from hpa_tf.models.checkpoints import backbone_of, init_from, load_model
 from hpa_tf.models.classifier import cam_model, image_classifier
 from hpa_tf.models.layers import GeM, MaskedBagPool
 from hpa_tf.models.losses import MultiLabelLoss
 
 
 def build_model(config: dict) -> keras.Model:
-    """The model a config describes (``model.kind`` image or cells)."""
+    """The model a config describes (``model.kind`` image or cells), started from ``model.weights``
+    (three-channel pretrained) or ``model.init_from`` (a four-channel hpa-tf checkpoint)."""
     m, d = config["model"], config["data"]
+    weights = None if m["init_from"] else m["weights"]  # no download for weights that are replaced anyway
     if m["kind"] == "cells":
-        return cell_bag_model(m["backbone"], d["cell_size"], None, m["weights"], m["bag_pooling"], m["dropout"], m["pooling"])
-    if m["kind"] == "image":
-        return image_classifier(m["backbone"], d["image_size"], m["weights"], m["pooling"], m["dropout"])
-    raise ValueError(f"model.kind must be 'image' or 'cells', not {m['kind']!r}")
+        model = cell_bag_model(m["backbone"], d["cell_size"], None, weights, m["bag_pooling"], m["dropout"], m["pooling"])
+    elif m["kind"] == "image":
+        model = image_classifier(m["backbone"], d["image_size"], weights, m["pooling"], m["dropout"])
+    else:
+        raise ValueError(f"model.kind must be 'image' or 'cells', not {m['kind']!r}")
+    if m["init_from"]:
+        copied = init_from(model, m["init_from"])
+        print(f"model.init_from {m['init_from']}: copied {', '.join(copied)}")
+    return model
 
 
 def build_loss(config: dict) -> MultiLabelLoss:
@@ -28,6 +36,6 @@ def build_loss(config: dict) -> MultiLabelLoss:
 
 
 __all__ = [
-    "BACKBONES", "GeM", "MaskedBagPool", "MultiLabelLoss", "build_loss", "build_model", "cam_model",
-    "cell_bag_model", "create_backbone", "image_classifier", "widen_stem",
+    "BACKBONES", "GeM", "MaskedBagPool", "MultiLabelLoss", "backbone_of", "build_loss", "build_model", "cam_model",
+    "cell_bag_model", "create_backbone", "image_classifier", "init_from", "load_model", "widen_stem",
 ]

@@ -73,7 +73,8 @@ def train(config: dict, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
     replicas = strategy.num_replicas_in_sync
     global_batch = t["batch_size"] * replicas
     val_fold = config["data"]["val_fold"]
-    n_train = count_images(config["data"]["records"], None, exclude=[val_fold])  # val_fold -1 excludes nothing
+    records, val_sources = config["data"]["records"], config["data"]["val_sources"]
+    n_train = count_images(records) - (count_images(records, [val_fold], val_sources) if val_fold >= 0 else 0)
     steps = int(t["steps_per_epoch"]) or max(1, n_train // global_batch)
     total = steps * int(t["epochs"])
     with strategy.scope():
