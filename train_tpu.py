@@ -9,25 +9,27 @@ import argparse
 import sys
 
 import hpa_tf  # noqa: F401  (quiet TensorFlow logs before it loads)
-from hpa_tf.config import load_config
+from hpa_tf.cli import run
+from hpa_tf.config import add_config_arguments, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="train_tpu.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a YAML file under configs/")
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides, e.g. --set train.epochs=3 model.backbone=efficientnet_b0 (repeatable)")
+    add_config_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.set)
-    from hpa_tf.training import train
+    config = config_from_args(args)
+    from hpa_tf.training import train  # TensorFlow loads here, after --help and the config check
 
     result = train(config)
     hist = result["history"]
-    last = {k: round(float(v[-1]), 4) for k, v in hist.items() if v}
+    last = {k: round(float(v[-1]), 4) for k, v in hist.items() if v and v[-1] is not None}
     print(f"trained on {result['replicas']} replica(s), {result['steps_per_epoch']} steps/epoch; last epoch: {last}")
+    if result["best"]:
+        print(f"best epoch {result['best']['epoch'] + 1} (val_map {result['best']['val_map']:.4f}) in best.keras")
     print(f"outputs in {result['model_dir']}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

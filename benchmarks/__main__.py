@@ -23,6 +23,7 @@ BENCHES = {
     "segmentation": "benchmarks.bench_segmentation",
     "builder": "benchmarks.bench_builder",
     "pipeline": "benchmarks.bench_pipeline",
+    "training": "benchmarks.bench_training",
     "predict": "benchmarks.bench_predict",
 }
 

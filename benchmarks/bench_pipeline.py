@@ -1,4 +1,4 @@
-"""Input pipeline vs a naive loader, and training speed of the demo model on this CPU.
+"""Input pipeline vs a naive loader (training speed: bench_training).
 
 The records are built from 2048 px SynthHPA PNGs (the competition's size). The naive loader is
 what a first script does: per image, read the four PNGs with OpenCV in Python and resize (and
@@ -52,9 +52,7 @@ def _rate(ds, n_batches: int, batch: int) -> float:
 
 
 def run(quick: bool = False) -> dict:
-    import keras
 
-    from hpa_tf.models import build_loss, build_model
 
     n = 8 if quick else 24
     out: dict = {"source_images": n, "source_px": 2048}
@@ -79,15 +77,4 @@ def run(quick: bool = False) -> dict:
         out["naive_bags_16x128_per_s"] = _naive_bags(f"{d}/train", f"{d}/masks", ids, 128, 16)
         out["bags_ratio"] = out["pipeline_bags_16x128_per_s"] / out["naive_bags_16x128_per_s"]
 
-        demo = load_config("configs/demo_cpu.yaml", [f"data.records={d}/records", "data.val_fold=-1"])
-        model = build_model(demo)
-        model.compile(keras.optimizers.AdamW(1e-3), build_loss(demo))
-        ds = make_dataset(demo, True, demo["train"]["batch_size"])
-        model.fit(ds, epochs=1, steps_per_epoch=3, verbose=0)
-        steps = 5 if quick else 20
-        t = time.perf_counter()
-        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-        out["demo_train_steps_per_s"] = steps / (time.perf_counter() - t)
-        out["demo_train_images_per_s"] = out["demo_train_steps_per_s"] * demo["train"]["batch_size"]
-        out["demo_model"] = f"{demo['model']['backbone']}, {demo['data']['image_size']} px, batch {demo['train']['batch_size']}"
     return out

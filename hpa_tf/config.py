@@ -1,127 +1,344 @@
-"""Configs: YAML files under ``configs/`` plus ``--set key=value`` overrides.
+"""The experiment config: typed dataclasses (in the manner of TensorFlow Model Garden), read from
+YAML files under ``configs/`` plus ``--set key=value`` overrides.
 
-A config is a nested dict read from YAML, with dotted overrides (``--set train.epochs=3
---set model.backbone=efficientnet_b4``); values are parsed as YAML, so ``3``, ``0.1``, ``true``
-and ``[0, 1]`` keep their types. Unknown keys are an error that names the key and the file, so a
-typo never silently trains the wrong thing. The effective config is saved next to the outputs.
+``load_config("configs/demo_cpu.yaml", ["train.epochs=3", "model.backbone=efficientnet_b4"])``
+returns an :class:`ExperimentConfig`; values are parsed as YAML (``3``, ``0.1``, ``true``, ``[0, 1]``)
+and checked against the field's type and range, so a typo or a wrong type is an error that names
+the key and where it came from, never a silently different run. ``cfg.train.epochs`` and
+``cfg["train"]["epochs"]`` both work. ``data.kind`` follows ``model.kind`` (``auto``) and may not
+disagree with it. The effective config is saved next to the outputs (:func:`save_config`).
+
+Every CLI that takes a config shares one parser: :func:`add_config_arguments` and
+:func:`config_from_args`.
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
+import dataclasses
+import os
+import types
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from hpa_tf import fs
 
-DEFAULTS: dict[str, Any] = {
-    "data": {
-        "records": "runs/demo/records",
-        "kind": "image",  # image | cells
-        "val_fold": 0,  # the fold held out for validation; -1 = none
-        "val_sources": [],  # validate on these sources' images of val_fold only (others train); [] = all
-        "image_size": 128,
-        "cell_size": 64,
-        "cells_per_bag": 16,
-        "max_eval_cells": 64,
-        "shuffle_buffer": 256,
-        "deterministic": False,
-        "seed": 0,
-    },
-    "augment": {
-        "flip": True,
-        "rot90": True,
-        "crop_min": 0.75,  # random resized crop: smallest side fraction; 1.0 = off
-        "brightness": 0.0,  # an offset fakes signal in the dim green channel: off by default
-        "contrast": 0.2,
-        "cutout": 0.0,  # side of the cut-out square as a fraction of the image; 0 = off
-        "p_negative": 0.02,  # green scaled by U(0, 0.1), label set to Negative (18)
-        "p_swap": 0.02,  # green replaced by red (-> Microtubules, 10) or yellow (-> ER, 6)
-    },
-    "model": {
-        "kind": "image",  # image | cells
-        "backbone": "small_cnn",
-        "weights": None,  # None, "imagenet", "imagenet:PATH" (keras' file, offline), or a 3-channel weights file
-        "init_from": None,  # a 4-channel hpa-tf checkpoint (.keras / .weights.h5) to start from; overrides weights
-        "pooling": "avg",  # feature map -> vector (image, or each cell): avg | gem
-        "bag_pooling": "max",  # cell-bag image head: max | lse
-        "cell_loss_weight": 0.1,
-        "image_loss_weight": 1.0,
-        "dropout": 0.0,
-    },
-    "loss": {"kind": "bce", "gamma": 2.0, "class_weights": None},
-    "train": {
-        "model_dir": "runs/demo/model",
-        "strategy": "auto",  # auto | tpu | mirrored | multi_worker | cpu | cpu_mirrored
-        "logical_cpus": 0,  # > 1 with cpu_mirrored: split the CPU into replicas (tests, demos)
-        "mixed_precision": "auto",  # auto | bfloat16 | float16 | off
-        "batch_size": 8,  # per replica
-        "epochs": 4,
-        "steps_per_epoch": 0,  # 0 = training images / global batch
-        "steps_per_execution": 1,
-        "learning_rate": 2e-3,
-        "weight_decay": 1e-4,
-        "warmup_epochs": 0.5,
-        "seed": 0,  # weights and augmentations (keras.utils.set_random_seed)
-        "deterministic": False,  # the same run twice gives the same weights (op determinism; may be slower on GPUs)
-    },
-}
+STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "cpu", "cpu_mirrored")
+MODEL_KINDS = ("image", "cells")
 
 
 class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+    """A config file or override that does not fit the schema; the message names the key."""
 
 
-def _merge(base: dict, update: dict, where: str, path: str = "") -> dict:
-    out = copy.deepcopy(base)
+class Section:
+    """A config section: attribute access, plus ``section["key"]`` for code written against dicts."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self.keys():
+            raise ConfigError(f"unknown key {key!r}; known keys here: {sorted(self.keys())}")
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.keys() else default
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: Any, options: Sequence[Any]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, options))}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(f"{key}: {value!r} must be at least {low}")
+
+
+@dataclass
+class DataConfig(Section):
+    records: str = "runs/demo/records"  # the builder's output folder (local or gs://)
+    kind: str = "auto"  # image | cells; auto = model.kind
+    val_fold: int = 0  # the fold held out for validation; -1 = none
+    val_sources: list[str] = field(default_factory=list)  # validate on these sources of val_fold only; [] = all
+    image_size: int = 128
+    cell_size: int = 64
+    cells_per_bag: int = 16
+    max_eval_cells: int = 64
+    shuffle_buffer: int = 256
+    deterministic: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        _choice("data.kind", self.kind, ("auto", *MODEL_KINDS))
+        _at_least("data.val_fold", self.val_fold, -1)
+        for key in ("image_size", "cell_size"):
+            _at_least(f"data.{key}", getattr(self, key), 8)
+        for key in ("cells_per_bag", "max_eval_cells", "shuffle_buffer"):
+            _at_least(f"data.{key}", getattr(self, key), 1)
+
+
+@dataclass
+class AugmentConfig(Section):
+    flip: bool = True
+    rot90: bool = True
+    crop_min: float = 0.75  # random resized crop: smallest side fraction; 1.0 = off
+    brightness: float = 0.0  # an offset fakes signal in the dim green channel: off by default
+    contrast: float = 0.2
+    cutout: float = 0.0  # side of the cut-out square as a fraction of the image; 0 = off
+    p_negative: float = 0.02  # green scaled by U(0, 0.1), label set to Negative (18)
+    p_swap: float = 0.02  # green replaced by red (-> Microtubules, 10) or yellow (-> ER, 6)
+
+    def validate(self) -> None:
+        if not 0.0 < self.crop_min <= 1.0:
+            raise ConfigError(f"augment.crop_min: {self.crop_min} must be in (0, 1]")
+        for key in ("brightness", "contrast", "cutout", "p_negative", "p_swap"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"augment.{key}: {value} must be in [0, 1]")
+
+
+@dataclass
+class ModelConfig(Section):
+    kind: str = "image"  # image | cells
+    backbone: str = "small_cnn"
+    weights: str | None = None  # None, "imagenet", "imagenet:PATH" (keras' file, offline), or a 3-channel weights file
+    init_from: str | None = None  # a 4-channel hpa-tf checkpoint (.keras / .weights.h5) to start from
+    pooling: str = "avg"  # feature map -> vector (image, or each cell): avg | gem
+    bag_pooling: str = "max"  # cell-bag image head: max | lse
+    cell_loss_weight: float = 0.1
+    image_loss_weight: float = 1.0
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        from hpa_tf.models.backbones import BACKBONES
+
+        _choice("model.kind", self.kind, MODEL_KINDS)
+        _choice("model.backbone", self.backbone, BACKBONES)
+        _choice("model.pooling", self.pooling, ("avg", "gem"))
+        _choice("model.bag_pooling", self.bag_pooling, ("max", "lse"))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class LossConfig(Section):
+    kind: str = "bce"  # bce | focal
+    gamma: float = 2.0
+    class_weights: list[float] | None = None  # 19 values
+
+    def validate(self) -> None:
+        _choice("loss.kind", self.kind, ("bce", "focal"))
+        if self.class_weights is not None and len(self.class_weights) != 19:
+            raise ConfigError(f"loss.class_weights: {len(self.class_weights)} values, need one per class (19)")
+
+
+@dataclass
+class TrainConfig(Section):
+    model_dir: str = "runs/demo/model"
+    strategy: str = "auto"  # auto | tpu | mirrored | multi_worker | cpu | cpu_mirrored
+    logical_cpus: int = 0  # > 1 with cpu_mirrored: split the CPU into replicas (tests, demos)
+    mixed_precision: str = "auto"  # auto | bfloat16 | float16 | off
+    jit_compile: bool = False  # XLA-compile the train and validation steps (TPUs always compile)
+    batch_size: int = 8  # per replica
+    epochs: int = 4
+    steps_per_epoch: int = 0  # 0 = training images / global batch
+    steps_per_execution: int = 1  # training steps per host call, under every strategy
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.5
+    keep_backups: int = 2  # epoch backups kept for resuming
+    tensorboard: bool = True
+    seed: int = 0  # weights and augmentations
+    deterministic: bool = False  # the same run twice gives the same weights (op determinism; may be slower on GPUs)
+
+    def validate(self) -> None:
+        _choice("train.strategy", self.strategy, STRATEGIES)
+        _choice("train.mixed_precision", self.mixed_precision, ("auto", "bfloat16", "float16", "off"))
+        for key in ("batch_size", "epochs", "steps_per_execution", "keep_backups"):
+            _at_least(f"train.{key}", getattr(self, key), 1)
+        for key in ("steps_per_epoch", "logical_cpus", "weight_decay", "warmup_epochs"):
+            _at_least(f"train.{key}", getattr(self, key), 0)
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate: {self.learning_rate} must be above 0")
+
+
+@dataclass
+class ExperimentConfig(Section):
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> ExperimentConfig:
+        """Check every section and the rules across sections; returns self."""
+        for name in self.keys():
+            getattr(self, name).validate()
+        if self.data.kind == "auto":
+            self.data.kind = self.model.kind
+        elif self.data.kind != self.model.kind:
+            raise ConfigError(f"data.kind={self.data.kind} disagrees with model.kind={self.model.kind}: "
+                              f"set both (or leave data.kind: auto)")
+        return self
+
+
+DEFAULTS: dict[str, Any] = ExperimentConfig().to_dict()
+
+
+def _type_name(annotation: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if annotation in names:
+        return names[annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is list:
+        return f"a list of {_type_name(args[0]).replace('an ', '').replace('a ', '')}s"
+    if type(None) in typing.get_args(annotation):
+        return f"{_type_name(args[0])} or null"
+    return str(annotation)
+
+
+def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
+    """``value`` as the field's type, or a ConfigError naming the key and where the value came from."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be {_type_name(annotation)}, got {value!r}")
+        return [_coerce(v, args[0], key, where) for v in value]
+    if annotation is str and isinstance(value, bool):
+        value = "on" if value else "off"  # YAML 1.1 reads off/no/false as False: the switch's spelling
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(annotation, True)
+    if not ok:
+        raise ConfigError(f"{where}: {key} must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
+    return float(value) if annotation is float else value
+
+
+def _apply(config: Section, update: dict, where: str, path: str = "") -> None:
+    hints = typing.get_type_hints(type(config))
     for key, value in update.items():
         full = f"{path}{key}"
-        if key not in out:
-            raise ConfigError(f"{where}: unknown key {full!r}; known keys here: {sorted(out)}")
-        if isinstance(out[key], dict):
+        if key not in config.keys():
+            raise ConfigError(f"{where}: unknown key {full!r}; known keys here: {sorted(config.keys())}")
+        current = getattr(config, key)
+        if isinstance(current, Section):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {full!r} is a section, got {value!r}")
-            out[key] = _merge(out[key], value, where, f"{full}.")
+            _apply(current, value, where, f"{full}.")
         else:
-            out[key] = value
-    return out
+            setattr(config, key, _coerce(value, hints[key], full, where))
 
 
-def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``key.sub=value`` strings (values parsed as YAML).
+def parse_value(raw: str) -> Any:
+    """A command-line value parsed as YAML: ``parse_value("3")`` -> 3, ``"[a, b]"`` -> ['a', 'b'].
 
-    >>> apply_overrides(DEFAULTS, ["train.epochs=2"])["train"]["epochs"]
+    >>> parse_value("0.5"), parse_value("true"), parse_value("gs://b/x")
+    (0.5, True, 'gs://b/x')
+    """
+    return yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a copy and validate it.
+
+    >>> apply_overrides(ExperimentConfig(), ["train.epochs=2"]).train.epochs
     2
     """
-    out = copy.deepcopy(config)
+    out = _from_dict(config.to_dict())
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
-        update: Any = yaml.safe_load(raw) if raw.strip() else None
+        update: Any = parse_value(raw)
         for part in reversed(key.strip().split(".")):
             update = {part: update}
-        out = _merge(out, update, f"--set {item}")
-    return out
+        _apply(out, update, f"--set {item}")
+    return out.validate()
 
 
-def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> dict:
-    """Defaults, then the YAML file, then the overrides.
+def _from_dict(values: dict) -> ExperimentConfig:
+    config = ExperimentConfig()
+    _apply(config, values, "config")
+    return config
 
-    >>> load_config(None, ["model.backbone=resnet50"])["model"]["backbone"]
+
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs that come with hpa-tf (``configs/`` in a checkout, inside the package
+    when installed). ``shipped_configs()`` -> ['demo_cpu.yaml', ...]"""
+    return sorted(n for n in os.listdir(SHIPPED) if n.endswith(".yaml"))
+
+
+def resolve_config(path: str) -> str:
+    """``path`` if it exists, else the shipped config of that name (``tpu_image_b0`` or
+    ``configs/tpu_image_b0.yaml`` work from any folder, e.g. a notebook after ``pip install``)."""
+    if fs.exists(path):
+        return path
+    name = os.path.basename(path)
+    name = name if name.endswith(".yaml") else f"{name}.yaml"
+    if name in shipped_configs():
+        return os.path.join(SHIPPED, name)
+    raise ConfigError(f"{path}: no such config file; the shipped ones are {', '.join(shipped_configs())}")
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Defaults, then the YAML file, then the overrides, validated.
+
+    >>> load_config(None, ["model.backbone=resnet50"]).model.backbone
     'resnet50'
     """
-    config = copy.deepcopy(DEFAULTS)
+    config = ExperimentConfig()
     if path:
-        loaded = yaml.safe_load(fs.read_text(path)) or {}
+        path = resolve_config(path)
+        try:
+            loaded = yaml.safe_load(fs.read_text(path)) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
-        config = _merge(config, loaded, path)
+        _apply(config, loaded, path)
     return apply_overrides(config, overrides)
 
 
-def save_config(config: dict, path: str) -> None:
+def save_config(config: ExperimentConfig, path: str) -> None:
     """Write the effective config as YAML. ``save_config(cfg, "runs/x/config.yaml")``"""
-    fs.write_text(path, yaml.safe_dump(config, sort_keys=False))
+    fs.write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE ...``: the config arguments of every hpa-tf CLI."""
+    parser.add_argument("--config", required=required,
+                        help="a YAML file, or the name of a shipped one (configs/: demo_cpu, tpu_image_b0, ...)")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides, e.g. --set train.epochs=3 model.backbone=efficientnet_b0 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The config the parsed ``--config``/``--set`` arguments describe."""
+    return load_config(args.config, args.set)

@@ -82,9 +82,22 @@ def write_bytes(path: str, data: bytes) -> None:
     if parent:
         tf.io.gfile.makedirs(parent)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    try:
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(data)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        try:  # a full disk or a kill leaves no half file behind, and the old one intact
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        raise
+
+
+def rename(src: str, dst: str) -> None:
+    """Rename (move) a file, replacing ``dst``. ``rename("a.npz", "a.npz.corrupt")``"""
+    _tf().io.gfile.rename(src, dst, overwrite=True)
 
 
 def write_text(path: str, text: str) -> None:

@@ -33,7 +33,7 @@ def test_label_aware_augmentation_changes_pixels_and_labels_together():
 
 def test_geometric_and_intensity_keep_static_shapes():
     img = _image()
-    out = augment.augment_image(img, tf.zeros(19), load_config()["augment"] | {"cutout": 0.25})
+    out = augment.augment_image(img, tf.zeros(19), load_config().augment.to_dict() | {"cutout": 0.25})
     assert out[0].shape == (16, 16, 4) and out[1].shape == (19,)
     assert 0.0 <= float(tf.reduce_min(out[0])) and float(tf.reduce_max(out[0])) <= 1.0
 

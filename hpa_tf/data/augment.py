@@ -3,6 +3,11 @@ the label-aware tricks from the winning write-ups.
 
 Images are float32 in [0, 1] with channels red, green, blue, yellow; ``images`` may be one image
 (H, W, 4) or a bag of them (N, H, W, 4) that shares one label vector.
+
+Every random draw is stateless, from a ``seed`` (a shape-[2] integer tensor) that the pipeline
+derives from (``data.seed``, epoch, position in the epoch): an epoch's augmentations are the same
+whenever it is rebuilt, so a run resumed after a kill sees exactly the batches an uninterrupted run
+sees. Without a seed, one is drawn from TensorFlow's global generator (handy in notebooks).
 """
 
 from __future__ import annotations
@@ -15,24 +20,37 @@ GREEN, RED, YELLOW = 1, 0, 3
 MICROTUBULES, ER = 10, 6
 
 
+def _seeds(seed: tf.Tensor | None, n: int) -> list[tf.Tensor]:
+    """``n`` independent stateless seeds from one."""
+    if seed is None:
+        seed = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int64)
+    return tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=n))
+
+
+def _uniform(seed: tf.Tensor, low=0.0, high=1.0, shape=(), dtype=tf.float32) -> tf.Tensor:
+    return tf.random.stateless_uniform(list(shape), seed, low, high, dtype=dtype)
+
+
 def _one_hot(cls: int) -> tf.Tensor:
     return tf.one_hot(cls, NUM_CLASSES, dtype=tf.float32)
 
 
-def label_aware(images: tf.Tensor, labels: tf.Tensor, p_negative: float, p_swap: float) -> tuple[tf.Tensor, tf.Tensor]:
+def label_aware(images: tf.Tensor, labels: tf.Tensor, p_negative: float, p_swap: float,
+                seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """With probability ``p_negative`` dim the green channel to U(0, 0.1) of itself and relabel the
     sample Negative; else with probability ``p_swap`` replace green by red (-> Microtubules) or by
     yellow (-> ER) scaled by U(0.6, 1.0). Pixels and labels always change together."""
-    u = tf.random.uniform([])
+    s_pick, s_dim, s_which, s_gain = _seeds(seed, 4)
+    u = _uniform(s_pick)
     green = images[..., GREEN]
 
     def negative():
-        return green * tf.random.uniform([], 0.0, 0.1), _one_hot(NEGATIVE)
+        return green * _uniform(s_dim, 0.0, 0.1), _one_hot(NEGATIVE)
 
     def swap():
-        use_red = tf.random.uniform([]) < 0.5
+        use_red = _uniform(s_which) < 0.5
         source = tf.where(use_red, images[..., RED], images[..., YELLOW])
-        return source * tf.random.uniform([], 0.6, 1.0), tf.where(use_red, _one_hot(MICROTUBULES), _one_hot(ER))
+        return source * _uniform(s_gain, 0.6, 1.0), tf.where(use_red, _one_hot(MICROTUBULES), _one_hot(ER))
 
     def keep():
         return green, tf.cast(labels, tf.float32)
@@ -45,62 +63,67 @@ def label_aware(images: tf.Tensor, labels: tf.Tensor, p_negative: float, p_swap:
     return tf.stack(channels, axis=-1), new_labels
 
 
-def geometric(images: tf.Tensor, flip: bool, rot90: bool) -> tf.Tensor:
+def geometric(images: tf.Tensor, flip: bool, rot90: bool, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Random flips (each image of a bag on its own) and a random multiple of 90 degrees."""
+    s_lr, s_ud, s_rot = _seeds(seed, 3)
     if flip:
-        images = tf.image.random_flip_left_right(images)
-        images = tf.image.random_flip_up_down(images)
+        images = tf.image.stateless_random_flip_left_right(images, s_lr)
+        images = tf.image.stateless_random_flip_up_down(images, s_ud)
     if rot90:
-        images = tf.image.rot90(images, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+        images = tf.image.rot90(images, k=_uniform(s_rot, 0, 4, dtype=tf.int32))
     return images
 
 
-def random_resized_crop(image: tf.Tensor, min_fraction: float) -> tf.Tensor:
+def random_resized_crop(image: tf.Tensor, min_fraction: float, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Crop a random square of side U(min_fraction, 1) x the image and resize it back (static shape)."""
     if min_fraction >= 1.0:
         return image
+    s_side, s_top, s_left = _seeds(seed, 3)
     size = image.shape[0]
-    side = tf.cast(tf.random.uniform([], min_fraction, 1.0) * size, tf.int32)
-    top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
-    left = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    side = tf.cast(_uniform(s_side, min_fraction, 1.0) * size, tf.int32)
+    top = _uniform(s_top, 0, size - side + 1, dtype=tf.int32)
+    left = _uniform(s_left, 0, size - side + 1, dtype=tf.int32)
     crop = image[top : top + side, left : left + side]
     # An enlargement: bilinear is exact enough, antialiasing would only cost time.
     return tf.ensure_shape(tf.image.resize(crop, [size, size]), image.shape)
 
 
-def intensity(images: tf.Tensor, brightness: float, contrast: float) -> tf.Tensor:
+def intensity(images: tf.Tensor, brightness: float, contrast: float, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Per-channel contrast (a gain) and brightness (an offset), clipped to [0, 1]."""
-    shape = [4]
-    gain = tf.random.uniform(shape, 1.0 - contrast, 1.0 + contrast)
-    offset = tf.random.uniform(shape, -brightness, brightness)
+    s_gain, s_offset = _seeds(seed, 2)
+    gain = _uniform(s_gain, 1.0 - contrast, 1.0 + contrast, shape=[4])
+    offset = _uniform(s_offset, -brightness, brightness, shape=[4])
     return tf.clip_by_value(images * gain + offset, 0.0, 1.0)
 
 
-def cutout(image: tf.Tensor, fraction: float) -> tf.Tensor:
+def cutout(image: tf.Tensor, fraction: float, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Zero a random square whose side is ``fraction`` of the image."""
     if fraction <= 0:
         return image
+    s_top, s_left = _seeds(seed, 2)
     size = image.shape[0]
     side = max(int(size * fraction), 1)
-    top = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
-    left = tf.random.uniform([], 0, size - side + 1, dtype=tf.int32)
+    top = _uniform(s_top, 0, size - side + 1, dtype=tf.int32)
+    left = _uniform(s_left, 0, size - side + 1, dtype=tf.int32)
     rows = tf.range(size)[:, None]
     cols = tf.range(size)[None, :]
     inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
     return image * tf.cast(~inside, image.dtype)[..., None]
 
 
-def augment_image(image: tf.Tensor, labels: tf.Tensor, cfg: dict) -> tuple[tf.Tensor, tf.Tensor]:
+def augment_image(image: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """All image-level augmentations of the ``augment`` config section."""
-    image = geometric(image, cfg["flip"], cfg["rot90"])
-    image = random_resized_crop(image, cfg["crop_min"])
-    image = intensity(image, cfg["brightness"], cfg["contrast"])
-    image = cutout(image, cfg["cutout"])
-    return label_aware(image, labels, cfg["p_negative"], cfg["p_swap"])
+    s_geo, s_crop, s_int, s_cut, s_label = _seeds(seed, 5)
+    image = geometric(image, cfg["flip"], cfg["rot90"], s_geo)
+    image = random_resized_crop(image, cfg["crop_min"], s_crop)
+    image = intensity(image, cfg["brightness"], cfg["contrast"], s_int)
+    image = cutout(image, cfg["cutout"], s_cut)
+    return label_aware(image, labels, cfg["p_negative"], cfg["p_swap"], s_label)
 
 
-def augment_bag(cells: tf.Tensor, labels: tf.Tensor, cfg: dict) -> tuple[tf.Tensor, tf.Tensor]:
+def augment_bag(cells: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
     """Augmentations of a bag of cell crops (N, S, S, 4) sharing the image's labels."""
-    cells = geometric(cells, cfg["flip"], cfg["rot90"])
-    cells = intensity(cells, cfg["brightness"], cfg["contrast"])
-    return label_aware(cells, labels, cfg["p_negative"], cfg["p_swap"])
+    s_geo, s_int, s_label = _seeds(seed, 3)
+    cells = geometric(cells, cfg["flip"], cfg["rot90"], s_geo)
+    cells = intensity(cells, cfg["brightness"], cfg["contrast"], s_int)
+    return label_aware(cells, labels, cfg["p_negative"], cfg["p_swap"], s_label)

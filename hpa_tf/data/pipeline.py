@@ -1,12 +1,17 @@
 """tf.data input pipelines over the builder's shards: image batches and cell bags.
 
 Training: file-level shuffle, parallel interleave, parallel parse, shuffle buffer, ``repeat()``,
-static shapes (``drop_remainder=True``), prefetch, ``deterministic=False`` unless asked.
+static shapes (``drop_remainder=True``), prefetch, ``deterministic=False`` unless asked. Each
+epoch is its own dataset, its shuffles seeded by (``data.seed``, epoch) and each element's
+augmentations by its position too (stateless ops): a run resumed at an epoch boundary sees the
+batches an uninterrupted run sees.
 Evaluation: one pass in file order. Fold selection uses the ``fold`` feature the builder stored
 (``folds.csv`` in the manifest says the same); with ``data.val_sources`` only those sources'
 images of the validation fold validate, and the other sources' images of that fold train (the usual
 practice with external data). Under a ``tf.distribute`` strategy use
-:func:`distribute`, which batches per replica through ``distribute_datasets_from_function``.
+:func:`distribute`, which batches per replica through ``distribute_datasets_from_function``; its
+validation set is padded to static shapes with a ``valid`` flag, so every worker runs the same
+number of steps and every image counts once.
 
 Elements:
 - image pipeline: ``(image (S, S, 4) float32 in [0, 1], labels (19,) float32)``;
@@ -66,10 +71,15 @@ def count_images(records: str, folds: Sequence[int] | None = None, sources: Sequ
     return sum(n for f, n in per_fold.items() if folds is None or int(f) in folds)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffles and augmentations. ``epoch_seed(0, 3)`` -> 3"""
+    return int(seed) * 100_003 + int(epoch)
+
+
 def _files_dataset(files: list[str], compression: str, training: bool, deterministic: bool, seed: int,
                    input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
+    if training and input_context is not None and input_context.num_input_pipelines > 1:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -90,13 +100,14 @@ def _selected(ex: dict, folds: Sequence[int] | None, sources: Sequence[str] | No
     return tf.logical_not(hit) if exclude else hit
 
 
-def _examples(data: dict, kind: str, spec: dict, training: bool, folds: Sequence[int] | None, exclude_folds: bool,
-              input_context: tf.distribute.InputContext | None, need_cells: bool = False) -> tf.data.Dataset:
-    """Parsed records of ``kind`` in the chosen folds and ``data.val_sources`` (or all others with
-    ``exclude_folds``), with cells if asked; shuffled and repeated when training."""
+def _examples(data, kind: str, spec: dict, training: bool, folds: Sequence[int] | None, exclude_folds: bool,
+              input_context: tf.distribute.InputContext | None, seed: int, need_cells: bool = False) -> tf.data.Dataset:
+    """``(index, parsed record)`` of ``kind`` in the chosen folds and ``data.val_sources`` (or all
+    others with ``exclude_folds``), with cells if asked; shuffled and repeated when training. The
+    index (the position in the stream) seeds the record's augmentations."""
     files, compression = shard_files(data["records"], kind)
     det = bool(data["deterministic"])
-    ds = _files_dataset(files, compression, training, det, data["seed"], input_context)
+    ds = _files_dataset(files, compression, training, det, seed, input_context)
     ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE, deterministic=det or not training)
     sources = (data.get("val_sources") or None) if folds is not None else None
 
@@ -106,8 +117,8 @@ def _examples(data: dict, kind: str, spec: dict, training: bool, folds: Sequence
 
     ds = ds.filter(keep)
     if training:
-        ds = ds.shuffle(data["shuffle_buffer"], seed=data["seed"]).repeat()
-    return ds
+        ds = ds.shuffle(data["shuffle_buffer"], seed=seed).repeat()
+    return ds.enumerate()
 
 
 def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
@@ -117,50 +128,43 @@ def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
     return tf.ensure_shape(image, [size, size, 4])
 
 
-def image_dataset(data: dict, aug: dict | None, batch_size: int, training: bool,
-                  folds: Sequence[int] | None = None, exclude_folds: bool = False,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Batches of ``(image, labels)``. ``folds`` keeps (or with ``exclude_folds`` drops) those folds."""
-    ds = _examples(data, "images", image_features(), training, folds, exclude_folds, input_context)
-    det = bool(data["deterministic"])
+def _image_elements(data, aug, training: bool, seed: int, examples: tf.data.Dataset) -> tf.data.Dataset:
+    """``(image, labels)`` of each record."""
     size = data["image_size"]
     stored = read_manifest(data["records"])["config"]["image_size"]
 
-    def prepare(ex):
+    def prepare(index, ex):
         image = _decode_image(ex, size, stored)
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
-            image, labels = augment.augment_image(image, labels, aug)
+            image, labels = augment.augment_image(image, labels, aug, tf.stack([tf.constant(seed, tf.int64), index]))
         return image, tf.ensure_shape(labels, [NUM_CLASSES])
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=det or not training)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    return examples.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=bool(data["deterministic"]) or not training)
 
 
-def _pick_cells(n: tf.Tensor, bag: int, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-    """Indices of ``bag`` cells out of ``n`` (random when training, the first ones otherwise) and
-    the validity mask; missing cells point at cell 0 and are masked."""
-    order = tf.random.shuffle(tf.range(n)) if training else tf.range(n)
-    order = order[:bag]
+def _pick_cells(n: tf.Tensor, bag: int, seed: tf.Tensor | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Indices of ``bag`` cells out of ``n`` (a random draw when ``seed`` is given, else the first
+    ones) and the validity mask; missing cells point at cell 0 and are masked."""
+    order = tf.argsort(tf.random.stateless_uniform([n], seed)) if seed is not None else tf.range(n)
+    order = tf.cast(order[:bag], tf.int32)
     valid = tf.ones_like(order, tf.float32)
     pad = bag - tf.shape(order)[0]
     order = tf.concat([order, tf.zeros([pad], tf.int32)], 0)
     valid = tf.concat([valid, tf.zeros([pad], tf.float32)], 0)
-    return order, valid
+    return tf.ensure_shape(order, [bag]), tf.ensure_shape(valid, [bag])  # static shapes (TPU, XLA)
 
 
-def cell_bag_dataset(data: dict, aug: dict | None, batch_size: int, training: bool,
-                     folds: Sequence[int] | None = None, exclude_folds: bool = False,
-                     input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """Batches of cell bags with their validity masks and per-output sample weights."""
-    ds = _examples(data, "cells", cell_features(), training, folds, exclude_folds, input_context, need_cells=True)
-    det = bool(data["deterministic"])
+def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Dataset) -> tf.data.Dataset:
+    """``({"cells", "mask"}, {"cells", "image"} targets, {"cells", "image"} weights)`` of each record."""
     bag = data["cells_per_bag"] if training else data["max_eval_cells"]
     size = data["cell_size"]
 
-    def prepare(ex):
+    def prepare(index, ex):
         pngs = tf.sparse.to_dense(ex["cells"])
-        idx, valid = _pick_cells(tf.cast(ex["n_cells"], tf.int32), bag, training)
+        element_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        s_pick, s_aug = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
+        idx, valid = _pick_cells(tf.cast(ex["n_cells"], tf.int32), bag, s_pick if training else None)
         picked = tf.gather(pngs, idx)
         cells = tf.map_fn(
             lambda s: tf.image.resize(tf.image.convert_image_dtype(tf.io.decode_png(s, channels=4), tf.float32), [size, size]),
@@ -169,7 +173,7 @@ def cell_bag_dataset(data: dict, aug: dict | None, batch_size: int, training: bo
         cells = cells * valid[:, None, None, None]
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
-            cells, labels = augment.augment_bag(cells, labels, aug)
+            cells, labels = augment.augment_bag(cells, labels, aug, s_aug)
             cells = cells * valid[:, None, None, None]
         cells = tf.ensure_shape(cells, [bag, size, size, 4])
         labels = tf.ensure_shape(labels, [NUM_CLASSES])
@@ -177,26 +181,78 @@ def cell_bag_dataset(data: dict, aug: dict | None, batch_size: int, training: bo
         weights = {"cells": valid, "image": tf.constant(1.0)}
         return {"cells": cells, "mask": valid}, targets, weights
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=det or not training)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    return examples.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=bool(data["deterministic"]) or not training)
 
 
-def make_dataset(config: dict, training: bool, batch_size: int, input_context=None) -> tf.data.Dataset:
-    """The training (all folds but ``val_fold``) or validation (``val_fold``) pipeline of a config."""
+def _elements(config, training: bool, input_context=None, epoch: int = 0) -> tf.data.Dataset:
+    """Unbatched elements of the training (all but the held-out set) or validation (the held-out
+    set: ``val_fold`` and ``val_sources``) pipeline."""
     data, aug = config["data"], config["augment"]
     val = data["val_fold"]
     folds = None if val < 0 else [val]
-    build = cell_bag_dataset if data["kind"] == "cells" else image_dataset
-    if training:
-        return build(data, aug, batch_size, True, folds, exclude_folds=True, input_context=input_context)
-    return build(data, None, batch_size, False, folds, input_context=input_context)
+    seed = epoch_seed(data["seed"], epoch)
+    cells = data["kind"] == "cells"
+    kind, spec = ("cells", cell_features()) if cells else ("images", image_features())
+    examples = _examples(data, kind, spec, training, folds, training, input_context, seed, need_cells=cells)
+    build = _bag_elements if cells else _image_elements
+    return build(data, aug if training else None, training, seed, examples)
 
 
-def distribute(strategy: tf.distribute.Strategy, config: dict, training: bool, per_replica_batch: int):
-    """A distributed dataset: each input pipeline batches ``per_replica_batch`` for its replicas."""
+def make_dataset(config, training: bool, batch_size: int, input_context=None, epoch: int = 0) -> tf.data.Dataset:
+    """Batches of the training pipeline of ``epoch`` (all folds but ``val_fold``: shuffled, augmented,
+    repeated, static shapes) or of the validation set (one pass in order, last batch partial).
+
+    Elements: image models ``(image, labels)``; cell bags ``(inputs, targets, sample weights)``.
+    """
+    ds = _elements(config, training, input_context, epoch)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+
+
+def validation_steps(n_images: int, per_replica_batch: int, replicas: int, pipelines: int = 1) -> int:
+    """Steps that evaluate every one of ``n_images`` once when each of ``pipelines`` input pipelines
+    holds every ``pipelines``-th image and feeds ``replicas // pipelines`` replicas per step.
+
+    >>> validation_steps(10, 2, 2), validation_steps(0, 4, 1)
+    (3, 0)
+    """
+    per_pipeline = -(-n_images // pipelines)
+    return -(-per_pipeline // (per_replica_batch * max(replicas // pipelines, 1)))
+
+
+def padded_validation_dataset(config, per_replica_batch: int, input_context=None) -> tf.data.Dataset:
+    """The validation set for a distributed loop: batches of ``{"x", "y", "w", "valid"}`` with static
+    shapes, each input pipeline holding every n-th image, padded with ``valid == 0`` examples so
+    that every pipeline runs the same :func:`validation_steps` and every image counts once."""
+    data = config["data"]
+    folds = None if data["val_fold"] < 0 else [data["val_fold"]]
+    n = count_images(data["records"], folds, data.get("val_sources") or None)
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    index = input_context.input_pipeline_id if input_context else 0
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    steps = validation_steps(n, per_replica_batch, replicas, pipelines)
+    ds = _elements(config, False).shard(pipelines, index)
+
+    def as_dict(*element):
+        x, y = element[0], element[1]
+        w = element[2] if len(element) > 2 else tf.constant(1.0)
+        return {"x": x, "y": y, "w": w, "valid": tf.constant(1.0)}
+
+    ds = ds.map(as_dict)
+    blank = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat())
+    per_step = per_replica_batch * max(replicas // pipelines, 1)
+    return ds.take(steps * per_step).batch(per_replica_batch, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def distribute(strategy: tf.distribute.Strategy, config, training: bool, per_replica_batch: int, epoch: int = 0):
+    """A distributed dataset: each input pipeline batches ``per_replica_batch`` for its replicas;
+    training data of ``epoch``, or the padded validation set."""
     global_batch = per_replica_batch * strategy.num_replicas_in_sync
 
     def fn(ctx: tf.distribute.InputContext):
-        return make_dataset(config, training, ctx.get_per_replica_batch_size(global_batch), ctx)
+        batch = ctx.get_per_replica_batch_size(global_batch)
+        if training:
+            return make_dataset(config, True, batch, ctx, epoch)
+        return padded_validation_dataset(config, batch, ctx)
 
     return strategy.distribute_datasets_from_function(fn)

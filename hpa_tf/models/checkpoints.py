@@ -65,10 +65,15 @@ def load_model(path: str, dtype: str = "float32") -> keras.Model:
         with zipfile.ZipFile(local, "w") as out:
             for item in archive.infolist():
                 out.writestr(item, json.dumps(config) if item.filename == "config.json" else archive.read(item))
+        previous = keras.mixed_precision.global_policy()
+        if dtype != "keep":  # layers that follow the global policy follow the one asked for
+            keras.mixed_precision.set_global_policy(dtype)
         try:
             return keras.models.load_model(local, compile=False)
         except Exception as err:
             raise ValueError(f"cannot load model {path}: {type(err).__name__}: {err}") from err
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -64,6 +64,18 @@ def get_strategy(name: str = "auto") -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}: auto | tpu | mirrored | multi_worker | cpu | cpu_mirrored")
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: the only one, or the chief (worker 0 when the
+    cluster has no chief) of a multi-worker run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None) if resolver is not None else None
+    if not task_type or task_type == "chief":
+        return True
+    if task_type == "worker" and not isinstance(strategy, tf.distribute.TPUStrategy):
+        return resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()
+    return isinstance(strategy, tf.distribute.TPUStrategy)
+
+
 def precision_policy(setting: str, strategy: tf.distribute.Strategy) -> str:
     """The Keras dtype policy: bfloat16 on TPU, float16 on GPU, float32 on CPU (``auto``)."""
     if setting == "off":

@@ -1,57 +1,101 @@
-"""Fit a model from a config under any ``tf.distribute`` strategy.
+"""Train a model from a config under any ``tf.distribute`` strategy, with the loop of
+:mod:`hpa_tf.training.loop`.
 
-Outputs under ``train.model_dir`` (local or ``gs://``): ``config.yaml`` (the effective config),
-``backup/`` (BackupAndRestore: a killed run resumes from its last finished epoch with the same
-learning-rate schedule, since the optimizer's step count is restored), ``best.keras`` (highest
-validation mAP of image labels) and ``last.keras``, ``train_log.csv``, ``logs/`` (TensorBoard) and
-``val_metrics.jsonl`` (per-class AUC, AP and F1 per epoch); a new run in the folder of a finished
-one starts both logs anew, a resumed one appends.
+Outputs under ``train.model_dir`` (local or ``gs://``), written by one process (the chief of a
+multi-worker run), each file atomically (temporary name, then renamed):
+``config.yaml`` (the effective config), ``backup/epoch-NNNNN.npz`` (every variable and the run's
+state after each epoch; removed when the run finishes), ``best.keras`` (the epoch with the highest
+validation mAP of image labels, across kills: ``best.json`` says which), ``last.keras``,
+``train_log.csv`` and ``val_metrics.jsonl`` (per-class AUC, AP and F1 per epoch), TensorBoard ``logs/``.
 
-``train.seed`` seeds the weights and augmentations; with ``train.deterministic`` a rerun on the same
-machine and TensorFlow gives the same weights (TensorFlow's op determinism, which also makes tf.data
-keep its order; it stays on for the rest of the process).
+A killed run started again resumes after its last backed-up epoch, with the same learning-rate
+schedule, best epoch and logs; each epoch's data are rebuilt from (seed, epoch), so with
+``train.deterministic`` the resumed run's weights equal an uninterrupted run's, bit for bit. A
+backup that cannot be read is named and set aside, and the one before it is used. A run in the
+folder of a finished one starts anew.
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Sequence
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 
 import keras
+import pandas as pd
 import tensorflow as tf
+from tqdm import tqdm
 
 from hpa_tf import fs
 from hpa_tf.config import save_config
-from hpa_tf.data.pipeline import count_images, distribute, make_dataset
-from hpa_tf.models import build_loss, build_model
-from hpa_tf.training.strategy import configure_logical_cpus, get_strategy, precision_policy
-from hpa_tf.training.validation import ValidationMetrics
+from hpa_tf.data.pipeline import count_images, distribute, validation_steps
+from hpa_tf.training import backup
+from hpa_tf.training.loop import Trainer
+from hpa_tf.training.strategy import configure_logical_cpus, get_strategy, is_chief, precision_policy
+
+EpochHook = Callable[[int, dict], None]
+LOG_KEYS = ("epoch", "loss", "val_loss", "val_auc", "val_map", "val_f1", "learning_rate", "seconds")
 
 
-def _schedule(lr: float, total_steps: int, warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else lr, decay_steps=max(total_steps - warmup_steps, 1),
-        warmup_target=lr if warmup_steps else None, warmup_steps=warmup_steps, alpha=0.01,
-    )
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to change."""
 
 
-def _compile(model: keras.Model, config: dict, optimizer: keras.optimizers.Optimizer) -> None:
-    loss = build_loss(config)
-    m, t = config["model"], config["train"]
-    if m["kind"] == "cells":
-        model.compile(
-            optimizer=optimizer, loss={"cells": loss, "image": build_loss(config)},
-            loss_weights={"cells": m["cell_loss_weight"], "image": m["image_loss_weight"]},
-            steps_per_execution=t["steps_per_execution"],
-        )
-    else:
-        model.compile(optimizer=optimizer, loss=loss, steps_per_execution=t["steps_per_execution"],
-                      metrics=[keras.metrics.AUC(multi_label=True, num_labels=19, name="auc")])
+def save_model(model: keras.Model, path: str) -> None:
+    """``model.save`` to ``path`` (local or ``gs://``) atomically."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "model.keras")
+        model.save(local)
+        with open(local, "rb") as f:
+            data = f.read()
+    try:
+        fs.write_bytes(path, data)
+    except Exception as err:
+        raise backup.storage_error(os.path.dirname(path) or ".", os.path.basename(path), err) from err
 
 
-def train(config: dict, extra_callbacks: Sequence[keras.callbacks.Callback] = ()) -> dict:
+def _write(path: str, text: str) -> None:
+    try:
+        fs.write_text(path, text)
+    except Exception as err:
+        raise backup.storage_error(os.path.dirname(path) or ".", os.path.basename(path), err) from err
+
+
+def _write_logs(model_dir: str, state: dict, writer) -> None:
+    history = state["history"]
+    _write(fs.join(model_dir, "train_log.csv"),
+           pd.DataFrame(history, columns=[k for k in LOG_KEYS if any(k in h for h in history)]).to_csv(index=False))
+    _write(fs.join(model_dir, "val_metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state["per_class"]))
+    if writer is not None and history:
+        with writer.as_default():
+            for key, value in history[-1].items():
+                if key not in ("epoch", "seconds") and value is not None:
+                    tf.summary.scalar(key, value, step=history[-1]["epoch"])
+        writer.flush()
+
+
+def _steps(config, replicas: int) -> tuple[int, int]:
+    t, d = config["train"], config["data"]
+    global_batch = t["batch_size"] * replicas
+    records, val_fold = d["records"], d["val_fold"]
+    held_out = count_images(records, [val_fold], d["val_sources"] or None) if val_fold >= 0 else 0
+    n_train = count_images(records) - held_out
+    if n_train < 1:
+        raise TrainingError(f"{records}: no training images outside the validation set (fold {val_fold}); "
+                            "build records with more images or set data.val_fold=-1")
+    if d["val_fold"] >= 0 and held_out < 1:
+        raise TrainingError(f"{records}: validation fold {val_fold} holds no images"
+                            + (f" of sources {d['val_sources']}" if d["val_sources"] else "")
+                            + "; pick another data.val_fold, or -1 for none")
+    return int(t["steps_per_epoch"]) or max(1, n_train // global_batch), held_out
+
+
+def train(config, hooks: Sequence[EpochHook] = ()) -> dict:
     """Train as ``config`` says; returns ``{"history", "model_dir", "replicas", "steps_per_epoch"}``.
+    ``hooks`` are called after each epoch's outputs are written, with the epoch and its log row.
 
     >>> train(load_config("configs/demo_cpu.yaml"))  # doctest: +SKIP
     """
@@ -61,46 +105,125 @@ def train(config: dict, extra_callbacks: Sequence[keras.callbacks.Callback] = ()
     if t["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     strategy = get_strategy(t["strategy"])
+    previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision_policy(t["mixed_precision"], strategy))
+    try:
+        return _train(config, strategy, hooks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)  # the caller's models stay as they were
+
+
+def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook]) -> dict:
+    t = config["train"]
+    chief = is_chief(strategy)
     model_dir = t["model_dir"]
-    fs.makedirs(model_dir)
-    backup = fs.join(model_dir, "backup")
-    if not fs.exists(backup):  # a new run, not a resumed one: logs of an earlier run would mix in
-        for name in ("train_log.csv", "val_metrics.jsonl"):
-            fs.remove(fs.join(model_dir, name))
-    save_config(config, fs.join(model_dir, "config.yaml"))
-
+    backup_dir = fs.join(model_dir, "backup")
     replicas = strategy.num_replicas_in_sync
-    global_batch = t["batch_size"] * replicas
-    val_fold = config["data"]["val_fold"]
-    records, val_sources = config["data"]["records"], config["data"]["val_sources"]
-    n_train = count_images(records) - (count_images(records, [val_fold], val_sources) if val_fold >= 0 else 0)
-    steps = int(t["steps_per_epoch"]) or max(1, n_train // global_batch)
-    total = steps * int(t["epochs"])
-    with strategy.scope():
-        model = build_model(config)
-        optimizer = keras.optimizers.AdamW(
-            _schedule(float(t["learning_rate"]), total, int(float(t["warmup_epochs"]) * steps)),
-            weight_decay=float(t["weight_decay"]),
-        )
-        _compile(model, config, optimizer)
+    steps, n_val = _steps(config, replicas)
+    epochs, per_call = int(t["epochs"]), int(t["steps_per_execution"])
+    trainer = Trainer(config, strategy, steps * epochs, int(float(t["warmup_epochs"]) * steps))
 
-    train_ds = distribute(strategy, config, True, t["batch_size"])
-    callbacks: list[keras.callbacks.Callback] = [keras.callbacks.BackupAndRestore(backup)]
-    if val_fold >= 0:
-        val_ds = make_dataset(config, False, t["batch_size"])
-        output = "image" if config["model"]["kind"] == "cells" else None
-        callbacks += [
-            ValidationMetrics(val_ds, model_dir, output),
-            keras.callbacks.ModelCheckpoint(fs.join(model_dir, "best.keras"), monitor="val_map", mode="max", save_best_only=True),
-        ]
-    callbacks.append(keras.callbacks.CSVLogger(fs.join(model_dir, "train_log.csv"), append=True))
-    if importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(fs.join(model_dir, "logs"), profile_batch=0))
+    restored = backup.load_latest(backup_dir, set_aside=chief)
+    if restored is not None:
+        arrays, state = restored
+        trainer.restore(arrays, state["variables"], backup_dir)
+        changed = sorted(k for k, v in _flat(config.to_dict()).items() if _flat(state["config"]).get(k) != v)
+        print(f"resuming {model_dir} after epoch {state['epoch'] + 1}" + (f" (settings changed: {changed})" if changed else ""))
     else:
-        print("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-    callbacks += list(extra_callbacks)
-    history = model.fit(train_ds, epochs=int(t["epochs"]), steps_per_epoch=steps, callbacks=callbacks, verbose=2,
-                        shuffle=False)  # the dataset shuffles itself
-    model.save(fs.join(model_dir, "last.keras"))
-    return {"history": history.history, "model_dir": model_dir, "replicas": replicas, "steps_per_epoch": steps}
+        state = {"epoch": -1, "best": None, "history": [], "per_class": []}
+    if chief:
+        try:
+            fs.makedirs(model_dir)
+        except Exception as err:
+            raise backup.storage_error(model_dir, "the run's folder", err) from err
+        save_config(config, fs.join(model_dir, "config.yaml"))
+        _repair_best(model_dir, state, trainer.model)
+    writer = _summary_writer(model_dir) if chief and t["tensorboard"] else None
+
+    val_ds = distribute(strategy, config, False, int(t["batch_size"])) if config["data"]["val_fold"] >= 0 else None
+    val_steps = validation_steps(n_val, int(t["batch_size"]), replicas, _pipelines(strategy)) if val_ds else 0
+    for epoch in range(state["epoch"] + 1, epochs):
+        start = time.perf_counter()
+        iterator = iter(distribute(strategy, config, True, int(t["batch_size"]), epoch))
+        losses, done = [], 0
+        with tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not chief, leave=False) as bar:
+            while done < steps:
+                n = min(per_call, steps - done)
+                losses.append((n, trainer.train_steps(iterator, n)))
+                done += n
+                bar.update(n)
+        row = {"epoch": epoch, "loss": sum(n * float(v) for n, v in losses) / steps}
+        if not math.isfinite(row["loss"]):
+            raise TrainingError(f"the training loss became {row['loss']} in epoch {epoch + 1}: lower "
+                                "train.learning_rate, or check the records with `python -m tfrecord_builder inspect`")
+        if val_ds is not None:
+            val = trainer.evaluate(val_ds, val_steps, per_call)
+            row.update(val_loss=val["loss"], val_auc=val["auc"], val_map=val["map"], val_f1=val["f1"])
+            state["per_class"].append({"epoch": epoch, **{k: val[k] for k in ("auc", "map", "f1", "per_class")}})
+        row["learning_rate"] = float(trainer.optimizer.learning_rate)
+        row["seconds"] = round(time.perf_counter() - start, 2)
+        state["history"].append(row)
+        state["epoch"] = epoch
+        improved = val_ds is not None and (state["best"] is None or row["val_map"] > state["best"]["val_map"])
+        if improved:
+            state["best"] = {"epoch": epoch, "val_map": row["val_map"]}
+        if chief:
+            arrays, paths = trainer.state_arrays()
+            state["variables"], state["config"] = paths, config.to_dict()
+            backup.save(backup_dir, epoch, arrays, state, int(t["keep_backups"]))
+            if improved:
+                _save_best(model_dir, trainer.model, epoch, row["val_map"])
+            _write_logs(model_dir, state, writer)
+            print(_summary_line(row, epochs))
+        for hook in hooks:
+            hook(epoch, row)
+    if chief:
+        save_model(trainer.model, fs.join(model_dir, "last.keras"))
+        backup.remove_all(backup_dir)
+    history = {k: [h.get(k) for h in state["history"]] for k in LOG_KEYS if k != "epoch"}
+    return {"history": history, "model_dir": model_dir, "replicas": replicas, "steps_per_epoch": steps,
+            "best": state["best"]}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _pipelines(strategy: tf.distribute.Strategy) -> int:
+    """Input pipelines (one per worker or TPU host)."""
+    extended = strategy.extended
+    return int(getattr(extended, "_num_workers", 0) or getattr(extended, "num_hosts", 0) or 1)
+
+
+def _summary_line(row: dict, epochs: int) -> str:
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}: loss {row['loss']:.4f}"]
+    parts += [f"{k} {row[k]:.4f}" for k in ("val_loss", "val_auc", "val_map", "val_f1") if k in row]
+    return ", ".join(parts) + f" ({row['seconds']:.1f} s)"
+
+
+def _save_best(model_dir: str, model: keras.Model, epoch: int, val_map: float) -> None:
+    save_model(model, fs.join(model_dir, "best.keras"))
+    _write(fs.join(model_dir, "best.json"), json.dumps({"epoch": epoch, "val_map": val_map}))
+
+
+def _repair_best(model_dir: str, state: dict, model: keras.Model) -> None:
+    """A kill between an epoch's backup and its best.keras leaves best.keras one best behind; the
+    restored weights are that epoch's, so write them."""
+    best = state.get("best")
+    if not best or best["epoch"] != state["epoch"]:
+        return
+    marker = fs.join(model_dir, "best.json")
+    saved = json.loads(fs.read_text(marker)) if fs.exists(marker) else {}
+    if saved.get("epoch") != best["epoch"]:
+        _save_best(model_dir, model, best["epoch"], best["val_map"])
+
+
+def _summary_writer(model_dir: str):
+    try:
+        return tf.summary.create_file_writer(fs.join(model_dir, "logs"))
+    except Exception as err:  # noqa: BLE001 - TensorBoard logs are a convenience, never a reason to stop
+        print(f"no TensorBoard logs ({type(err).__name__}: {err})")
+        return None

@@ -1,0 +1,50 @@
+"""What every hpa-tf command does with errors: a user's mistake (a missing file, a bad value, a full
+disk) is one line naming the file or key and the fix, and exit code 2, never a traceback. The
+traceback is there for the asking: ``--debug`` or ``HPA_TF_DEBUG=1``.
+
+    def main(argv=None) -> int: ...
+    if __name__ == "__main__":
+        sys.exit(run(main))
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+DEBUG_ENV = "HPA_TF_DEBUG"
+
+
+def debugging(argv: Sequence[str] | None = None) -> bool:
+    """Whether tracebacks were asked for (``--debug`` among the arguments, or ``HPA_TF_DEBUG=1``)."""
+    args = sys.argv[1:] if argv is None else argv
+    return "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Call ``main(argv)`` (``--debug`` removed) and turn an exception into one line on stderr."""
+    debug = debugging(argv)
+    args = None if argv is None else [a for a in argv if a != "--debug"]
+    if argv is None and "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+    try:
+        return main(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as err:  # noqa: BLE001 - the point of this function
+        if debug:
+            raise
+        message = str(err).strip() or type(err).__name__
+        name = type(err).__name__
+        print(f"error: {message}" if _is_users(err) else f"error ({name}): {message}", file=sys.stderr)
+        print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+def _is_users(err: Exception) -> bool:
+    """Errors whose message is written for the user (they name the file or key and the fix)."""
+    return isinstance(err, (ValueError, OSError, KeyError, RuntimeError))
