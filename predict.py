@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 
+from hpa_tf.cli import run
 from hpa_tf.inference.combine import RULES
 from hpa_tf.inference.tta import TTA_MODES
 
@@ -47,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights and len(args.weights) != len(args.models):
         parser.error(f"--weights: {len(args.weights)} values for {len(args.models)} models")
 
-    from hpa_tf.inference.runner import RunConfig, run  # TensorFlow loads here, after --help
+    from hpa_tf.inference.runner import (  # TensorFlow loads here, after --help
+        RunConfig,
+        run,
+    )
 
     cfg = RunConfig(
         data=args.data, models=args.models, out=args.out, segmenter=args.segmenter, tta=args.tta,
@@ -60,4 +64,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -27,6 +27,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import run
 from hpa_tf.io import read_image
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.metrics import IOU_THRESHOLD
@@ -108,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

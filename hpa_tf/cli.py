@@ -45,6 +45,21 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         return 2
 
 
+def require_writable(folder: str, what: str = "the output folder") -> None:
+    """Create ``folder`` and write a probe file in it, or raise an OSError that names it (before any
+    work is done). ``require_writable("runs/x", "--out")``"""
+    from hpa_tf import fs
+
+    probe = fs.join(folder, f".hpa-tf-write-test-{os.getpid()}")
+    try:
+        fs.makedirs(folder)
+        fs.write_bytes(probe, b"")
+        fs.remove(probe)
+    except Exception as err:  # noqa: BLE001 - gfile raises its own error types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"{what} {folder}: cannot write there ({reason}); pick a folder you can write to") from err
+
+
 def _is_users(err: Exception) -> bool:
     """Errors whose message is written for the user (they name the file or key and the fix)."""
     return isinstance(err, (ValueError, OSError, KeyError, RuntimeError))

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from hpa_tf.cli import run
 from hpa_tf.labels import CLASS_NAMES, NUM_CLASSES
 from hpa_tf.rle import label_runs, mask_runs
 from hpa_tf.submission import ImagePrediction, SubmissionError, read_submission
@@ -250,4 +251,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -89,7 +89,7 @@ def test_rerun_skips_complete_shards_and_rebuilds_broken_ones(built, synth_dir, 
 def test_other_config_needs_overwrite(built, synth_dir, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(built, out)
-    with pytest.raises(SystemExit, match="another config"):
+    with pytest.raises(ValueError, match="another config"):
         main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
               "--image-size", "96", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2"])
     assert main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
@@ -157,8 +157,10 @@ def test_several_sources_make_one_record_set(synth_dir, tmp_path):
     records = _read(out, "images", parse_image_record)
     assert Counter(r["source"].decode() for r in records) == {"competition": 4, "external": 4}
     assert Counter(r["source"].decode() for r in _read(out, "cells", parse_cell_record)) == {"competition": 4, "external": 4}
-    folds = {r["id"].decode(): int(r["fold"]) for r in records}
-    assert set(folds.values()) == {0, 1}  # stratified over all eight images
+    fold_of = pd.read_csv(out / "folds.csv").set_index("ID")["fold"].to_dict()
+    assert set(fold_of.values()) == {0, 1} and len(fold_of) == 8  # stratified over all eight images
+    for r in records:
+        r["fold"] = fold_of[r["id"].decode()]
 
     from hpa_tf.config import load_config
     from hpa_tf.data.pipeline import count_images, make_dataset

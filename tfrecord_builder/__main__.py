@@ -21,29 +21,38 @@ import json
 import sys
 
 from hpa_tf import fs
-from hpa_tf.io import read_label_table
+from hpa_tf.cli import require_writable, run
+from hpa_tf.io import has_any_channel, read_label_table
+from hpa_tf.lock import FolderLock
 from tfrecord_builder.build import BuildConfig, ImageJob, build_example
-from tfrecord_builder.folds import assign_folds
 from tfrecord_builder.shards import MANIFEST, PLAN, plan_shards, read_meta, shard_done, write_manifest, write_shard
 
 _PROBE = 3  # images built up front to size the shards
+
+
+class BuildError(ValueError):
+    """A build that cannot start or finish as asked; the message says what to change."""
+
+
+def _done_shards(out: str) -> int:
+    meta = fs.join(out, "_meta")
+    return len([n for n in fs.listdir(meta) if n.endswith(".json")]) if fs.exists(meta) else 0
 
 
 def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], overwrite: bool) -> list[list[ImageJob]]:
     path = fs.join(out, PLAN)
     if fs.exists(path) and not overwrite:
         saved = json.loads(fs.read_text(path))
-        if saved["config"] != config.to_dict():
-            raise SystemExit(
-                f"error: {out} holds a build with another config ({saved['config']}); "
-                "use another --out, or --overwrite to start over"
-            )
         by_id = {j.image_id: j for j in jobs}
         planned = {i for shard in saved["shards"] for i in shard}
-        if planned != set(by_id):
-            raise SystemExit(f"error: the label table lists other images than the build in {out}; "
-                             "use another --out, or --overwrite to start over")
-        return [[by_id[i] for i in shard] for shard in saved["shards"]]
+        same = saved["config"] == config.to_dict() and planned == set(by_id)
+        if same:
+            return [[by_id[i] for i in shard] for shard in saved["shards"]]
+        if _done_shards(out):
+            what = "another config" if saved["config"] != config.to_dict() else "other images"
+            raise BuildError(f"{out} holds a build of {what} ({_done_shards(out)} shards done; its config: "
+                             f"{saved['config']}); use another --out, or --overwrite to start over")
+        print(f"{out}: an earlier build with other settings wrote no shard; starting over")
     # Size the shards from a few real records: image and cell shards hold the same images, and
     # the larger of the two sets the count.
     sizes = [build_example(config, j) for j in jobs[:_PROBE]]
@@ -59,70 +68,93 @@ def _sources(args: argparse.Namespace) -> tuple[tuple[str, str, str], ...]:
     sources = [tuple(s) for s in args.source or []]
     if args.data or args.labels:
         if not (args.data and args.labels):
-            raise SystemExit("error: --data and --labels go together (or give --source NAME DATA LABELS)")
+            raise BuildError("--data and --labels go together (or give --source NAME DATA LABELS)")
         sources.insert(0, (args.source_name, args.data, args.labels))
     if not sources:
-        raise SystemExit("error: give --data DIR --labels CSV, or one --source NAME DATA LABELS per data source")
+        raise BuildError("give --data DIR --labels CSV, or one --source NAME DATA LABELS per data source")
     names = [s[0] for s in sources]
     if len(set(names)) < len(names):
-        raise SystemExit(f"error: source names must differ, got {names}")
+        raise BuildError(f"source names must differ, got {names}")
     return tuple(sources)
 
 
-def _jobs(config: BuildConfig, classes: str, n_folds: int, seed: int) -> tuple[list[ImageJob], dict[str, int]]:
-    """One job per image of every source; folds stratified over all of them together."""
-    ids, labels, owners = [], [], []
+_PROBE_IDS = 20
+
+
+def _jobs(config: BuildConfig, classes: str) -> list[ImageJob]:
+    """One job per image of every source; each source checked before anything is written: its
+    folder and table exist, and images of the table are in the folder."""
+    jobs: list[ImageJob] = []
     seen: dict[str, str] = {}
-    for name, _, labels_path in config.sources:
+    for name, data, labels_path in config.sources:
+        if not fs.exists(labels_path):
+            raise BuildError(f"--labels {labels_path}: no such file (the label table, e.g. train.csv)")
+        if not fs.exists(data) or not fs.listdir(data):
+            raise BuildError(f"--data {data}: no such folder, or it is empty (the folder of the images in {labels_path})")
         table = read_label_table(labels_path, classes)
         if table.attrs.get("label_report"):
             print(table.attrs["label_report"])
+        probe = list(table["ID"][:_PROBE_IDS])
+        if probe and not any(has_any_channel(data, i) for i in probe):
+            raise BuildError(f"none of the first {len(probe)} images of {labels_path} has a file in {data} (looked for "
+                             f"{probe[0]}_red.png and other formats): is --data the image folder of that table?")
         for image_id, lab in zip(table["ID"], table["labels"]):
             if image_id in seen:
-                raise SystemExit(f"error: image {image_id} is listed by source {seen[image_id]!r} and by {name!r} "
+                raise BuildError(f"image {image_id} is listed by source {seen[image_id]!r} and by {name!r} "
                                  f"({labels_path}); an ID must be unique across sources")
             seen[image_id] = name
-            ids.append(image_id)
-            labels.append(lab)
-            owners.append(name)
-    folds = assign_folds(ids, labels, n_folds, seed)
-    return [ImageJob(i, tuple(lab), folds[i], src) for i, lab, src in zip(ids, labels, owners)], folds
+            jobs.append(ImageJob(image_id, tuple(lab), name))
+    if not jobs:
+        raise BuildError(f"the label tables {[s[2] for s in config.sources]} list no images")
+    return jobs
 
 
 def build(args: argparse.Namespace) -> int:
     compression = {"none": "", "gzip": "GZIP"}[args.compression]
     config = BuildConfig(_sources(args), args.segmenter, args.image_size, args.cell_size, args.shard_mb,
-                         compression, args.folds, args.seed)
-    jobs, folds = _jobs(config, args.classes, args.folds, args.seed)
-    if args.overwrite and fs.exists(args.out):
-        for name in fs.listdir(args.out):
-            if name.endswith(".tfrec") or ".tfrec.tmp-" in name or name in (PLAN, MANIFEST):
-                fs.remove(fs.join(args.out, name))
-        if fs.exists(fs.join(args.out, "_meta")):
-            for name in fs.listdir(fs.join(args.out, "_meta")):
-                fs.remove(fs.join(args.out, "_meta", name))
-    fs.makedirs(args.out)
-    plan = _load_or_make_plan(config, args.out, jobs, args.overwrite)
-    todo = [s for s in range(len(plan)) if not shard_done(args.out, s, len(plan))]
-    print(f"{len(jobs)} images in {len(plan)} shards; {len(plan) - len(todo)} already complete")
-    for s in todo:  # a shard whose images are all gone still gets written (no runner sees it)
-        if not plan[s]:
-            write_shard(args.out, s, len(plan), [], config.compression)
-    todo = [s for s in todo if plan[s]]
-    if args.runner == "beam":
-        from tfrecord_builder.runners import run_beam
+                         compression, args.seed)
+    jobs = _jobs(config, args.classes)
+    require_writable(args.out, "--out")
+    with FolderLock(args.out, "tfrecord_builder build"):
+        if args.overwrite:
+            _clear(args.out)
+        plan = _load_or_make_plan(config, args.out, jobs, args.overwrite)
+        todo = [s for s in range(len(plan)) if not shard_done(args.out, s, len(plan), verify=args.verify)]
+        print(f"{len(jobs)} images in {len(plan)} shards; {len(plan) - len(todo)} already complete")
+        for s in todo:  # a shard whose images are all gone still gets written (no runner sees it)
+            if not plan[s]:
+                write_shard(args.out, s, len(plan), [], config.compression)
+        todo = [s for s in todo if plan[s]]
+        if args.runner == "beam":
+            from tfrecord_builder.runners import run_beam
 
-        run_beam(config, args.out, plan, todo, args.beam_options)
-    else:
-        from tfrecord_builder.runners import run_local
+            run_beam(config, args.out, plan, todo, args.beam_options)
+        else:
+            from tfrecord_builder.runners import run_local
 
-        run_local(config, args.out, plan, todo, args.workers)
-    metas = [read_meta(args.out, s) for s in range(len(plan))]
-    manifest = write_manifest(args.out, config.to_dict(), metas, folds)
+            run_local(config, args.out, plan, todo, args.workers)
+        metas = [read_meta(args.out, s) for s in range(len(plan))]
+        labels = {j.image_id: j.labels for j in jobs}
+        manifest = write_manifest(args.out, config.to_dict(), metas, labels, args.folds, args.seed)
     c = manifest["counts"]
+    errors = fs.join(args.out, "errors.csv")
     print(f"wrote {c['images']} images, {c['cells']} cells in {c['shards']} x 2 shards to {args.out}; "
-          f"{c['errors']} errors" + (f" (see {fs.join(args.out, 'errors.csv')})" if c["errors"] else ""))
+          f"{c['errors']} errors" + (f" (see {errors})" if c["errors"] else ""))
+    if not c["images"]:
+        raise BuildError(f"no image could be built; {errors} says why for each")
     return 0
+
+
+def _clear(out: str) -> None:
+    """What a previous build left (``--overwrite``)."""
+    if not fs.exists(out):
+        return
+    for name in fs.listdir(out):
+        if name.endswith(".tfrec") or ".tfrec.tmp-" in name or name in (PLAN, MANIFEST):
+            fs.remove(fs.join(out, name))
+    if fs.exists(fs.join(out, "_meta")):
+        for name in fs.listdir(fs.join(out, "_meta")):
+            fs.remove(fs.join(out, "_meta", name))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,17 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--runner", choices=("local", "beam"), default="local")
     b.add_argument("--beam-options", default="", help='Beam pipeline options, written with "=": --beam-options="--runner=DataflowRunner --project=P ..."')
     b.add_argument("--overwrite", action="store_true", help="delete what a previous build left and start over")
+    b.add_argument("--verify", action="store_true", help="check the sha256 of finished shards before skipping them")
     i = sub.add_parser("inspect", help="print the manifest summary and write a contact sheet PNG")
     i.add_argument("out")
     i.add_argument("--png", help="where to write the contact sheet (default OUT/contact_sheet.png)")
     i.add_argument("--n", type=int, default=6, help="images on the sheet")
+    i.add_argument("--verify", action="store_true", help="check every shard's sha256 and record count")
     args = parser.parse_args(argv)
     if args.command == "build":
         return build(args)
     from tfrecord_builder.inspect import inspect
 
-    return inspect(args.out, args.png, args.n)
+    return inspect(args.out, args.png, args.n, args.verify)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -32,8 +32,7 @@ class BuildConfig:
     cell_size: int = 128
     shard_mb: float = 150.0
     compression: str = ""  # "" or "GZIP"
-    folds: int = 5
-    seed: int = 0
+    seed: int = 0  # the shard shuffle
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -49,7 +48,6 @@ class BuildConfig:
 class ImageJob:
     image_id: str
     labels: tuple[int, ...]
-    fold: int
     source: str = "main"
 
 
@@ -74,7 +72,7 @@ class Built:
 def build_example(config: BuildConfig, job: ImageJob) -> Built:
     """Both records of one image.
 
-    >>> build_example(BuildConfig((("main", "synth/train", "synth/train.csv"),)), ImageJob("id", (0,), 2))  # doctest: +SKIP
+    >>> build_example(BuildConfig((("main", "synth/train", "synth/train.csv"),)), ImageJob("id", (0,)))  # doctest: +SKIP
     """
     out = Built(job.image_id, job.labels, job.source)
     t = time.perf_counter()
@@ -101,11 +99,12 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
     t = _tick(out, "resize_crop", t)
     labels = to_multi_hot(list(job.labels), np.int64)
     out.image_record = schema.image_example(
-        job.image_id, labels, h, w, job.fold, schema.encode_rgby_png(small), schema.encode_mask_png(small_mask),
+        job.image_id, labels, h, w, schema.UNASSIGNED_FOLD, schema.encode_rgby_png(small), schema.encode_mask_png(small_mask),
         len(crops), job.source,
     )
     out.cell_record = schema.cell_example(
-        job.image_id, labels, h, w, job.fold, [schema.encode_rgby_png(c) for c in crops], bbox, area, border, index,
+        job.image_id, labels, h, w, schema.UNASSIGNED_FOLD, [schema.encode_rgby_png(c) for c in crops], bbox, area,
+        border, index,
         job.source,
     )
     out.n_cells = len(crops)

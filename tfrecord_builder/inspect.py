@@ -11,7 +11,7 @@ import numpy as np
 from hpa_tf import fs, viz
 from hpa_tf.data.schema import parse_cell_record, parse_image_record
 from hpa_tf.labels import CLASS_NAMES
-from tfrecord_builder.shards import MANIFEST
+from tfrecord_builder.shards import MANIFEST, check_file
 
 TILE = 256
 
@@ -21,21 +21,50 @@ def _records(out: str, files: list[dict], compression: str, parse, n: int) -> li
 
     paths = [fs.join(out, f["file"]) for f in files]
     ds = tf.data.TFRecordDataset(paths, compression_type=compression).take(n).map(parse)
-    return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
+    try:
+        return [{k: v.numpy() for k, v in ex.items()} for ex in ds]
+    except tf.errors.OpError as err:
+        raise ValueError(f"{out}: a shard is corrupt ({err.message.splitlines()[0]}); `inspect --verify` names it, "
+                         "rerunning the build command with --verify rebuilds it") from err
 
 
-def inspect(out: str, png: str | None = None, n: int = 6) -> int:
+def check_shards(out: str, manifest: dict, verify: bool = False) -> list[str]:
+    """What does not match the manifest: a missing or truncated shard (sizes: cheap), with
+    ``verify`` also another sha256 or record count (reads everything)."""
+    problems = []
+    compression = manifest["config"]["compression"]
+    for entry in manifest["shards"]["images"] + manifest["shards"]["cells"]:
+        problem = check_file(out, entry, verify)
+        if not problem and verify:
+            import tensorflow as tf
+
+            path = fs.join(out, entry["file"])
+            try:
+                count = sum(1 for _ in tf.data.TFRecordDataset(path, compression_type=compression))
+            except tf.errors.OpError as err:
+                count, problem = -1, f"{path}: unreadable records ({err.message.splitlines()[0]})"
+            if not problem and count != entry["examples"]:
+                problem = f"{path} holds {count} records, the manifest says {entry['examples']}"
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def inspect(out: str, png: str | None = None, n: int = 6, verify: bool = False) -> int:
     """Print the summary and write the sheet; returns a process exit code."""
     path = fs.join(out, MANIFEST)
     if not fs.exists(path):
-        print(f"error: {path} not found: is {out!r} a finished build?")
-        return 2
+        raise FileNotFoundError(f"{path} not found: is {out!r} a finished build?")
     m = json.loads(fs.read_text(path))
+    problems = check_shards(out, m, verify)
+    if problems:
+        raise ValueError(f"{out}: {len(problems)} shard(s) do not match the manifest: " + "; ".join(problems[:3])
+                         + " - rerun the same build command: it rebuilds them")
     c, cfg = m["counts"], m["config"]
     print(f"{out}: schema v{m['schema_version']}, {c['images']} images, {c['cells']} cells, {c['errors']} errors, "
-          f"{c['shards']} shards of each kind")
+          f"{c['shards']} shards of each kind, " + ("checksums and counts verified" if verify else "sizes checked"))
     sources = ", ".join(f"{name} ({data}, {m.get('sources', {}).get(name, {}).get('images', 0)} images)"
-                        for name, data, _ in cfg["sources"])
+                        for name, data, _ in cfg.get("sources") or [["main", cfg.get("data"), ""]])
     print(f"  built from {sources} with segmenter {cfg['segmenter']}, images {cfg['image_size']} px, "
           f"cells {cfg['cell_size']} px, compression {cfg['compression'] or 'none'}")
     print("  folds: " + ", ".join(f"{k}: {v}" for k, v in m["folds"]["images_per_fold"].items()))

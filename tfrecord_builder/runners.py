@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from hpa_tf.workers import die_with_parent
 from tfrecord_builder.build import BuildConfig, Built, ImageJob, build_example
 from tfrecord_builder.shards import write_shard
 
@@ -26,7 +27,7 @@ def run_local(config: BuildConfig, out: str, plan: Sequence[Sequence[ImageJob]],
     owner = [s for s in todo for _ in plan[s]]
     bar = tqdm(total=len(jobs), desc="building", unit="img")
     if workers > 1:
-        pool = mp.get_context("spawn").Pool(workers)  # spawn: TensorFlow does not survive fork
+        pool = mp.get_context("spawn").Pool(workers, initializer=die_with_parent)  # spawn: TensorFlow does not survive fork
         stream = pool.imap(_build, jobs, chunksize=1)
     else:
         pool, stream = None, map(_build, jobs)

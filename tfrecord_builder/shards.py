@@ -21,9 +21,11 @@ from hpa_tf import fs
 from hpa_tf.data.schema import SCHEMA_VERSION
 from hpa_tf.labels import CLASS_NAMES, NUM_CLASSES
 from tfrecord_builder.build import Built, ImageJob
+from tfrecord_builder.folds import assign_folds
 
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
+FOLDS = "folds.csv"
 KINDS = ("images", "cells")
 
 
@@ -43,11 +45,35 @@ def plan_shards(jobs: Sequence[ImageJob], per_shard: int, seed: int) -> list[lis
     return [shuffled[i : i + per_shard] for i in range(0, len(shuffled), per_shard)] or [[]]
 
 
-def shard_done(out: str, index: int, n_shards: int) -> bool:
-    """Whether a shard's files and its metadata (written last) exist."""
-    return fs.exists(meta_path(out, index)) and all(
-        fs.exists(fs.join(out, shard_name(k, index, n_shards))) for k in KINDS
-    )
+def check_file(out: str, entry: dict, verify: bool = False) -> str:
+    """Why a finished shard file is not what its metadata says ("" when it is): missing, another
+    size (cheap: a stat), or with ``verify`` another sha256 (reads the file)."""
+    path = fs.join(out, entry["file"])
+    if not fs.exists(path):
+        return f"{path} is missing"
+    size = fs.size(path)
+    if size != entry["bytes"]:
+        return f"{path} is {size} bytes, its metadata says {entry['bytes']} (truncated or replaced)"
+    if verify and _sha256(path) != entry["sha256"]:
+        return f"{path} has another sha256 than its metadata says (corrupt)"
+    return ""
+
+
+def shard_done(out: str, index: int, n_shards: int, verify: bool = False) -> bool:
+    """Whether a shard is complete: its metadata (written last) exists and both files match it
+    (size; sha256 with ``verify``). A shard that does not match is reported and rebuilt."""
+    if not fs.exists(meta_path(out, index)):
+        return False
+    meta = read_meta(out, index)
+    for kind in KINDS:
+        entry = meta["files"][kind]
+        if entry["file"] != shard_name(kind, index, n_shards):
+            return False
+        problem = check_file(out, entry, verify)
+        if problem:
+            print(f"shard {index}: {problem}; rebuilding it")
+            return False
+    return True
 
 
 def _sha256(path: str) -> str:
@@ -88,12 +114,16 @@ def read_meta(out: str, index: int) -> dict:
     return json.loads(fs.read_text(meta_path(out, index)))
 
 
-def write_manifest(out: str, config: dict, metas: Sequence[dict], folds: dict[str, int]) -> dict:
-    """Summarise all shards into ``manifest.json``; list bad images in ``errors.csv``."""
+def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[str, Sequence[int]],
+                   n_folds: int, seed: int) -> dict:
+    """Summarise all shards into ``manifest.json``; assign folds over the images that were built
+    (``folds.csv``: multi-label stratified, so no fold is left empty by images that failed); list
+    bad images in ``errors.csv``."""
     class_counts = np.sum([m["class_counts"] for m in metas], axis=0).astype(int)
-    ids = [i for m in metas for i in m["ids"]]
+    ids = sorted(i for m in metas for i in m["ids"])
     source_of = {i: src for m in metas for i, src in zip(m["ids"], m.get("sources", ["main"] * len(m["ids"])))}
     errors = [e for m in metas for e in m["errors"]]
+    folds = assign_folds(ids, [labels[i] for i in ids], n_folds, seed) if ids else {}
     fold_counts: dict[str, int] = {}
     by_source: dict[str, dict[str, int]] = {}
     for i in ids:
@@ -109,12 +139,13 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], folds: dict[st
         "sources": {name: {"images": sum(per.values()), "images_per_fold": dict(sorted(per.items()))}
                     for name, per in sorted(by_source.items())},
         "class_frequencies": {CLASS_NAMES[c]: int(class_counts[c]) for c in range(NUM_CLASSES)},
-        "folds": {"n_folds": config["folds"], "images_per_fold": dict(sorted(fold_counts.items())), "file": "folds.csv"},
+        "folds": {"n_folds": n_folds, "seed": seed, "images_per_fold": dict(sorted(fold_counts.items())),
+                  "file": FOLDS},
         "shards": {kind: [m["files"][kind] for m in metas] for kind in KINDS},
         "errors_file": "errors.csv",
     }
-    fold_table = pd.DataFrame({"ID": sorted(folds), "fold": [folds[i] for i in sorted(folds)]})
-    fs.write_text(fs.join(out, "folds.csv"), fold_table.to_csv(index=False))
+    fold_table = pd.DataFrame({"ID": ids, "fold": [folds[i] for i in ids], "source": [source_of[i] for i in ids]})
+    fs.write_text(fs.join(out, FOLDS), fold_table.to_csv(index=False))
     fs.write_text(fs.join(out, "errors.csv"), pd.DataFrame(errors, columns=["ID", "error"]).to_csv(index=False))
     fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=2))
     return manifest

@@ -45,9 +45,36 @@ def read_manifest(records: str) -> dict:
 
 
 def shard_files(records: str, kind: str) -> tuple[list[str], str]:
-    """Shard paths of ``kind`` ("images" or "cells") and their compression."""
+    """Shard paths of ``kind`` ("images" or "cells") and their compression; each shard's size is
+    checked against the manifest (a stat per file), so a truncated shard is named at the start,
+    not met as "truncated record" in the middle of an epoch."""
     m = read_manifest(records)
-    return [fs.join(records, f["file"]) for f in m["shards"][kind]], m["config"]["compression"]
+    paths = []
+    for f in m["shards"][kind]:
+        path = fs.join(records, f["file"])
+        size = fs.size(path) if fs.exists(path) else -1
+        if size != f["bytes"]:
+            state = "is missing" if size < 0 else f"is {size} bytes, the manifest says {f['bytes']}"
+            raise ValueError(f"{path} {state}: rerun the build command that made {records}; it rebuilds broken "
+                             "shards (`python -m tfrecord_builder inspect --verify` checks them all)")
+        paths.append(path)
+    return paths, m["config"]["compression"]
+
+
+def fold_table(records: str) -> tf.lookup.StaticHashTable | None:
+    """Image ID -> fold from the build's ``folds.csv`` (records of schema 3 carry no fold), or None
+    for older records, whose ``fold`` field holds it."""
+    m = read_manifest(records)
+    if m.get("schema_version", 1) < 3:
+        return None
+    import io
+
+    import pandas as pd
+
+    table = pd.read_csv(io.StringIO(fs.read_text(fs.join(records, m["folds"]["file"]))), dtype={"ID": str})
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(table["ID"].tolist(), tf.string),
+                                               tf.constant(table["fold"].to_numpy(), tf.int64))
+    return tf.lookup.StaticHashTable(init, default_value=-2)
 
 
 def count_images(records: str, folds: Sequence[int] | None = None, sources: Sequence[str] | None = None) -> int:
@@ -108,7 +135,15 @@ def _examples(data, kind: str, spec: dict, training: bool, folds: Sequence[int] 
     files, compression = shard_files(data["records"], kind)
     det = bool(data["deterministic"])
     ds = _files_dataset(files, compression, training, det, seed, input_context)
-    ds = ds.map(lambda s: tf.io.parse_single_example(s, spec), num_parallel_calls=AUTOTUNE, deterministic=det or not training)
+    table = fold_table(data["records"])
+
+    def parse(serialized):
+        ex = tf.io.parse_single_example(serialized, spec)
+        if table is not None:
+            ex["fold"] = table.lookup(ex["id"])
+        return ex
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=det or not training)
     sources = (data.get("val_sources") or None) if folds is not None else None
 
     def keep(ex):

@@ -4,7 +4,8 @@ Two record kinds per image, in separate shard sets (``images-*.tfrec``, ``cells-
 
 **Image record** (``IMAGE_FEATURES``)
 - ``id`` (bytes), ``labels`` (19 x int64 multi-hot), ``height``/``width`` (the original size),
-  ``fold`` (int64), ``source`` (bytes: the name of the data source the image came from, e.g.
+  ``fold`` (int64; -1 since version 3: folds are assigned after the build, over the images that
+  were built, in the manifest's ``folds.csv``, which the pipelines read), ``source`` (bytes: the name of the data source the image came from, e.g.
   ``competition`` or ``external``; empty in version-1 records), ``schema_version`` (int64);
 - ``image``: PNG, 4 channels in the order red, green, blue, yellow (the file's RGBA), resized to
   ``image_size`` x ``image_size``; lossless;
@@ -25,7 +26,8 @@ import numpy as np
 from hpa_tf.io.png import encode_label_png, encode_png
 from hpa_tf.labels import NUM_CLASSES
 
-SCHEMA_VERSION = 2  # 2: the source field
+SCHEMA_VERSION = 3  # 2: the source field; 3: folds in folds.csv, not in the records
+UNASSIGNED_FOLD = -1
 
 
 def _tf():

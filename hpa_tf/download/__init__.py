@@ -33,11 +33,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import require_writable
 from hpa_tf.download.dedup import FingerprintIndex, fingerprint
 from hpa_tf.download.fetch import FetchError, RetryPolicy, fetch
 from hpa_tf.io import read_image, read_label_table, scan_image_ids, to_uint8
 from hpa_tf.io.images import CHANNELS, decode_channel
 from hpa_tf.io.png import encode_png
+from hpa_tf.lock import FolderLock
 
 TEMPLATES = {"jpg": "{image}_{color}.jpg", "tif": "{image}_{color}.tif.gz"}
 MIN_SIDE = 64  # smaller "images" are error pages or thumbnails
@@ -193,6 +195,12 @@ def download(cfg: DownloadConfig) -> dict:
     if "Image" not in table:
         raise ValueError(f"{cfg.table}: no Image column (expected the kaggle_2021.tsv layout: Image, Label_idx, ...)")
     rows = select_rows(table, cfg)
+    require_writable(cfg.out, "--out")
+    with FolderLock(cfg.out, "python -m hpa_tf.download"):
+        return _download(cfg, rows)
+
+
+def _download(cfg: DownloadConfig, rows: pd.DataFrame) -> dict:
     fs.makedirs(fs.join(cfg.out, "train"))
     fs.makedirs(fs.join(cfg.out, "state"))
     train_index = train_fingerprints(cfg.dedup_against, fs.join(cfg.out, "train_fingerprints.npz"), cfg.workers) \

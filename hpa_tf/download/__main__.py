@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpa_tf.cli import run
 from hpa_tf.download import TEMPLATES, DownloadConfig, download
 from hpa_tf.download.fetch import RetryPolicy
 from hpa_tf.labels import parse_labels
@@ -48,4 +49,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -14,6 +14,7 @@ import numpy as np
 
 from hpa_tf import fs
 from hpa_tf.inference.combine import ModelScores
+from hpa_tf.lock import NAME as LOCK_NAME
 
 KEY = "key.json"
 Entry = tuple[int, int, np.ndarray, list[str], list[ModelScores]]  # width, height, cell ids, masks, scores
@@ -36,7 +37,8 @@ def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
                 f"{cache_dir} holds scores of another run (differs in {sorted(diff)}: {diff}); "
                 "pass --overwrite to discard them, or --cache a new folder")
         for name in fs.listdir(cache_dir):
-            fs.remove(fs.join(cache_dir, name))
+            if name != LOCK_NAME:  # the lock of the run that is wiping it
+                fs.remove(fs.join(cache_dir, name))
     fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
 
 
@@ -62,9 +64,21 @@ def save(cache_dir: str, image_id: str, width: int, height: int, cell_ids: np.nd
     fs.write_bytes(_path(cache_dir, image_id), buf.getvalue())
 
 
+class CacheEntryError(ValueError):
+    """A cached image that cannot be read; it has been removed, so the image is scored again."""
+
+
 def load(cache_dir: str, image_id: str, n_models: int) -> Entry:
-    """``(width, height, cell_ids, masks, scores)`` of a cached image."""
-    with np.load(io.BytesIO(fs.read_bytes(_path(cache_dir, image_id)))) as z:
-        width, height = (int(v) for v in z["size"])
-        scores = [ModelScores(z[f"image_{k}"], z[f"cells_{k}"] if f"cells_{k}" in z else None) for k in range(n_models)]
-        return width, height, z["cell_ids"], [str(m) for m in z["masks"]], scores
+    """``(width, height, cell_ids, masks, scores)`` of a cached image. A file that cannot be read
+    (truncated, corrupt, from another run) is removed and raises :class:`CacheEntryError` naming it."""
+    path = _path(cache_dir, image_id)
+    try:
+        with np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False) as z:
+            width, height = (int(v) for v in z["size"])
+            scores = [ModelScores(z[f"image_{k}"], z[f"cells_{k}"] if f"cells_{k}" in z else None)
+                      for k in range(n_models)]
+            return width, height, z["cell_ids"], [str(m) for m in z["masks"]], scores
+    except Exception as err:  # noqa: BLE001 - BadZipFile, EOFError, KeyError, ValueError...: all the same fix
+        fs.remove(path)
+        raise CacheEntryError(f"cache file {path} cannot be read ({type(err).__name__}: {err}); "
+                              "removed, the image is scored again") from err

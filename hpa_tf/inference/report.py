@@ -22,9 +22,10 @@ import sys
 import numpy as np
 
 from hpa_tf import fs
+from hpa_tf.cli import run
 from hpa_tf.inference.cache import Entry
 from hpa_tf.inference.combine import ModelScores
-from hpa_tf.inference.runner import assemble, image_order, load_cached
+from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
 from hpa_tf.labels import CLASS_NAMES, NEGATIVE, NUM_CLASSES
 from hpa_tf.metrics import evaluate
 from hpa_tf.truth import Truth
@@ -114,6 +115,7 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     for label, path in references.items():
         results[label] = json.loads(fs.read_text(path))
     entries = load_cached(cache_dir, ids, len(kinds))  # read once, combined once per row
+    fill_sizes(data["data"], ids, entries, sizes)
     for label, use, rule in ablation_rows(kinds):
         results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, weights, use)).to_dict()
     if any(s.cells is not None for e in entries.values() for s in e[4]):
@@ -152,4 +154,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -13,6 +13,7 @@ import hashlib
 import io as _io
 import json
 import multiprocessing as mp
+import posixpath
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,14 +25,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs, viz
+from hpa_tf.cli import require_writable
 from hpa_tf.inference import cache
 from hpa_tf.inference.combine import combine
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
-from hpa_tf.io import read_image, scan_image_ids
+from hpa_tf.io import probe_size, read_image, scan_image_ids
+from hpa_tf.lock import FolderLock
 from hpa_tf.rle import decode_mask
 from hpa_tf.submission import ImagePrediction, write_submission
 from hpa_tf.truth import Truth
+from hpa_tf.workers import die_with_parent
 
 STAGES = ("read", "segment", "crop", "infer", "encode")
 OVERLAY_SIDE = 768  # overlay pictures are shrunk to this side
@@ -72,7 +76,9 @@ def image_order(data: str, sample_submission: str | None) -> tuple[list[str], di
             raise ValueError(f"{sample_submission}: no column(s) {sorted(missing)}; expected the competition's "
                              "ID,ImageWidth,ImageHeight,PredictionString")
         return list(df["ID"]), {i: (int(w), int(h)) for i, w, h in zip(df["ID"], df["ImageWidth"], df["ImageHeight"])}
-    ids = scan_image_ids(data)
+    if not fs.exists(data):
+        raise FileNotFoundError(f"--data {data}: no such folder")
+    ids = scan_image_ids(data, complete=False)  # an image missing a channel still gets its row and an error
     if not ids:
         raise FileNotFoundError(f"no images in {data}: expected {{ID}}_red/green/blue/yellow.png (or .tif/.jpg)")
     return ids, {}
@@ -84,7 +90,7 @@ def _prepared_stream(spec: PrepareSpec, ids: Sequence[str], workers: int) -> Ite
         yield from (prepare_image(spec, i) for i in ids)
         return
     # spawn: TensorFlow in this process does not survive fork
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=die_with_parent) as pool:
         pending: collections.deque = collections.deque()
         todo = iter(ids)
         for image_id in todo:
@@ -137,18 +143,26 @@ def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tu
 
 
 def load_cached(cache_dir: str, ids: Sequence[str], n_models: int) -> dict[str, cache.Entry]:
-    """The cached entries of ``ids`` (images never scored, such as bad files, are absent)."""
-    return {i: cache.load(cache_dir, i, n_models) for i in ids if cache.is_cached(cache_dir, i)}
+    """The cached entries of ``ids`` (images never scored, such as bad files, are absent). A cache
+    file that cannot be read is named, removed, and left out: the next run scores that image again."""
+    entries = {}
+    for image_id in ids:
+        if cache.is_cached(cache_dir, image_id):
+            try:
+                entries[image_id] = cache.load(cache_dir, image_id, n_models)
+            except cache.CacheEntryError as err:
+                print(err)
+    return entries
 
 
 def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[str, tuple[int, int]], rule: str,
              weights: Sequence[float], use: Sequence[int] | None = None) -> list[ImagePrediction]:
     """Submission rows from cached entries under a rule; ``use`` picks a subset of the models
-    (ablations). An image without an entry gets an empty row."""
+    (ablations). An image without an entry gets an empty row of the size ``sizes`` gives it."""
     rows = []
     for image_id in ids:
         if image_id not in entries:
-            w, h = sizes.get(image_id, (0, 0))
+            w, h = sizes[image_id]
             rows.append(ImagePrediction(image_id, w, h))
             continue
         w, h, _, masks, scores = entries[image_id]
@@ -191,16 +205,25 @@ def run(cfg: RunConfig) -> dict:
     ids, sizes = image_order(cfg.data, cfg.sample_submission)
     predictor = Predictor.from_models(cfg.models, cfg.weights, segmenter=cfg.segmenter, tta=cfg.tta,
                                       rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)
-    fs.makedirs(cfg.cache_dir)
-    cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
-    totals, errors = score_images(cfg, predictor, ids)
-    entries = load_cached(cfg.cache_dir, ids, len(predictor.models))
+    stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
+    require_writable(posixpath.dirname(cfg.out) or ".", "--out")
+    with FolderLock(cfg.cache_dir, "predict.py"):
+        cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
+        totals, errors = score_images(cfg, predictor, ids)
+        entries = load_cached(cfg.cache_dir, ids, len(predictor.models))
+        failed = {e["ID"] for e in errors}
+        lost = [i for i in ids if i not in entries and i not in failed]  # unreadable cache files, removed
+        if lost:
+            more, more_errors = score_images(cfg, predictor, lost)
+            totals = {k: totals[k] + more[k] for k in totals}
+            errors += more_errors
+            entries.update(load_cached(cfg.cache_dir, lost, len(predictor.models)))
+    errors += fill_sizes(cfg.data, ids, entries, sizes)
     rows = assemble(entries, ids, sizes, cfg.combine, predictor.weights)
     write_submission(cfg.out, rows)
-    stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
     if errors:
-        fs.write_text(f"{stem}.errors.csv", pd.DataFrame(errors).to_csv(index=False))
-        print(f"{len(errors)} images could not be predicted (empty rows); see {stem}.errors.csv")
+        fs.write_text(f"{stem}.errors.csv", pd.DataFrame(errors, columns=["ID", "error"]).to_csv(index=False))
+        print(f"{len({e['ID'] for e in errors})} images could not be predicted (empty rows); see {stem}.errors.csv")
     else:
         fs.remove(f"{stem}.errors.csv")  # from an earlier run whose bad images are fixed now
     n = max(int(totals["images"]), 1)
@@ -227,6 +250,24 @@ def run(cfg: RunConfig) -> dict:
     print(f"wrote {cfg.out}: {len(rows)} images, {summary['cells']} cells; per image: {timing}"
           + (f"; mAP {summary['map']:.4f}" if cfg.truth else ""))
     return summary
+
+
+def fill_sizes(data: str, ids: Sequence[str], entries: dict[str, cache.Entry],
+                sizes: dict[str, tuple[int, int]]) -> list[dict]:
+    """Give every image without scores a size for its (empty) row: the sample submission's, else
+    the one its files' headers say, else the most common size of the run (noted as an error)."""
+    known = [(e[0], e[1]) for e in entries.values()]
+    common = collections.Counter(known).most_common(1)[0][0] if known else (2048, 2048)
+    notes = []
+    for image_id in ids:
+        if image_id in entries or image_id in sizes:
+            continue
+        size = probe_size(data, image_id)
+        if size is None:
+            size = common
+            notes.append({"ID": image_id, "error": f"no channel file says its size: the row uses {size[0]}x{size[1]}"})
+        sizes[image_id] = size
+    return notes
 
 
 def _write_overlays(data: str, rows: list[ImagePrediction], stem: str, truth: Truth | None) -> None:

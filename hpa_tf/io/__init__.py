@@ -6,11 +6,18 @@ from hpa_tf.io.images import (
     ImageReadError,
     channel_path,
     decode_channel,
+    has_any_channel,
+    probe_size,
     read_image,
     to_uint8,
     to_unit_float,
 )
-from hpa_tf.io.index import LabelTableError, index_dataset, read_label_table, scan_image_ids
+from hpa_tf.io.index import (
+    LabelTableError,
+    index_dataset,
+    read_label_table,
+    scan_image_ids,
+)
 from hpa_tf.io.png import read_label_png, write_label_png
 
 __all__ = [
@@ -20,6 +27,8 @@ __all__ = [
     "LabelTableError",
     "channel_path",
     "decode_channel",
+    "has_any_channel",
+    "probe_size",
     "index_dataset",
     "read_image",
     "read_label_png",

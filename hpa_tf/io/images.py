@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import io as _io
+import zlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -55,6 +56,58 @@ def channel_path(data_dir: str, image_id: str, color: str, ext: str | None = Non
         f"(looked for {image_id}_{color} with {', '.join(EXTENSIONS)}); "
         "every image needs _red, _green, _blue and _yellow files"
     )
+
+
+def has_any_channel(data_dir: str, image_id: str) -> bool:
+    """Whether any channel file of an image exists, in any of the formats.
+
+    >>> has_any_channel("data/train", "abc")  # doctest: +SKIP
+    True
+    """
+    return any(fs.exists(fs.join(data_dir, f"{image_id}_{c}{e}")) for c in CHANNELS for e in EXTENSIONS)
+
+
+def _header_size(data: bytes, lower: str) -> tuple[int, int] | None:
+    """(width, height) from a file's header alone, which survives truncation."""
+    if lower.endswith(".gz"):
+        data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, 1 << 16)  # the start is enough
+        lower = lower[:-3]
+    if data.startswith(_PNG_SIGNATURE) and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(b"\xff\xd8"):
+        k = 2
+        while k + 9 < len(data) and data[k] == 0xFF:
+            marker, length = data[k + 1], int.from_bytes(data[k + 2 : k + 4], "big")
+            if marker in (0xC0, 0xC1, 0xC2):  # start of frame: height, then width
+                return int.from_bytes(data[k + 7 : k + 9], "big"), int.from_bytes(data[k + 5 : k + 7], "big")
+            k += 2 + length
+        return None
+    if lower.endswith((".tif", ".tiff")):
+        with tifffile.TiffFile(_io.BytesIO(data)) as tif:
+            shape = tif.pages[0].shape
+        return int(shape[1]), int(shape[0])
+    return None
+
+
+def probe_size(data_dir: str, image_id: str) -> tuple[int, int] | None:
+    """(width, height) of an image from the header of any of its channel files (a damaged image
+    still gets its true size in a submission), or None when no file says.
+
+    >>> probe_size("data/test", "abc")  # doctest: +SKIP
+    (2048, 2048)
+    """
+    for color in CHANNELS:
+        for ext in EXTENSIONS:
+            path = fs.join(data_dir, f"{image_id}_{color}{ext}")
+            if not fs.exists(path):
+                continue
+            try:
+                size = _header_size(fs.read_bytes(path)[: 1 << 20], path.lower())
+            except Exception:  # noqa: BLE001 - a damaged header: try the next file
+                size = None
+            if size and min(size) > 0:
+                return size
+    return None
 
 
 def decode_channel(data: bytes, path: str) -> np.ndarray:

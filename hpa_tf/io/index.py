@@ -108,8 +108,9 @@ def _from_2018(path: str, ids: pd.Series, values: pd.Series) -> tuple[list[list[
     return labels, report
 
 
-def scan_image_ids(data_dir: str) -> list[str]:
-    """IDs of the images in a folder that have all four channel files (a test folder has no CSV).
+def scan_image_ids(data_dir: str, complete: bool = True) -> list[str]:
+    """IDs of the images in a folder that have all four channel files (a test folder has no CSV);
+    ``complete=False``: every ID with any channel file (to report the incomplete ones).
 
     >>> scan_image_ids("data/test")  # doctest: +SKIP
     ['0040581b-f1f2-4fbe-b043-b6bfea5404bb', ...]
@@ -123,7 +124,7 @@ def scan_image_ids(data_dir: str) -> list[str]:
                 if color in CHANNELS and image_id:
                     seen.setdefault(image_id, set()).add(color)
                 break
-    return sorted(i for i, colors in seen.items() if len(colors) == len(CHANNELS))
+    return sorted(i for i, colors in seen.items() if len(colors) == len(CHANNELS) or not complete)
 
 
 def index_dataset(data_dir: str, labels_path: str | None = None) -> pd.DataFrame:

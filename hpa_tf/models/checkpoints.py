@@ -51,6 +51,8 @@ def load_model(path: str, dtype: str = "float32") -> keras.Model:
     """
     import hpa_tf.models  # noqa: F401 - registers the custom layers
 
+    if not fs.exists(path):
+        raise FileNotFoundError(f"model {path} not found (a .keras file written by train_tpu.py: best.keras or last.keras)")
     try:
         data = fs.read_bytes(path)
         archive = zipfile.ZipFile(io.BytesIO(data))

@@ -14,10 +14,19 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from hpa_tf.segmentation.base import Segmentation, Segmenter, border_cells, empty_segmentation
+from hpa_tf.segmentation.base import (
+    Segmentation,
+    Segmenter,
+    border_cells,
+    empty_segmentation,
+)
 from hpa_tf.segmentation.classical import ClassicalConfig, ClassicalSegmenter
 from hpa_tf.segmentation.hpacellseg import HPACellSegSegmenter
-from hpa_tf.segmentation.precomputed import PrecomputedSegmenter, read_masks, write_masks
+from hpa_tf.segmentation.precomputed import (
+    PrecomputedSegmenter,
+    read_masks,
+    write_masks,
+)
 
 BACKENDS = ("classical", "hpacellseg", "precomputed:DIR")
 

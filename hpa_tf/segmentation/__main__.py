@@ -21,12 +21,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import require_writable, run
+from hpa_tf.config import parse_value
 from hpa_tf.io import read_label_table, scan_image_ids
 from hpa_tf.io.png import read_label_png
+from hpa_tf.lock import FolderLock
 from hpa_tf.segmentation import BACKENDS, read_masks
 from hpa_tf.segmentation.quality import MatchQuality, match_quality
 from hpa_tf.segmentation.runner import is_done, run_chunk
 from hpa_tf.truth import mask_path, nuclei_path, read_cell_mask
+from hpa_tf.workers import die_with_parent
 
 
 def _chunks(ids: list[str], size: int) -> list[list[str]]:
@@ -37,7 +41,7 @@ def _run(jobs: list, workers: int) -> Iterator[list[dict]]:
     if workers <= 1:
         yield from map(run_chunk, jobs)
         return
-    with mp.get_context("spawn").Pool(workers) as pool:  # spawn: TensorFlow does not survive fork
+    with mp.get_context("spawn").Pool(workers, initializer=die_with_parent) as pool:  # spawn: TensorFlow does not survive fork
         yield from pool.imap_unordered(run_chunk, jobs)
 
 
@@ -76,16 +80,19 @@ def main(argv: list[str] | None = None) -> int:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"--option {item!r}: expected KEY=VALUE")
-        try:
-            parsed: object = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        options.append((key, parsed))
+        options.append((key, parse_value(value)))
+    if not fs.exists(args.data):
+        raise FileNotFoundError(f"--data {args.data}: no such folder")
     ids = list(read_label_table(args.labels)["ID"]) if args.labels else scan_image_ids(args.data)
     if not ids:
         print(f"error: no images in {args.data} (expected {{ID}}_red/_green/_blue/_yellow files)", file=sys.stderr)
         return 2
-    fs.makedirs(args.out)
+    require_writable(args.out, "--out")
+    with FolderLock(args.out, "python -m hpa_tf.segmentation"):
+        return _segment_all(args, ids, options)
+
+
+def _segment_all(args: argparse.Namespace, ids: list[str], options: list) -> int:
     todo = [i for i in ids if not is_done(args.out, i)]
     batch = args.batch or (8 if args.backend == "hpacellseg" else 1)
     workers = 1 if args.backend == "hpacellseg" else args.workers  # one GPU model per process
@@ -119,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

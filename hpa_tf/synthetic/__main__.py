@@ -30,10 +30,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import run
 from hpa_tf.synthetic.generator import SPLITS, pick_size
 from hpa_tf.synthetic.preview import write_preview
 from hpa_tf.synthetic.writer import make_one
 from hpa_tf.truth import CELLS_CSV, IMAGES_CSV
+from hpa_tf.workers import die_with_parent
 
 PARAMS_FILE = "synthhpa.json"
 
@@ -51,7 +53,7 @@ def _run(jobs: list, workers: int) -> Iterator[dict]:
         yield from map(make_one, jobs)
         return
     # spawn, not fork: a forked TensorFlow runtime (used for file access) can deadlock.
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=die_with_parent) as pool:
         yield from pool.imap(make_one, jobs, chunksize=1)
 
 
@@ -108,4 +110,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -30,11 +30,18 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import require_writable
 from hpa_tf.config import save_config
 from hpa_tf.data.pipeline import count_images, distribute, validation_steps
+from hpa_tf.lock import FolderLock
 from hpa_tf.training import backup
 from hpa_tf.training.loop import Trainer
-from hpa_tf.training.strategy import configure_logical_cpus, get_strategy, is_chief, precision_policy
+from hpa_tf.training.strategy import (
+    configure_logical_cpus,
+    get_strategy,
+    is_chief,
+    precision_policy,
+)
 
 EpochHook = Callable[[int, dict], None]
 LOG_KEYS = ("epoch", "loss", "val_loss", "val_auc", "val_map", "val_f1", "learning_rate", "seconds")
@@ -108,7 +115,11 @@ def train(config, hooks: Sequence[EpochHook] = ()) -> dict:
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision_policy(t["mixed_precision"], strategy))
     try:
-        return _train(config, strategy, hooks)
+        if not is_chief(strategy):
+            return _train(config, strategy, hooks)
+        require_writable(t["model_dir"], "train.model_dir")
+        with FolderLock(t["model_dir"], "train_tpu.py"):  # one writer per model_dir
+            return _train(config, strategy, hooks)
     finally:
         keras.mixed_precision.set_global_policy(previous)  # the caller's models stay as they were
 
