@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from hpa_tf.cli import run
+from hpa_tf.cli import at_least, run
 from hpa_tf.inference.combine import RULES
 from hpa_tf.inference.tta import TTA_MODES
 
@@ -35,13 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")
     parser.add_argument("--cell-view", choices=("masked", "centred", "none"), default="masked",
                         help="how an image model sees one cell at a time")
-    parser.add_argument("--batch", type=int, default=16, help="images per model call")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+    parser.add_argument("--batch", type=at_least(1), default=16, help="images per model call")
+    parser.add_argument("--workers", type=at_least(0), default=max(1, (os.cpu_count() or 2) - 1),
                         help="CPU processes reading and segmenting ahead of the models (0: in the main process)")
     parser.add_argument("--sample-submission", help="rows and sizes in this file's order")
     parser.add_argument("--cache", help="per-image score cache (default OUT.cache)")
     parser.add_argument("--overwrite", action="store_true", help="discard a cache written with other settings")
-    parser.add_argument("--overlays", type=int, default=4, help="PNG overlays of the first N images")
+    parser.add_argument("--overlays", type=at_least(0), default=4, help="PNG overlays of the first N images")
     parser.add_argument("--truth", help="a SynthHPA truth folder: score the submission and print per-class AP")
     parser.add_argument("--truth-split", default="test")
     args = parser.parse_args(argv)

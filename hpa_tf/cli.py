@@ -9,6 +9,7 @@ traceback is there for the asking: ``--debug`` or ``HPA_TF_DEBUG=1``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -43,6 +44,21 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         print(f"error: {message}" if _is_users(err) else f"error ({name}): {message}", file=sys.stderr)
         print(f"(run with --debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return 2
+
+
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse ``type`` that accepts numbers >= ``minimum``: ``add_argument("--workers", type=at_least(1))``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the smallest allowed value, {minimum}")
+        return value
+
+    return parse
 
 
 def require_writable(folder: str, what: str = "the output folder") -> None:

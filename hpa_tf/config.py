@@ -319,7 +319,10 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Exper
         try:
             loaded = yaml.safe_load(fs.read_text(path)) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
         _apply(config, loaded, path)

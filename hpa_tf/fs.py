@@ -60,9 +60,15 @@ def size(path: str) -> int:
 
 
 def read_bytes(path: str) -> bytes:
-    """The whole file as bytes. ``read_bytes("a_red.png")``"""
-    with _tf().io.gfile.GFile(path, "rb") as f:
-        return f.read()
+    """The whole file as bytes; a missing file is a ``FileNotFoundError`` naming it. ``read_bytes("a_red.png")``"""
+    tf = _tf()
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except tf.errors.PermissionDeniedError:
+        raise PermissionError(f"{path}: permission denied") from None
 
 
 def read_text(path: str) -> str:

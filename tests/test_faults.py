@@ -3,6 +3,7 @@ a full disk (in test_training), and mistakes that must be one clear line, never 
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -256,6 +257,8 @@ def test_mistakes_are_one_line_and_a_nonzero_exit(synth_dir, built_records, tiny
     bad_label.write_text("ID,Label\nabc,0|42\n")
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: [\n")
     cases = [
         (builder, ["build", "--data", train, "--labels", str(bad_label), "--out", str(tmp_path / "o1")], "label 42"),
         (builder, ["build", "--data", train, "--labels", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o2")],
@@ -277,13 +280,24 @@ def test_mistakes_are_one_line_and_a_nonzero_exit(synth_dir, built_records, tiny
         (predict, ["--data", str(synth_dir / "test"), "--models", str(tmp_path / "none.keras"), "--out",
                    str(tmp_path / "s.csv")], "model .*none.keras not found"),
         (segment, ["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "masks")], "no such folder"),
+        (segment, ["--data", str(synth_dir / "test"), "--out", str(tmp_path / "m2"), "--option", "nonsense=3"],
+         "segmenter 'classical' has no option nonsense"),
+        (predict, ["--data", str(synth_dir / "test"), "--models", str(tiny_model), "--out", str(tmp_path / "s.csv"),
+                   "--segmenter", "foo"], "unknown segmenter 'foo'"),
+        (builder, ["build", "--data", train, "--labels", str(synth_dir / "train.csv"), "--out", str(tmp_path / "o5"),
+                   "--segmenter", f"precomputed:{tmp_path / 'nomasks'}"], "no such folder .*nomasks"),
+        (train_main, ["--config", str(bad_yaml)], "not valid YAML at line 2"),
+        (predict, ["--data", str(synth_dir / "test"), "--models", str(tiny_model), "--out", str(tmp_path / "s.csv"),
+                   "--sample-submission", str(tmp_path / "none.csv")], "none.csv: no such file"),
         (metrics, ["--truth", str(tmp_path / "nowhere"), "--submission", str(tmp_path / "s.csv")], "nowhere"),
     ]
     for main, argv, message in cases:
+        if main is builder:
+            argv = [*argv, "--folds", "2"]
         code, err = _cli(main, argv, capsys)
         assert code == 2, (argv, err)
         assert "Traceback" not in err and err.startswith("error"), (argv, err)
-        assert pytest.importorskip("re").search(message, err), (argv, message, err)
+        assert re.search(message, err), (argv, message, err)
     # the non-existent --data above wrote nothing that refuses the corrected command
     assert builder(["build", "--data", train, "--labels", str(synth_dir / "train.csv"), "--out", str(tmp_path / "o3"),
                     "--image-size", "32", "--cell-size", "16", "--shard-mb", "0.01", "--folds", "2"]) == 0

@@ -21,11 +21,20 @@ import json
 import sys
 
 from hpa_tf import fs
-from hpa_tf.cli import require_writable, run
+from hpa_tf.cli import at_least, require_writable, run
 from hpa_tf.io import has_any_channel, read_label_table
 from hpa_tf.lock import FolderLock
+from hpa_tf.segmentation import check_segmenter
 from tfrecord_builder.build import BuildConfig, ImageJob, build_example
-from tfrecord_builder.shards import MANIFEST, PLAN, plan_shards, read_meta, shard_done, write_manifest, write_shard
+from tfrecord_builder.shards import (
+    MANIFEST,
+    PLAN,
+    plan_shards,
+    read_meta,
+    shard_done,
+    write_manifest,
+    write_shard,
+)
 
 _PROBE = 3  # images built up front to size the shards
 
@@ -113,7 +122,10 @@ def build(args: argparse.Namespace) -> int:
     compression = {"none": "", "gzip": "GZIP"}[args.compression]
     config = BuildConfig(_sources(args), args.segmenter, args.image_size, args.cell_size, args.shard_mb,
                          compression, args.seed)
+    check_segmenter(args.segmenter)
     jobs = _jobs(config, args.classes)
+    if len(jobs) < args.folds:
+        raise BuildError(f"{len(jobs)} images cannot make {args.folds} folds; use --folds {len(jobs)} or fewer")
     require_writable(args.out, "--out")
     with FolderLock(args.out, "tfrecord_builder build"):
         if args.overwrite:
@@ -170,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--classes", choices=("auto", "2021", "2018"), default="auto",
                    help="class ids of the label table: auto = 2018 for an Id,Target table, else 2021")
     b.add_argument("--segmenter", default="classical", help="classical | hpacellseg | precomputed:DIR")
-    b.add_argument("--image-size", type=int, default=512)
-    b.add_argument("--cell-size", type=int, default=128)
-    b.add_argument("--shard-mb", type=float, default=150.0)
-    b.add_argument("--workers", type=int, default=1)
-    b.add_argument("--folds", type=int, default=5)
+    b.add_argument("--image-size", type=at_least(16), default=512, help="side of the stored image in px")
+    b.add_argument("--cell-size", type=at_least(8), default=128, help="side of the stored cell crops in px")
+    b.add_argument("--shard-mb", type=at_least(0.001, float), default=150.0, help="target shard size in MB")
+    b.add_argument("--workers", type=at_least(1), default=1)
+    b.add_argument("--folds", type=at_least(1), default=5, help="1 = no validation folds")
     b.add_argument("--seed", type=int, default=0, help="seeds the shard shuffle and the folds")
     b.add_argument("--compression", choices=("none", "gzip"), default="none")
     b.add_argument("--runner", choices=("local", "beam"), default="local")
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("inspect", help="print the manifest summary and write a contact sheet PNG")
     i.add_argument("out")
     i.add_argument("--png", help="where to write the contact sheet (default OUT/contact_sheet.png)")
-    i.add_argument("--n", type=int, default=6, help="images on the sheet")
+    i.add_argument("--n", type=at_least(0), default=6, help="images on the sheet")
     i.add_argument("--verify", action="store_true", help="check every shard's sha256 and record count")
     args = parser.parse_args(argv)
     if args.command == "build":

@@ -33,6 +33,7 @@ from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import probe_size, read_image, scan_image_ids
 from hpa_tf.lock import FolderLock
 from hpa_tf.rle import decode_mask
+from hpa_tf.segmentation import check_segmenter
 from hpa_tf.submission import ImagePrediction, write_submission
 from hpa_tf.truth import Truth
 from hpa_tf.workers import die_with_parent
@@ -202,6 +203,7 @@ def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: 
 def run(cfg: RunConfig) -> dict:
     """Predict, write the submission and a summary; score it when ``cfg.truth`` is given."""
     start = time.perf_counter()
+    check_segmenter(cfg.segmenter)
     ids, sizes = image_order(cfg.data, cfg.sample_submission)
     predictor = Predictor.from_models(cfg.models, cfg.weights, segmenter=cfg.segmenter, tta=cfg.tta,
                                       rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)

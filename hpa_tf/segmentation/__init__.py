@@ -11,6 +11,7 @@ installed), ``precomputed:DIR`` (masks saved earlier).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -38,12 +39,32 @@ def get_segmenter(spec: str, **options: Any) -> Segmenter:
     ``cell_model``, ``device``... for ``hpacellseg``).
     """
     if spec == "classical":
-        return ClassicalSegmenter(ClassicalConfig(**options))
+        return ClassicalSegmenter(ClassicalConfig(**_known(options, ClassicalConfig, spec)))
     if spec == "hpacellseg":
-        return HPACellSegSegmenter(**options)
+        return HPACellSegSegmenter(**_known(options, HPACellSegSegmenter, spec))
     if spec.startswith("precomputed:") and len(spec) > len("precomputed:"):
         return PrecomputedSegmenter(spec.split(":", 1)[1])
     raise ValueError(f"unknown segmenter {spec!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _known(options: dict, cls: type, spec: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_") and f.name != "name"}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"segmenter {spec!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(fields))}")
+    return options
+
+
+def check_segmenter(spec: str, **options: Any) -> None:
+    """Raise a ValueError naming the problem if ``spec`` (and ``options``) cannot segment: an unknown
+    name or option, a ``precomputed:`` folder that does not exist. Commands call it before any work."""
+    get_segmenter(spec, **options)
+    if spec.startswith("precomputed:"):
+        from hpa_tf import fs
+
+        folder = spec.split(":", 1)[1]
+        if not fs.exists(folder):
+            raise ValueError(f"segmenter {spec}: no such folder {folder} (masks from `python -m hpa_tf.segmentation`)")
 
 
 @functools.cache
@@ -56,7 +77,7 @@ def cell_segmenter(spec: str) -> Segmenter:
 
 
 __all__ = [
-    "BACKENDS", "ClassicalConfig", "ClassicalSegmenter", "HPACellSegSegmenter", "PrecomputedSegmenter",
+    "BACKENDS", "ClassicalConfig", "check_segmenter", "ClassicalSegmenter", "HPACellSegSegmenter", "PrecomputedSegmenter",
     "Segmentation", "Segmenter", "border_cells", "cell_segmenter", "empty_segmentation", "get_segmenter", "read_masks",
     "write_masks",
 ]

@@ -21,12 +21,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
-from hpa_tf.cli import require_writable, run
+from hpa_tf.cli import at_least, require_writable, run
 from hpa_tf.config import parse_value
 from hpa_tf.io import read_label_table, scan_image_ids
 from hpa_tf.io.png import read_label_png
 from hpa_tf.lock import FolderLock
-from hpa_tf.segmentation import BACKENDS, read_masks
+from hpa_tf.segmentation import BACKENDS, check_segmenter, read_masks
 from hpa_tf.segmentation.quality import MatchQuality, match_quality
 from hpa_tf.segmentation.runner import is_done, run_chunk
 from hpa_tf.truth import mask_path, nuclei_path, read_cell_mask
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for masks, overlays and errors.csv")
     parser.add_argument("--backend", default="classical", help=f"one of {', '.join(BACKENDS)} (default classical)")
     parser.add_argument("--labels", help="a label table (train.csv...) listing the IDs; default: every complete image in --data")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=0, help="images per segmenter call (default 1; 8 for hpacellseg)")
+    parser.add_argument("--workers", type=at_least(1), default=1)
+    parser.add_argument("--batch", type=at_least(0), default=0, help="images per segmenter call (default 1; 8 for hpacellseg)")
     parser.add_argument("--no-overlays", action="store_true", help="skip the PNG overlays")
     parser.add_argument("--truth", help="a SynthHPA truth folder: report the share of cells matched at IoU >= 0.6")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         options.append((key, parse_value(value)))
     if not fs.exists(args.data):
         raise FileNotFoundError(f"--data {args.data}: no such folder")
+    check_segmenter(args.backend, **dict(options))
     ids = list(read_label_table(args.labels)["ID"]) if args.labels else scan_image_ids(args.data)
     if not ids:
         print(f"error: no images in {args.data} (expected {{ID}}_red/_green/_blue/_yellow files)", file=sys.stderr)
