@@ -10,6 +10,7 @@ SAMPLES = Path(__file__).parent / "data" / "hpa_samples"
 SAMPLE_512 = SAMPLES / "hpa2018_512"
 SAMPLE_512_ID = "837e738c-bba8-11e8-b2ba-ac1f6b6435d0"
 SAMPLE_2048 = SAMPLES / "hpa_cellatlas_2048"
+REAL_NUCLEI = Path(__file__).parent / "data" / "real_nuclei_dev"
 
 
 @pytest.fixture(autouse=True)
