@@ -48,7 +48,9 @@ demo-long:
 test: $(STAMP)
 	$(PY) -m pytest -n $(WORKERS) -q
 
+# The slow checks too, with PyTorch for the official segmenter (a CPU build where one is on disk).
 test-all: $(STAMP)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0" || $(PY) -m pip install -q torch
 	$(PY) -m pytest -n $(WORKERS) -q -m "slow or not slow"
 
 bench: $(STAMP)

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
     parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image and/or cell-bag)")
     parser.add_argument("--out", required=True, help="submission CSV to write")
-    parser.add_argument("--segmenter", default="classical", help="classical | hpacellseg | precomputed:DIR")
+    parser.add_argument("--segmenter", default="classical",
+                        help="classical | hpacellseg:nuclei=PATH,cell=PATH | precomputed:DIR")
     parser.add_argument("--tta", choices=TTA_MODES, default="none")
     parser.add_argument("--combine", choices=RULES, default="image_x_cell")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")

@@ -21,6 +21,7 @@ BENCHES = {
     "rle": "benchmarks.bench_rle",
     "baselines": "benchmarks.bench_baselines",
     "segmentation": "benchmarks.bench_segmentation",
+    "hpacellseg": "benchmarks.bench_hpacellseg",
     "builder": "benchmarks.bench_builder",
     "pipeline": "benchmarks.bench_pipeline",
     "training": "benchmarks.bench_training",

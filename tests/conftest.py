@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# A helper module, not tests; it imports PyTorch, which only the slow run has.
+collect_ignore = ["standin_torch.py"]
+
 SAMPLES = Path(__file__).parent / "data" / "hpa_samples"
 SAMPLE_512 = SAMPLES / "hpa2018_512"
 SAMPLE_512_ID = "837e738c-bba8-11e8-b2ba-ac1f6b6435d0"

@@ -1,22 +1,25 @@
 import sys
-import types
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from conftest import REAL_NUCLEI, SAMPLE_512, SAMPLE_512_ID, SAMPLE_2048
 
 from hpa_tf.io import read_image
 from hpa_tf.segmentation import (
-    HPACellSegSegmenter, Segmentation, border_cells, get_segmenter, read_masks, write_masks,
+    Segmentation,
+    border_cells,
+    get_segmenter,
+    read_masks,
+    write_masks,
 )
 from hpa_tf.segmentation.__main__ import main
 from hpa_tf.segmentation.precomputed import MaskNotFoundError
 from hpa_tf.segmentation.quality import MatchQuality, match_quality
 from hpa_tf.synthetic.generator import generate
-
-from conftest import REAL_NUCLEI, SAMPLE_2048, SAMPLE_512, SAMPLE_512_ID
+from hpa_tf.synthetic.outputs import network_outputs
 
 
 def test_classical_finds_synthhpa_cells_at_iou_06():
@@ -131,39 +134,85 @@ def test_precomputed_reads_png_and_npz_and_the_official_masks(tmp_path):
     assert official.cells.shape == (2048, 2048) and official.n_cells == 21 and official.nuclei.max() == 21
 
 
-def test_hpacellseg_adapter_batches_pads_1728_and_explains_its_install(monkeypatch):
-    with pytest.raises(ImportError, match="pip install https://github.com/CellProfiling/HPA-Cell-Segmentation"):
-        HPACellSegSegmenter().segment([np.zeros((64, 64, 4), np.uint8)])
+def test_hpacellseg_needs_model_files_and_torch_and_says_how(monkeypatch, tmp_path):
+    from hpa_tf.segmentation import check_segmenter
 
-    calls = []
+    with pytest.raises(ValueError, match="needs both model files"):
+        get_segmenter("hpacellseg")
+    with pytest.raises(ValueError, match="'weights=x' is not one of nuclei="):
+        get_segmenter("hpacellseg:weights=x")
+    monkeypatch.setitem(sys.modules, "torch", None)  # PyTorch absent
+    with pytest.raises(ImportError, match=r'pip install "hpa-tf\[hpacellseg\]"'):
+        check_segmenter(f"hpacellseg:nuclei={tmp_path}/n.pth,cell={tmp_path}/c.pth")
 
-    class FakeSegmentator:
-        def __init__(self, nuc, cell, scale_factor, device, padding, multi_channel_model):
-            calls.append(("init", padding, device))
 
-        def pred_nuclei(self, blue):
-            calls.append(("nuclei", len(blue)))
-            return [b > 100 for b in blue]
+def test_label_cells_at_the_network_resolution_agree_with_full_resolution():
+    """post=fast labels the 512 px outputs of a 2048 px image; post=full the outputs enlarged to
+    2048 px as the official tool does (the same labels as its code: measured by the benchmark)."""
+    from hpa_tf.segmentation.hpacellseg import label_cells
 
-        def pred_cells(self, channels):
-            red, yellow, blue = channels
-            calls.append(("cells", len(red)))
-            return [r > 0 for r in red]
+    img = generate(2, "test", 0, 2048)
+    nuc, cell = network_outputs(img.nuclei, 512, 0), network_outputs(img.cells, 512, 1)
+    full = [cv2.resize(p, (2048, 2048), interpolation=cv2.INTER_AREA) for p in (nuc, cell)]
+    nuclei_full, cells_full = label_cells(*full, pixel_scale=1.0)
+    nuclei_fast, cells_fast = label_cells(nuc, cell, pixel_scale=0.25)
+    for full_labels, fast_labels in ((cells_full, cells_fast), (nuclei_full, nuclei_fast)):
+        q = match_quality(full_labels, cv2.resize(fast_labels, (2048, 2048), interpolation=cv2.INTER_NEAREST))
+        assert full_labels.max() > 10 and q.recall == 1.0 and q.precision == 1.0, q
+    assert match_quality(img.cells, cells_full).recall > 0.9  # and they are the cells
 
-    def label_cell(nuc, cell):
-        return nuc.astype(np.uint16), cell.astype(np.uint16)
 
-    pkg = types.ModuleType("hpacellseg")
-    pkg.cellsegmentator = types.SimpleNamespace(CellSegmentator=FakeSegmentator)
-    pkg.utils = types.SimpleNamespace(label_cell=label_cell)
-    monkeypatch.setitem(sys.modules, "hpacellseg", pkg)
-    monkeypatch.setitem(sys.modules, "hpacellseg.cellsegmentator", pkg.cellsegmentator)
-    monkeypatch.setitem(sys.modules, "hpacellseg.utils", pkg.utils)
-    imgs = [np.full((s, s, 4), 200, np.uint8) for s in (2048, 1728, 2048, 2048)]
-    out = get_segmenter("hpacellseg", device="cpu", batch_size=2).segment(imgs)
-    assert [o.cells.shape for o in out] == [(s, s) for s in (2048, 1728, 2048, 2048)]
-    assert ("init", False, "cpu") in calls and ("init", True, "cpu") in calls  # 1728 * 0.25 = 432: padded
-    assert calls.count(("cells", 2)) == 1 and calls.count(("cells", 1)) == 2  # 3 unpadded in 2 calls, 1 padded
+@pytest.mark.slow
+def test_hpacellseg_runs_the_official_files_batched_and_pads_1728(tmp_path):
+    pytest.importorskip("torch")
+    from standin_torch import save_standins
+
+    nuclei, cell = save_standins(tmp_path)
+    seg = get_segmenter(f"hpacellseg:nuclei={nuclei},cell={cell},device=cpu,batch=2")
+    images = [generate(5, "test", i, s).image for i, s in enumerate((1024, 1728, 1024, 1024))]
+    out = seg.segment(images)
+    assert [o.cells.shape for o in out] == [(s, s) for s in (1024, 1728, 1024, 1024)]
+    calls = seg._net("cell").calls
+    # three 1024 px images in two forward passes of <= 2, the 1728 px one padded to a multiple of 32
+    assert sorted(c[0] for c in calls) == [1, 1, 2] and any(c[2] % 32 == 0 and c[2] != 256 for c in calls)
+    for o in out:
+        assert o.n_cells > 3 and set(np.unique(o.nuclei)) <= set(np.unique(o.cells))
+
+
+@pytest.mark.slow
+def test_hpacellseg_everywhere_a_segmenter_is_named(tmp_path):
+    pytest.importorskip("torch")
+    from standin_torch import save_standins
+
+    from hpa_tf.synthetic.__main__ import main as synth
+    from tfrecord_builder.__main__ import main as build
+
+    nuclei, cell = save_standins(tmp_path)
+    spec = f"hpacellseg:nuclei={nuclei},cell={cell},device=cpu"
+    data = tmp_path / "synth"  # 1024 px: the official size rules are pixel counts made for 2048 px images
+    assert synth(["--out", str(data), "--n-train", "3", "--n-test", "2", "--size", "1024", "--seed", "8"]) == 0
+    assert main(["--data", str(data / "test"), "--out", str(tmp_path / "masks"), "--backend", spec]) == 0
+    assert len(list((tmp_path / "masks").glob("*_cellmask.png"))) == 2
+    assert build(["build", "--data", str(data / "train"), "--labels", str(data / "train.csv"), "--out",
+                  str(tmp_path / "records"), "--segmenter", spec, "--image-size", "64", "--cell-size", "32",
+                  "--folds", "2", "--workers", "2"]) == 0
+    assert len(list((tmp_path / "records" / "_masks").glob("*_cellmask.png"))) == 3  # segmented in one process first
+    import json
+
+    manifest = json.loads((tmp_path / "records" / "manifest.json").read_text())
+    assert manifest["config"]["segmenter"] == spec and manifest["counts"]["images"] >= 3
+
+    from hpa_tf.models import image_classifier
+    from hpa_tf.submission import read_submission
+    from predict import main as predict
+
+    image_classifier("small_cnn", 64).save(tmp_path / "m.keras")
+    out = tmp_path / "sub.csv"
+    assert predict(["--data", str(data / "test"), "--models", str(tmp_path / "m.keras"), "--out", str(out),
+                    "--segmenter", spec, "--workers", "1", "--overlays", "0"]) == 0
+    rows = read_submission(str(out))
+    assert len(rows) == 2 and all(r.masks for r in rows)
+    assert len(list((tmp_path / "sub.masks").glob("*_cellmask.png"))) == 2  # segmented first, in this process
 
 
 def test_cli_writes_masks_overlays_resumes_and_reports_bad_images(synth_dir, tmp_path, capsys):

@@ -17,6 +17,7 @@ can keep external images out of validation (``data.val_sources``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -24,7 +25,8 @@ from hpa_tf import fs
 from hpa_tf.cli import at_least, require_writable, run
 from hpa_tf.io import has_any_channel, read_label_table
 from hpa_tf.lock import FolderLock
-from hpa_tf.segmentation import check_segmenter
+from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
+from hpa_tf.segmentation.runner import segment_folder
 from tfrecord_builder.build import BuildConfig, ImageJob, build_example
 from tfrecord_builder.shards import (
     MANIFEST,
@@ -48,7 +50,20 @@ def _done_shards(out: str) -> int:
     return len([n for n in fs.listdir(meta) if n.endswith(".json")]) if fs.exists(meta) else 0
 
 
-def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], overwrite: bool) -> list[list[ImageJob]]:
+def _segment_first(config: BuildConfig, out: str, jobs: list[ImageJob]) -> BuildConfig:
+    """The config the image jobs run with. A segmenter with models (``hpacellseg``) segments every
+    image first, in this process alone and in batches, into ``OUT/_masks``; the jobs then read those
+    masks (the manifest still names the segmenter that made them)."""
+    if not runs_on_accelerator(config.segmenter):
+        return config
+    masks = fs.join(out, "_masks")
+    for name, data, _ in config.sources:
+        segment_folder(config.segmenter, (), data, masks, [j.image_id for j in jobs if j.source == name], overlays=False)
+    return dataclasses.replace(config, segmenter=f"precomputed:{masks}")
+
+
+def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], overwrite: bool,
+                       work: BuildConfig) -> list[list[ImageJob]]:
     path = fs.join(out, PLAN)
     if fs.exists(path) and not overwrite:
         saved = json.loads(fs.read_text(path))
@@ -64,7 +79,7 @@ def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], over
         print(f"{out}: an earlier build with other settings wrote no shard; starting over")
     # Size the shards from a few real records: image and cell shards hold the same images, and
     # the larger of the two sets the count.
-    sizes = [build_example(config, j) for j in jobs[:_PROBE]]
+    sizes = [build_example(work, j) for j in jobs[:_PROBE]]
     record = max((max(len(b.image_record), len(b.cell_record)) for b in sizes if b.ok), default=1_000_000)
     per_shard = max(1, int(config.shard_mb * 1e6 // max(record, 1)))
     plan = plan_shards(jobs, per_shard, config.seed)
@@ -130,7 +145,8 @@ def build(args: argparse.Namespace) -> int:
     with FolderLock(args.out, "tfrecord_builder build"):
         if args.overwrite:
             _clear(args.out)
-        plan = _load_or_make_plan(config, args.out, jobs, args.overwrite)
+        work = _segment_first(config, args.out, jobs)
+        plan = _load_or_make_plan(config, args.out, jobs, args.overwrite, work)
         todo = [s for s in range(len(plan)) if not shard_done(args.out, s, len(plan), verify=args.verify)]
         print(f"{len(jobs)} images in {len(plan)} shards; {len(plan) - len(todo)} already complete")
         for s in todo:  # a shard whose images are all gone still gets written (no runner sees it)
@@ -140,11 +156,11 @@ def build(args: argparse.Namespace) -> int:
         if args.runner == "beam":
             from tfrecord_builder.runners import run_beam
 
-            run_beam(config, args.out, plan, todo, args.beam_options)
+            run_beam(work, args.out, plan, todo, args.beam_options)
         else:
             from tfrecord_builder.runners import run_local
 
-            run_local(config, args.out, plan, todo, args.workers)
+            run_local(work, args.out, plan, todo, args.workers)
         metas = [read_meta(args.out, s) for s in range(len(plan))]
         labels = {j.image_id: j.labels for j in jobs}
         manifest = write_manifest(args.out, config.to_dict(), metas, labels, args.folds, args.seed)
@@ -181,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, help="output folder (local, gs://, ...)")
     b.add_argument("--classes", choices=("auto", "2021", "2018"), default="auto",
                    help="class ids of the label table: auto = 2018 for an Id,Target table, else 2021")
-    b.add_argument("--segmenter", default="classical", help="classical | hpacellseg | precomputed:DIR")
+    b.add_argument("--segmenter", default="classical",
+                   help="classical | hpacellseg:nuclei=PATH,cell=PATH | precomputed:DIR")
     b.add_argument("--image-size", type=at_least(16), default=512, help="side of the stored image in px")
     b.add_argument("--cell-size", type=at_least(8), default=128, help="side of the stored cell crops in px")
     b.add_argument("--shard-mb", type=at_least(0.001, float), default=150.0, help="target shard size in MB")

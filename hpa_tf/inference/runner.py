@@ -33,7 +33,8 @@ from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import probe_size, read_image, scan_image_ids
 from hpa_tf.lock import FolderLock
 from hpa_tf.rle import decode_mask
-from hpa_tf.segmentation import check_segmenter
+from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
+from hpa_tf.segmentation.runner import segment_folder
 from hpa_tf.submission import ImagePrediction, write_submission
 from hpa_tf.truth import Truth
 from hpa_tf.workers import die_with_parent
@@ -205,9 +206,13 @@ def run(cfg: RunConfig) -> dict:
     start = time.perf_counter()
     check_segmenter(cfg.segmenter)
     ids, sizes = image_order(cfg.data, cfg.sample_submission)
-    predictor = Predictor.from_models(cfg.models, cfg.weights, segmenter=cfg.segmenter, tta=cfg.tta,
-                                      rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
+    segmenter = cfg.segmenter
+    if runs_on_accelerator(segmenter):  # its models in this process alone, batched, before TensorFlow's
+        segment_folder(segmenter, (), cfg.data, f"{stem}.masks", ids, overlays=False)
+        segmenter = f"precomputed:{stem}.masks"
+    predictor = Predictor.from_models(cfg.models, cfg.weights, segmenter=segmenter, tta=cfg.tta,
+                                      rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)
     require_writable(posixpath.dirname(cfg.out) or ".", "--out")
     with FolderLock(cfg.cache_dir, "predict.py"):
         cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)

@@ -1,7 +1,7 @@
 """Cell segmentation: nuclei and cell instance masks for 4-channel HPA images.
 
-Backends by name: ``classical`` (built in, default), ``hpacellseg`` (the official tool, when
-installed), ``precomputed:DIR`` (masks saved earlier).
+Backends by name: ``classical`` (built in, default), ``hpacellseg:nuclei=PATH,cell=PATH`` (the
+official models, with PyTorch), ``precomputed:DIR`` (masks saved earlier).
 
 >>> import numpy as np
 >>> seg = get_segmenter("classical")
@@ -22,14 +22,14 @@ from hpa_tf.segmentation.base import (
     empty_segmentation,
 )
 from hpa_tf.segmentation.classical import ClassicalConfig, ClassicalSegmenter
-from hpa_tf.segmentation.hpacellseg import HPACellSegSegmenter
+from hpa_tf.segmentation.hpacellseg import HPACellSegSegmenter, parse_spec
 from hpa_tf.segmentation.precomputed import (
     PrecomputedSegmenter,
     read_masks,
     write_masks,
 )
 
-BACKENDS = ("classical", "hpacellseg", "precomputed:DIR")
+BACKENDS = ("classical", "hpacellseg:nuclei=PATH,cell=PATH", "precomputed:DIR")
 
 
 def get_segmenter(spec: str, **options: Any) -> Segmenter:
@@ -40,8 +40,8 @@ def get_segmenter(spec: str, **options: Any) -> Segmenter:
     """
     if spec == "classical":
         return ClassicalSegmenter(ClassicalConfig(**_known(options, ClassicalConfig, spec)))
-    if spec == "hpacellseg":
-        return HPACellSegSegmenter(**_known(options, HPACellSegSegmenter, spec))
+    if spec == "hpacellseg" or spec.startswith("hpacellseg:"):
+        return HPACellSegSegmenter(**{**parse_spec(spec), **_known(options, HPACellSegSegmenter, spec)})
     if spec.startswith("precomputed:") and len(spec) > len("precomputed:"):
         return PrecomputedSegmenter(spec.split(":", 1)[1])
     raise ValueError(f"unknown segmenter {spec!r}; choose one of {', '.join(BACKENDS)}")
@@ -58,13 +58,27 @@ def _known(options: dict, cls: type, spec: str) -> dict:
 def check_segmenter(spec: str, **options: Any) -> None:
     """Raise a ValueError naming the problem if ``spec`` (and ``options``) cannot segment: an unknown
     name or option, a ``precomputed:`` folder that does not exist. Commands call it before any work."""
-    get_segmenter(spec, **options)
+    segmenter = get_segmenter(spec, **options)
+    if isinstance(segmenter, HPACellSegSegmenter):
+        from hpa_tf import fs
+        from hpa_tf.segmentation.hpacellseg import _torch
+
+        _torch()
+        for path in (segmenter.nuclei_model, segmenter.cell_model):
+            if not fs.exists(path):
+                raise FileNotFoundError(f"segmenter {spec}: model file {path} not found (nothing is downloaded)")
     if spec.startswith("precomputed:"):
         from hpa_tf import fs
 
         folder = spec.split(":", 1)[1]
         if not fs.exists(folder):
             raise ValueError(f"segmenter {spec}: no such folder {folder} (masks from `python -m hpa_tf.segmentation`)")
+
+
+def runs_on_accelerator(spec: str) -> bool:
+    """Whether a segmenter holds models that one process should own (and batch): ``hpacellseg``.
+    The builder and ``predict.py`` then segment every image in one pass first, then read the masks."""
+    return spec == "hpacellseg" or spec.startswith("hpacellseg:")
 
 
 @functools.cache
@@ -77,7 +91,7 @@ def cell_segmenter(spec: str) -> Segmenter:
 
 
 __all__ = [
-    "BACKENDS", "ClassicalConfig", "check_segmenter", "ClassicalSegmenter", "HPACellSegSegmenter", "PrecomputedSegmenter",
+    "BACKENDS", "ClassicalConfig", "check_segmenter", "runs_on_accelerator", "ClassicalSegmenter", "HPACellSegSegmenter", "PrecomputedSegmenter",
     "Segmentation", "Segmenter", "border_cells", "cell_segmenter", "empty_segmentation", "get_segmenter", "read_masks",
     "write_masks",
 ]

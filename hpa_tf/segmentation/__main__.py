@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
-from collections.abc import Iterator
 
-import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
@@ -28,21 +25,8 @@ from hpa_tf.io.png import read_label_png
 from hpa_tf.lock import FolderLock
 from hpa_tf.segmentation import BACKENDS, check_segmenter, read_masks
 from hpa_tf.segmentation.quality import MatchQuality, match_quality
-from hpa_tf.segmentation.runner import is_done, run_chunk
+from hpa_tf.segmentation.runner import is_done, segment_folder
 from hpa_tf.truth import mask_path, nuclei_path, read_cell_mask
-from hpa_tf.workers import die_with_parent
-
-
-def _chunks(ids: list[str], size: int) -> list[list[str]]:
-    return [ids[i : i + size] for i in range(0, len(ids), size)]
-
-
-def _run(jobs: list, workers: int) -> Iterator[list[dict]]:
-    if workers <= 1:
-        yield from map(run_chunk, jobs)
-        return
-    with mp.get_context("spawn").Pool(workers, initializer=die_with_parent) as pool:  # spawn: TensorFlow does not survive fork
-        yield from pool.imap_unordered(run_chunk, jobs)
 
 
 def _score(truth_dir: str, out: str, ids: list[str]) -> dict:
@@ -94,23 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _segment_all(args: argparse.Namespace, ids: list[str], options: list) -> int:
-    todo = [i for i in ids if not is_done(args.out, i)]
-    batch = args.batch or (8 if args.backend == "hpacellseg" else 1)
-    workers = 1 if args.backend == "hpacellseg" else args.workers  # one GPU model per process
-    jobs = [(args.backend, tuple(options), args.data, args.out, chunk, not args.no_overlays) for chunk in _chunks(todo, batch)]
-
-    rows: list[dict] = []
-    bar = tqdm(total=len(todo), desc=f"segmenting ({args.backend})", unit="img")
-    for chunk_rows in _run(jobs, workers):
-        rows.extend(chunk_rows)
-        bar.update(len(chunk_rows))
-    bar.close()
+    rows = segment_folder(args.backend, tuple(options), args.data, args.out, ids, args.workers, args.batch,
+                          not args.no_overlays)
     failed = [r for r in rows if not r["ok"]]
-    errors_path = fs.join(args.out, "errors.csv")
-    fs.write_text(errors_path, pd.DataFrame(failed, columns=["ID", "error"]).to_csv(index=False))
     done = [r for r in rows if r["ok"]]
-    print(f"segmented {len(done)} images ({len(ids) - len(todo)} already done), {len(failed)} failed"
-          + (f" -> {errors_path}" if failed else ""))
+    print(f"segmented {len(done)} images ({len(ids) - len(rows)} already done), {len(failed)} failed"
+          + (f" -> {fs.join(args.out, 'errors.csv')}" if failed else ""))
     if done:
         means = {k: sum(r[k] for r in done) / len(done) for k in ("read_s", "segment_s", "write_s")}
         cells = sum(r["n_cells"] for r in done) / len(done)

@@ -1,87 +1,259 @@
-"""Adapter to CellProfiling's HPA-Cell-Segmentation (the tool the competition's truth came from).
+"""The official HPA segmentation models (CellProfiling's HPA-Cell-Segmentation, the tool the
+competition's truth came from), run inside hpa-tf with current numpy, scikit-image and PyTorch.
 
-It is not on PyPI, pins old PyTorch, and fetches its two U-Net weight files on first use, so it is
-imported only when this backend is chosen. Images go to it in batches (one call per batch per
-model); 1728 px images need ``padding=True`` (its issue #16: sizes not divisible by 32 after
-scaling), which this adapter turns on by itself for any such size.
+    --segmenter hpacellseg:nuclei=/models/dpn_unet_nuclei_v1.pth,cell=/models/dpn_unet_cell_3ch_v1.pth
+
+The two model files (from the official release; nothing is downloaded) are PyTorch modules pickled
+whole: they load with ``torch.load(path, weights_only=False)``, so load only files you trust.
+Options after the paths: ``scale=0.25`` (as the official tool), ``device=auto|cpu|cuda|cuda:1``,
+``batch=8`` (images per forward pass), ``post=fast|full``.
+
+The steps are the official tool's, re-implemented here:
+
+1. **Network inputs**: the blue channel (nuclei model, as three identical channels) and red, yellow,
+   blue (cell model), each rescaled by ``scale`` (scikit-image, with anti-aliasing), padded by
+   reflection to a multiple of 32 where needed (1728 px images: their issue #16), normalised
+   ``(x - mean) * 0.0167 * 255`` with the official means; several images per forward pass.
+2. **Outputs**: softmax over three classes (background, border, interior) as 0-255.
+3. **Labels** (:func:`label_cells`): nuclei = a watershed of the interior map from seeds where the
+   interior is sure and no border is seen, small objects dropped; cells = a watershed of the cell
+   model's interior map from the nuclei, small cells dropped, closed, holes filled, grown once more
+   into the cell border signal; a nucleus keeps the number of its cell.
+
+``post=full`` labels at the input resolution from the outputs enlarged as the official tool does
+(the same steps, OpenCV for the morphology); ``post=fast`` (default) labels at the network's own
+resolution, every size rule scaled, and enlarges the labels: the network sees 512 px of a 2048 px
+image, so the full-resolution outputs are 4 x 4 blocks of the same values and carry nothing more.
 """
 
 from __future__ import annotations
 
 import importlib
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
+from scipy import ndimage as ndi
+from skimage import filters, measure, segmentation
+from skimage.morphology import disk
 
+from hpa_tf.io.images import to_uint8
 from hpa_tf.segmentation.base import Segmentation
 
-INSTALL = (
-    "pip install https://github.com/CellProfiling/HPA-Cell-Segmentation/archive/master.zip "
-    "(it needs PyTorch; on first use it downloads its nuclei and cell model weights, about 300 MB, "
-    "to the paths given as nuclei_model/cell_model)"
-)
+INSTALL = 'pip install "hpa-tf[hpacellseg]" (PyTorch, CPU or CUDA build)'
+MEAN = np.array([124, 117, 104], np.float32) / 255
+STD = np.array([1 / (0.0167 * 255)] * 3, np.float32)
+# The official rule sizes, in pixels of the input image (their images: 2048 px).
+NUCLEUS_SEED_MIN, NUCLEUS_HOLE_MAX, MASK_SPECK_MIN = 500, 1000, 8
+NUCLEUS_MIN, CELL_MIN, CLOSING_RADIUS = 2500, 5500, 6
 
 
-def _import() -> tuple[Any, Any]:
+def _torch() -> Any:
     try:
-        cellsegmentator = importlib.import_module("hpacellseg.cellsegmentator")
-        utils = importlib.import_module("hpacellseg.utils")
+        return importlib.import_module("torch")
     except ImportError as err:
-        raise ImportError(f"the 'hpacellseg' backend needs HPA-Cell-Segmentation: {INSTALL}") from err
-    return cellsegmentator, utils
+        raise ImportError(f"the 'hpacellseg' segmenter needs PyTorch: {INSTALL}") from err
 
 
-def _needs_padding(shape: tuple[int, ...], scale: float) -> bool:
-    return any(int(round(d * scale)) % 32 for d in shape[:2])
+def load_model(path: str, device: str) -> Any:
+    """A model file of the official release (a module pickled whole) on ``device``, in eval mode."""
+    from hpa_tf import fs
+
+    torch = _torch()
+    if not fs.exists(path):
+        raise FileNotFoundError(f"hpacellseg model {path} not found: give the official model files, "
+                                "e.g. hpacellseg:nuclei=/models/dpn_unet_nuclei_v1.pth,cell=/models/dpn_unet_cell_3ch_v1.pth")
+    local = path
+    if "://" in path:  # torch reads local files: copy gs:// models once
+        import tempfile
+
+        local = posixpath.join(tempfile.mkdtemp(), posixpath.basename(path))
+        with open(local, "wb") as f:
+            f.write(fs.read_bytes(path))
+    model = torch.load(local, map_location=torch.device(device), weights_only=False)
+    if isinstance(model, torch.nn.DataParallel):
+        model = model.module
+    return model.to(device).eval()
+
+
+def _small_objects(labels: np.ndarray, min_size: float) -> np.ndarray:
+    """Objects (labels, or connected components of a mask) with fewer than ``min_size`` pixels removed."""
+    if labels.dtype == bool:
+        n, comp, stats, _ = cv2.connectedComponentsWithStats(labels.astype(np.uint8), connectivity=4)
+        keep = stats[:, cv2.CC_STAT_AREA] >= min_size
+        keep[0] = False
+        return keep[comp]
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    out = labels.copy()
+    out[small[labels]] = 0
+    return out
+
+
+def _fill_labels(labels: np.ndarray) -> np.ndarray:
+    """Cut objects apart along their boundaries, fill the holes of the whole, number the pieces."""
+    lab = labels.astype(np.float32)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    boundaries = cv2.dilate(lab, cross) != cv2.erode(lab, cross)
+    return ndi.label(ndi.binary_fill_holes((labels > 0) & ~boundaries))[0]
+
+
+def _eight_connected(mask: np.ndarray) -> np.ndarray:
+    return measure.label(mask, connectivity=2)
+
+
+def label_cells(nuclei_pred: np.ndarray, cell_pred: np.ndarray, pixel_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Nuclei and cells from the two networks' outputs (H x W x 3 uint8: background, border,
+    interior), as the official tool labels them. ``pixel_scale``: output pixels per input pixel
+    (1 at the input resolution, 0.25 at the network's for a 2048 px image); the size rules follow.
+
+    >>> pred = np.zeros((64, 64, 3), np.uint8); pred[16:48, 16:48, 2] = 255
+    >>> [int(a.max()) for a in label_cells(pred, pred, pixel_scale=0.1)]
+    [1, 1]
+    """
+    area = pixel_scale**2
+    interior, border = nuclei_pred[..., 2] / 255.0, nuclei_pred[..., 1]
+    # The official code adds the two border maps as uint8, which wraps above 255: kept, for the same labels.
+    no_border = (1 - (border + cell_pred[..., 1]).astype(np.uint8) / 255.0) > 0.05
+    seeds = _small_objects(interior * no_border > 0.15, NUCLEUS_SEED_MIN * area)
+    mask = interior > 0.4
+    mask = ~_small_objects(~mask, NUCLEUS_HOLE_MAX * area)  # small holes filled
+    mask = _small_objects(mask, MASK_SPECK_MIN * area)
+    markers = ndi.label(seeds, output=np.uint32)[0]
+    nuclei = segmentation.watershed(mask.astype(np.uint8), markers, mask=mask, watershed_line=True)
+    nuclei = _eight_connected(_small_objects(nuclei, NUCLEUS_MIN * area))
+
+    cell_interior = cell_pred[..., 2]
+    threshold = max(0.22, filters.threshold_otsu(cell_interior / 255) * 0.5)
+    region = cell_interior / 255 > threshold  # (the official "exclude the border" term keeps everything)
+    distance = cell_interior.astype(np.float64)  # the official clip(x, low, x) is x itself: min(max(x, low), x)
+    cells = segmentation.watershed(-distance, nuclei, mask=region)
+    cells = _small_objects(cells, CELL_MIN * area).astype(np.uint8)  # uint8 as in the official code
+    radius = max(int(round(CLOSING_RADIUS * pixel_scale)), 1)
+    cells = cv2.morphologyEx(cells, cv2.MORPH_CLOSE, disk(radius).astype(np.uint8))
+    cells = _fill_labels(cells)
+    grown = (cells > 0) | (cell_pred[..., 1] / 255 > 0.05)
+    cells = _fill_labels(segmentation.watershed(-distance, cells, mask=grown))
+    cells = _eight_connected(_small_objects(_eight_connected(cells > 0), CELL_MIN * area)).astype(np.uint16)
+    inside = _small_objects(_eight_connected((cells > 0) & (nuclei > 0)), NUCLEUS_MIN * area)
+    return (cells * (inside > 0)).astype(np.uint16), cells
+
+
+def _pad32(image: np.ndarray) -> tuple[np.ndarray, int, int]:
+    rows, cols = image.shape[:2]
+    if rows % 32 == 0 and cols % 32 == 0:
+        return image, rows, cols
+    return cv2.copyMakeBorder(image, 32, 32 - rows % 32, 32, 32 - cols % 32, cv2.BORDER_REFLECT), rows, cols
 
 
 @dataclass
 class HPACellSegSegmenter:
-    """``HPACellSegSegmenter(nuclei_model="nuc.pth", cell_model="cell.pth").segment(images)``
+    """``HPACellSegSegmenter("nuclei.pth", "cell.pth").segment(images)``: the official models, batched.
 
-    ``device="auto"`` uses CUDA when PyTorch sees a GPU.
+    ``device="auto"`` uses CUDA when PyTorch sees a GPU. One instance loads the models once; use one
+    process for it (the CLI, the builder and ``predict.py`` segment in their main process).
     """
 
-    nuclei_model: str = "./nuclei-model.pth"
-    cell_model: str = "./cell-model.pth"
+    nuclei_model: str = ""
+    cell_model: str = ""
     scale_factor: float = 0.25
     device: str = "auto"
     batch_size: int = 8
+    post: str = "fast"  # fast: label at the network's resolution; full: at the input resolution
     name: str = "hpacellseg"
     _models: dict = field(default_factory=dict, repr=False)
 
-    def _segmentator(self, padding: bool) -> Any:
-        if padding not in self._models:
-            cellsegmentator, _ = _import()
-            device = self.device
-            if device == "auto":
-                torch = importlib.import_module("torch")
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._models[padding] = cellsegmentator.CellSegmentator(
-                self.nuclei_model, self.cell_model, scale_factor=self.scale_factor,
-                device=device, padding=padding, multi_channel_model=True,
-            )
-        return self._models[padding]
+    def __post_init__(self) -> None:
+        if not self.nuclei_model or not self.cell_model:
+            raise ValueError("hpacellseg needs both model files: hpacellseg:nuclei=PATH,cell=PATH (nothing is downloaded)")
+        if self.post not in ("fast", "full"):
+            raise ValueError(f"hpacellseg post must be 'fast' or 'full', not {self.post!r}")
+
+    def _device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if _torch().cuda.is_available() else "cpu"
+
+    def _net(self, kind: str) -> Any:
+        if kind not in self._models:
+            path = self.nuclei_model if kind == "nuclei" else self.cell_model
+            self._models[kind] = load_model(path, self._device())
+        return self._models[kind]
+
+    def _forward(self, kind: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Softmax outputs (H x W x 3 float) of a batch of same-shaped H x W x 3 inputs."""
+        torch = _torch()
+        batch = np.stack([(x - MEAN) / STD for x in inputs]).transpose(0, 3, 1, 2)
+        with torch.no_grad():
+            out = self._net(kind)(torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self._device()))
+            out = torch.softmax(out, dim=1).cpu().numpy()
+        return list(out.transpose(0, 2, 3, 1))
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The two networks' outputs (uint8, at the network's resolution) for each image."""
+        from skimage.transform import rescale
+        from skimage.util import img_as_ubyte
+
+        prepared = []
+        for image in images:
+            rgby = to_uint8(image)
+            small = rescale(rgby[..., [0, 3, 2]], self.scale_factor, channel_axis=-1)  # red, yellow, blue in [0, 1]
+            cell_in, rows, cols = _pad32(small)
+            nuc_in, _, _ = _pad32(np.dstack([small[..., 2]] * 3))
+            prepared.append((nuc_in, cell_in, rows, cols))
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, (nuc_in, _, _, _) in enumerate(prepared):
+            groups.setdefault(nuc_in.shape, []).append(i)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                nuc = self._forward("nuclei", [prepared[i][0] for i in chunk])
+                cell = self._forward("cell", [prepared[i][1] for i in chunk])
+                for i, n_p, c_p in zip(chunk, nuc, cell):
+                    rows, cols = prepared[i][2], prepared[i][3]
+                    crop = (slice(32, 32 + rows), slice(32, 32 + cols)) if n_p.shape[0] != rows else (slice(None),) * 2
+                    n_p, c_p = img_as_ubyte(n_p[crop]), img_as_ubyte(c_p[crop])
+                    n_p[..., 0] = 0
+                    c_p[..., 0] = 0
+                    out[i] = (n_p, c_p)
+        return [o for o in out if o is not None]
 
     def segment(self, images: Sequence[np.ndarray], image_ids: Sequence[str] | None = None) -> list[Segmentation]:
-        _, utils = _import()
-        out: list[Segmentation | None] = [None] * len(images)
-        # Group by padding need, so that one model call serves a whole batch.
-        groups: dict[bool, list[int]] = {}
-        for i, img in enumerate(images):
-            groups.setdefault(_needs_padding(img.shape, self.scale_factor), []).append(i)
-        for padding, idx in groups.items():
-            seg = self._segmentator(padding)
-            for start in range(0, len(idx), self.batch_size):
-                batch = idx[start : start + self.batch_size]
-                red = [images[i][..., 0] for i in batch]
-                yellow = [images[i][..., 3] for i in batch]
-                blue = [images[i][..., 2] for i in batch]
-                nuc_pred = seg.pred_nuclei(blue)
-                cell_pred = seg.pred_cells([red, yellow, blue])
-                for i, n_p, c_p in zip(batch, nuc_pred, cell_pred):
-                    nuclei, cells = utils.label_cell(n_p, c_p)
-                    out[i] = Segmentation(np.asarray(nuclei, np.uint16), np.asarray(cells, np.uint16))
-        return [s for s in out if s is not None]
+        results = []
+        for image, (nuc, cell) in zip(images, self.predict(images)):
+            h, w = image.shape[:2]
+            if self.post == "full":  # enlarged as the official tool does, labelled at full size
+                nuc = cv2.resize(nuc, (w, h), interpolation=cv2.INTER_AREA)
+                cell = cv2.resize(cell, (w, h), interpolation=cv2.INTER_AREA)
+                nuclei, cells = label_cells(nuc, cell, 1.0)
+            else:
+                nuclei, cells = label_cells(nuc, cell, nuc.shape[0] / h)
+                nuclei = cv2.resize(nuclei, (w, h), interpolation=cv2.INTER_NEAREST)
+                cells = cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST)
+            results.append(Segmentation(nuclei, cells))
+        return results
+
+
+_KEYS = {"nuclei": "nuclei_model", "cell": "cell_model", "scale": "scale_factor", "device": "device",
+         "batch": "batch_size", "post": "post"}
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    """``hpacellseg:nuclei=A,cell=B,scale=0.25`` -> the segmenter's arguments.
+
+    >>> parse_spec("hpacellseg:nuclei=/m/n.pth,cell=/m/c.pth,batch=4")
+    {'nuclei_model': '/m/n.pth', 'cell_model': '/m/c.pth', 'batch_size': 4}
+    """
+    body = spec.split(":", 1)[1] if ":" in spec else ""
+    out: dict[str, Any] = {}
+    for item in filter(None, body.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in _KEYS:
+            raise ValueError(f"segmenter {spec!r}: {item!r} is not one of {', '.join(k + '=...' for k in _KEYS)}")
+        out[_KEYS[key]] = {"scale": float, "batch": int}.get(key, str)(value)
+    return out

@@ -9,16 +9,28 @@ images, segments them in one call (backends batch where they can), and writes pe
 from __future__ import annotations
 
 import functools
+import multiprocessing as mp
 import time
+from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
 from hpa_tf import fs, viz
 from hpa_tf.io import read_image, to_uint8
-from hpa_tf.segmentation import Segmentation, Segmenter, get_segmenter, write_masks
+from hpa_tf.segmentation import (
+    Segmentation,
+    Segmenter,
+    get_segmenter,
+    runs_on_accelerator,
+    write_masks,
+)
 from hpa_tf.segmentation.precomputed import cell_mask_path
+from hpa_tf.workers import die_with_parent
 
 OVERLAY_SIDE = 1024
 
@@ -99,3 +111,31 @@ def run_chunk(job: tuple[str, tuple, str, str, list[str], bool]) -> list[dict]:
 def is_done(out_dir: str, image_id: str) -> bool:
     """Whether an image already has its final mask (written last by :func:`run_chunk`)."""
     return fs.exists(cell_mask_path(out_dir, image_id))
+
+
+def segment_folder(spec: str, options: tuple[tuple[str, Any], ...], data_dir: str, out_dir: str, ids: Sequence[str],
+                   workers: int = 1, batch: int = 0, overlays: bool = True) -> list[dict]:
+    """Segment the images of ``ids`` not yet done in ``out_dir`` (masks, overlays, ``errors.csv``),
+    ``batch`` images per segmenter call, in ``workers`` processes; returns a row per image segmented
+    now. A segmenter with models (:func:`runs_on_accelerator`) runs in this process alone, 8 images
+    per forward pass by default.
+
+    >>> segment_folder("classical", (), "test/", "masks/", ["a", "b"])  # doctest: +SKIP
+    """
+    todo = [i for i in ids if not is_done(out_dir, i)]
+    accelerated = runs_on_accelerator(spec)
+    batch = batch or (8 if accelerated else 1)
+    workers = 1 if accelerated else workers
+    jobs = [(spec, options, data_dir, out_dir, todo[i : i + batch], overlays) for i in range(0, len(todo), batch)]
+    rows: list[dict] = []
+    with tqdm(total=len(todo), desc=f"segmenting ({spec.split(':')[0]})", unit="img") as bar, ExitStack() as stack:
+        stream = map(run_chunk, jobs)
+        if workers > 1:  # spawn: TensorFlow does not survive fork
+            pool = stack.enter_context(mp.get_context("spawn").Pool(workers, initializer=die_with_parent))
+            stream = pool.imap_unordered(run_chunk, jobs)
+        for chunk_rows in stream:
+            rows.extend(chunk_rows)
+            bar.update(len(chunk_rows))
+    failed = [r for r in rows if not r["ok"]]
+    fs.write_text(fs.join(out_dir, "errors.csv"), pd.DataFrame(failed, columns=["ID", "error"]).to_csv(index=False))
+    return rows
