@@ -4,7 +4,12 @@
     python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
         [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|none] \\
+        [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
         [--sample-submission sample_submission.csv] [--truth synth/truth]
+
+Each model's input contract (saved inside it by train_tpu.py) says how its inputs are cut and which
+segmenter made its training masks; that segmenter is used unless --segmenter names one (another kind is
+refused unless --force). The cells of --group images share fixed-size batches, under --strategy.
 
 Every cell gets all 19 classes with their confidence. Scores are cached per image in
 ``OUT.cache/`` (a killed run resumes; another ``--combine`` reuses them); bad images get an empty
@@ -29,8 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
     parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image and/or cell-bag)")
     parser.add_argument("--out", required=True, help="submission CSV to write")
-    parser.add_argument("--segmenter", default="classical",
-                        help="classical | hpacellseg:nuclei=PATH,cell=PATH | precomputed:DIR")
+    parser.add_argument("--segmenter", help="classical | hpacellseg:nuclei=PATH,cell=PATH | precomputed:DIR "
+                        "(default: the one the models were trained with)")
+    parser.add_argument("--force", action="store_true", help="predict even with another segmenter than the models' training")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "tpu", "mirrored", "cpu", "cpu_mirrored"),
+                        help="the models under this tf.distribute strategy (as train_tpu.py); auto: a TPU or several GPUs")
+    parser.add_argument("--logical-cpus", type=at_least(0), default=0, help="with cpu_mirrored: replicas on the CPU")
+    parser.add_argument("--jit", action="store_true", help="XLA-compile the model calls (GPU; TPUs always compile)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_float16", "mixed_bfloat16", "keep"),
+                        help="compute dtype of the models (keep: as trained)")
+    parser.add_argument("--group", type=at_least(1), default=8, help="images scored together (their cells share batches)")
     parser.add_argument("--tta", choices=TTA_MODES, default="none")
     parser.add_argument("--combine", choices=RULES, default="image_x_cell")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")
@@ -58,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, models=args.models, out=args.out, segmenter=args.segmenter, tta=args.tta,
         combine=args.combine, weights=args.weights, cell_view=args.cell_view, batch=args.batch, workers=args.workers,
         sample_submission=args.sample_submission, cache=args.cache, overwrite=args.overwrite, overlays=args.overlays,
-        truth=args.truth, truth_split=args.truth_split,
+        truth=args.truth, truth_split=args.truth_split, strategy=args.strategy, logical_cpus=args.logical_cpus,
+        jit=args.jit, precision=args.precision, group=args.group, force=args.force,
     )
     run(cfg)
     return 0

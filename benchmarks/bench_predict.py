@@ -6,7 +6,11 @@ of 64 px) and for EfficientNet-B0 models at the competition's sizes (image 512 p
 stages); ``workers=1`` overlaps reading and segmentation with inference, which is how predict.py
 runs: its steady wall time per image is the figure a user sees, measured as the difference between
 runs over 2n and n images (so the worker's start-up, about 3 s of imports, does not count).
-Untrained models: the same compute as trained ones."""
+Untrained models: the same compute as trained ones. ``group`` is how many images share the models'
+batches (1: one image per model call, as prediction ran before cross-image batching).
+
+``memory`` runs predict.py over 50 and over 200 images of 2048 px and reports the peak resident
+memory of its largest process (workers included): bounded, it does not grow with the test set."""
 
 from __future__ import annotations
 
@@ -28,17 +32,18 @@ def _models(d: str, backbone: str, image_size: int, cell_size: int) -> list[str]
     return paths
 
 
-def _timed(data: str, models: list[str], out: str, workers: int, sample: str | None) -> tuple[float, dict]:
+def _timed(data: str, models: list[str], out: str, workers: int, sample: str | None, group: int) -> tuple[float, dict]:
     from hpa_tf.inference.runner import RunConfig, run
 
     t = time.perf_counter()
-    summary = run(RunConfig(data=data, models=models, out=out, workers=workers, overlays=0, sample_submission=sample))
+    summary = run(RunConfig(data=data, models=models, out=out, workers=workers, overlays=0, sample_submission=sample,
+                            group=group))
     return time.perf_counter() - t, summary
 
 
-def _one(data: str, models: list[str], out: str, workers: int, n: int, half: str) -> dict:
-    wall_2n, summary = _timed(data, models, f"{out}_all.csv", workers, None)
-    wall_n, _ = _timed(data, models, f"{out}_half.csv", workers, half)
+def _one(data: str, models: list[str], out: str, workers: int, n: int, half: str, group: int) -> dict:
+    wall_2n, summary = _timed(data, models, f"{out}_all.csv", workers, None, group)
+    wall_n, _ = _timed(data, models, f"{out}_half.csv", workers, half, group)
     per = {k: round(v, 4) for k, v in summary["seconds_per_image"].items()}
     return {"steady_wall_s_per_image": (wall_2n - wall_n) / n, "stages_s_per_image": per,
             "cells_per_image": summary["cells"] / (2 * n)}
@@ -58,6 +63,43 @@ def run(quick: bool = False) -> dict:
             setups.append(("efficientnet_b0", "efficientnet_b0", 512, 128))
         for label, backbone, image_size, cell_size in setups:
             models = _models(d, backbone, image_size, cell_size)
-            for workers in (0, 1):
-                out[f"{label}.workers{workers}"] = _one(data, models, f"{d}/{label}_{workers}", workers, n, half)
+            out[f"{label}.workers0"] = _one(data, models, f"{d}/{label}_0", 0, n, half, 8)
+            for group in (1, 8):
+                out[f"{label}.workers1.group{group}"] = _one(data, models, f"{d}/{label}_1_{group}", 1, n, half, group)
+            one, eight = (out[f"{label}.workers1.group{g}"]["steady_wall_s_per_image"] for g in (1, 8))
+            out[f"{label}.group8_images_per_s_over_group1"] = one / eight
+        out["memory"] = memory(d, 20 if quick else 200)
+    return out
+
+
+def _peak_rss_mb(cmd: list[str]) -> float:
+    """Peak resident memory (MB) of the largest process of a command, its worker processes included."""
+    import os
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise RuntimeError(f"{' '.join(cmd)} failed")
+    return usage.ru_maxrss / 1024
+
+
+def memory(d: str, n: int) -> dict:
+    """predict.py over a quarter of ``n`` and over ``n`` images of 2048 px: peak memory of each run."""
+    import sys
+    from concurrent.futures import ProcessPoolExecutor
+
+    folder = f"{d}/memory"
+    with ProcessPoolExecutor(2) as pool:
+        rows = list(pool.map(make_one, [(folder, 43, i, "test", 2048) for i in range(n)]))
+    models = _models(d, "small_cnn", 128, 64)
+    out = {"images_px": 2048}
+    for count in (n // 4, n):
+        sample = f"{folder}/sample_{count}.csv"
+        with open(sample, "w") as f:
+            f.write("ID,ImageWidth,ImageHeight,PredictionString\n" + "".join(f"{r['ID']},2048,2048,\n" for r in rows[:count]))
+        cmd = [sys.executable, "predict.py", "--data", f"{folder}/test", "--models", *models, "--out",
+               f"{folder}/sub_{count}.csv", "--sample-submission", sample, "--workers", "1", "--overlays", "0"]
+        out[f"peak_rss_mb_{count}_images"] = _peak_rss_mb(cmd)
     return out

@@ -149,3 +149,91 @@ def test_notebook_use_on_the_real_sample(tmp_path):
     assert np.all((probs >= 0) & (probs <= 1))
     top_class_overlay(image, cells, cell_ids, probs, str(tmp_path / "cells.png"))
     assert (tmp_path / "cells.png").stat().st_size > 1000
+
+
+def _trained_pair(records, tmp_path):
+    """An image model (48 px from 64 px records) and a cell-bag model (24 px from 32 px crops),
+    built from their configs as train_tpu.py builds them: each carries its input contract."""
+    from hpa_tf.config import load_config
+    from hpa_tf.models import build_model
+
+    paths = []
+    for kind, extra in (("image", ["data.image_size=48"]), ("cells", ["data.cell_size=24", "model.pooling=gem"])):
+        keras.utils.set_random_seed(2)
+        config = load_config(None, [f"data.records={records}", f"model.kind={kind}", *extra])
+        path = tmp_path / f"{kind}.keras"
+        build_model(config).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_training_and_prediction_feed_a_model_the_same_pixels(built_records, synth_dir, tmp_path):
+    """The same image's and cells' inputs, from the records through the training pipeline (no
+    augmentation) and from the image file through prediction: within 1/255 (here: equal)."""
+    import tensorflow as tf
+
+    from hpa_tf.config import load_config
+    from hpa_tf.data.contract import to_model_size
+    from hpa_tf.data.pipeline import make_dataset, shard_files
+    from hpa_tf.data.schema import parse_image_record
+    from hpa_tf.inference.prepare import prepare_image
+    from hpa_tf.models import read_contract
+
+    image_path, cells_path = _trained_pair(built_records, tmp_path)
+    contract = read_contract(str(cells_path))
+    assert (contract["cell_size"], contract["record_cell_size"], contract["segmenter"]) == (24, 32, "classical")
+    files, _ = shard_files(str(built_records), "images")
+    first_id = next(iter(tf.data.TFRecordDataset(files).map(parse_image_record)))["id"].numpy().decode()
+    predictor = Predictor.from_models([str(image_path), str(cells_path)])
+    prepared = prepare_image(predictor.prepare_spec(str(synth_dir / "train")), first_id)
+
+    base = [f"data.records={built_records}", "data.val_fold=-1", "data.image_size=48", "data.cell_size=24",
+            "data.max_eval_cells=200"]
+    trained_image, _ = next(iter(make_dataset(load_config(None, base), False, 1)))
+    predicted_image = to_model_size(prepared.images[64][None], 48)
+    assert np.abs(trained_image.numpy() - predicted_image.numpy()).max() <= 1 / 255
+
+    x, _, _ = next(iter(make_dataset(load_config(None, [*base, "model.kind=cells"]), False, 1)))
+    n = int(x["mask"].numpy().sum())
+    assert n == prepared.n_cells > 5
+    predicted_cells = to_model_size(prepared.crops[32], 24).numpy()
+    assert np.abs(x["cells"].numpy()[0, :n] - predicted_cells).max() <= 1 / 255
+
+
+def test_a_model_refuses_another_segmenter_than_its_training(built_records, synth_dir, tmp_path):
+    from hpa_tf.inference.runner import resolve_segmenter
+    from hpa_tf.models import read_contract
+
+    image_path, _ = _trained_pair(built_records, tmp_path)
+    contracts = {str(image_path): read_contract(str(image_path))}
+    assert resolve_segmenter(None, contracts) == "classical"  # the default: what it was trained on
+    assert resolve_segmenter("precomputed:masks", contracts) == "precomputed:masks"  # masks of any origin pass
+    with pytest.raises(ValueError, match="not the classical segmenter the models were trained with.*--force"):
+        resolve_segmenter("hpacellseg:nuclei=a,cell=b", contracts)
+    assert resolve_segmenter("hpacellseg:nuclei=a,cell=b", contracts, force=True).startswith("hpacellseg")
+    with pytest.raises(ValueError, match="give --segmenter"):
+        resolve_segmenter(None, {"m": {"segmenter": "hpacellseg:nuclei=a,cell=b"}})
+
+
+def test_prediction_under_a_mirrored_strategy_equals_one_device(built_records, synth_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hpa_tf.inference import cache
+
+    models = [str(p) for p in _trained_pair(built_records, tmp_path)]
+    root = Path(__file__).resolve().parents[1]
+    outs = {}
+    for name, extra in (("one", []), ("two", ["--strategy", "cpu_mirrored", "--logical-cpus", "2", "--batch", "3"])):
+        out = tmp_path / name / "sub.csv"
+        run_ = subprocess.run([sys.executable, str(root / "predict.py"), "--data", str(synth_dir / "test"), "--models",
+                               *models, "--out", str(out), "--workers", "0", "--overlays", "0", "--group", "3", *extra],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        assert run_.returncode == 0, run_.stderr[-2000:]
+        outs[name] = {i: cache.load(f"{out}.cache", i, 2) for i in pd.read_csv(out)["ID"]}
+    for image_id, entry in outs["one"].items():
+        other = outs["two"][image_id]
+        for a, b in zip(entry[4], other[4]):
+            assert np.abs(a.image - b.image).max() < 1e-5 and np.abs(a.cells - b.cells).max() < 1e-5

@@ -11,11 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
-import cv2
 import numpy as np
 
 from hpa_tf.data import schema
-from hpa_tf.data.crops import cell_crops
+from hpa_tf.data.contract import record_views
 from hpa_tf.io import read_image
 from hpa_tf.labels import to_multi_hot
 from hpa_tf.segmentation import cell_segmenter
@@ -92,20 +91,17 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
         out.error = "no cells found"
         return out
     h, w = image.shape[:2]
-    size = (config.image_size, config.image_size)
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    small_mask = cv2.resize(seg.cells, size, interpolation=cv2.INTER_NEAREST)
-    crops, bbox, area, border, index = cell_crops(image, seg.cells, config.cell_size)
+    views = record_views(image, seg.cells, config.image_size, config.cell_size)  # what prediction cuts too
+    crops = views["crops"]
     t = _tick(out, "resize_crop", t)
     labels = to_multi_hot(list(job.labels), np.int64)
     out.image_record = schema.image_example(
-        job.image_id, labels, h, w, schema.UNASSIGNED_FOLD, schema.encode_rgby_png(small), schema.encode_mask_png(small_mask),
-        len(crops), job.source,
+        job.image_id, labels, h, w, schema.UNASSIGNED_FOLD, schema.encode_rgby_png(views["image"]),
+        schema.encode_mask_png(views["mask"]), len(crops), job.source,
     )
     out.cell_record = schema.cell_example(
-        job.image_id, labels, h, w, schema.UNASSIGNED_FOLD, [schema.encode_rgby_png(c) for c in crops], bbox, area,
-        border, index,
-        job.source,
+        job.image_id, labels, h, w, schema.UNASSIGNED_FOLD, [schema.encode_rgby_png(c) for c in crops], views["bbox"],
+        views["area"], views["border"], views["cell_ids"], job.source,
     )
     out.n_cells = len(crops)
     _tick(out, "encode", t)

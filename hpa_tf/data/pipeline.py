@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from hpa_tf import fs
 from hpa_tf.data import augment
+from hpa_tf.data.contract import to_model_size
 from hpa_tf.data.schema import cell_features, image_features
 from hpa_tf.labels import NUM_CLASSES
 
@@ -157,10 +158,8 @@ def _examples(data, kind: str, spec: dict, training: bool, folds: Sequence[int] 
 
 
 def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
-    image = tf.image.convert_image_dtype(tf.io.decode_png(ex["image"], channels=4), tf.float32)
-    if stored != size:  # records at another size than the model's input
-        image = tf.image.resize(image, [size, size], antialias=True)
-    return tf.ensure_shape(image, [size, size, 4])
+    image = tf.ensure_shape(tf.io.decode_png(ex["image"], channels=4), [stored, stored, 4])
+    return tf.ensure_shape(to_model_size(image, size), [size, size, 4])  # the predictor's step too
 
 
 def _image_elements(data, aug, training: bool, seed: int, examples: tf.data.Dataset) -> tf.data.Dataset:
@@ -194,6 +193,7 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
     """``({"cells", "mask"}, {"cells", "image"} targets, {"cells", "image"} weights)`` of each record."""
     bag = data["cells_per_bag"] if training else data["max_eval_cells"]
     size = data["cell_size"]
+    stored = read_manifest(data["records"])["config"]["cell_size"]
 
     def prepare(index, ex):
         pngs = tf.sparse.to_dense(ex["cells"])
@@ -201,11 +201,9 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
         s_pick, s_aug = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
         idx, valid = _pick_cells(tf.cast(ex["n_cells"], tf.int32), bag, s_pick if training else None)
         picked = tf.gather(pngs, idx)
-        cells = tf.map_fn(
-            lambda s: tf.image.resize(tf.image.convert_image_dtype(tf.io.decode_png(s, channels=4), tf.float32), [size, size]),
-            picked, fn_output_signature=tf.TensorSpec([size, size, 4], tf.float32),
-        )
-        cells = cells * valid[:, None, None, None]
+        crops = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_png(s, channels=4), [stored, stored, 4]), picked,
+                          fn_output_signature=tf.TensorSpec([stored, stored, 4], tf.uint8))
+        cells = to_model_size(crops, size) * valid[:, None, None, None]  # the predictor's step too
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
             cells, labels = augment.augment_bag(cells, labels, aug, s_aug)

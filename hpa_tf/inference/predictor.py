@@ -4,57 +4,83 @@
 (told apart by their inputs) and gives, per image, each model's image-level and cell-level
 scores (:class:`ModelScores`), then one (n_cells, 19) answer by a rule of :mod:`combine`.
 
-Cell-level scores of an image model come from "one cell at a time" inputs: the image at the
-model's input size with every other pixel zeroed (``cell_view="masked"``), or the same moved so
-the cell sits at the centre (``"centred"``, the 9th-place idea); ``"none"`` skips them. A cell-bag
-model sees all cells of the image as one bag (padded cells are masked, so they change nothing).
+Each model brings its input contract (:mod:`hpa_tf.data.contract`): the inputs are cut as its
+training records were cut, and brought to its input size inside the model call by the same step
+as in training. Work from several images is gathered into fixed-size batches per model (whole
+images, masked cell views, bags of cells padded to a fixed size), so a compiled call never sees a
+new shape; with a ``tf.distribute`` strategy each batch is split across the replicas.
+
+Cell-level scores of an image model come from "one cell at a time" inputs: the image with every
+other pixel zeroed (``cell_view="masked"``), or the same moved so the cell sits at the centre
+(``"centred"``, the 9th-place idea); ``"none"`` skips them. A cell-bag model sees all cells of the
+image as one bag (padded cells are masked, so they change nothing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from hpa_tf.data.contract import InputContract, to_model_size
 from hpa_tf.inference.combine import ModelScores, combine
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
-from hpa_tf.models import load_model
+from hpa_tf.models import contract_of, load_model
 from hpa_tf.segmentation import cell_segmenter
+from hpa_tf.training.strategy import replica_compiled
 
 CELL_VIEWS = ("masked", "centred", "none")
-_BAG_PAD = 16  # bags are padded to a multiple of this: few shapes, few retraces
+BAG_SIZE = 128  # cells per bag in one call (HPA images hold up to 112); more cells: the next multiple
 
 
 @dataclass
 class ScoringModel:
-    """A trained model with what prediction needs to know about it."""
+    """A trained model with what prediction needs to know about it: its input contract."""
 
     model: keras.Model
-    kind: str  # "image" or "cells"
-    size: int  # input side in pixels
+    contract: InputContract
     name: str
     weight: float = 1.0
 
+    @property
+    def kind(self) -> str:
+        return self.contract.kind
+
+    @property
+    def size(self) -> int:
+        return self.contract.model_size
+
     @classmethod
-    def wrap(cls, model: keras.Model | str, weight: float = 1.0) -> ScoringModel:
+    def wrap(cls, model: keras.Model | str, weight: float = 1.0, dtype: str = "float32") -> ScoringModel:
         """A ``.keras`` path or a loaded model. ``ScoringModel.wrap("runs/demo/model_image/best.keras")``"""
         name = str(model)
         if isinstance(model, str):
-            model = load_model(model)  # float32 on CPU/GPU, whatever precision it was trained in
+            model = load_model(model, dtype)  # float32 on CPU/GPU by default, whatever it was trained in
         else:
             name = model.name
         if isinstance(model.input, dict) and "cells" in model.input:
-            return cls(model, "cells", int(model.input["cells"].shape[-2]), name, weight)
-        shape = model.inputs[0].shape
-        if len(model.inputs) != 1 or len(shape) != 4 or shape[1] is None:
-            raise ValueError(f"model {name}: inputs {[tuple(i.shape) for i in model.inputs]} are neither an image "
-                             "model's (B, S, S, 4) nor a cell-bag model's {'cells', 'mask'}")
-        return cls(model, "image", int(shape[1]), name, weight)
+            kind, size = "cells", int(model.input["cells"].shape[-2])
+        else:
+            shape = model.inputs[0].shape
+            if len(model.inputs) != 1 or len(shape) != 4 or shape[1] is None:
+                raise ValueError(f"model {name}: inputs {[tuple(i.shape) for i in model.inputs]} are neither an image "
+                                 "model's (B, S, S, 4) nor a cell-bag model's {'cells', 'mask'}")
+            kind, size = "image", int(shape[1])
+        contract = contract_of(model) or InputContract.for_model(kind, size)
+        if contract.kind != kind or contract.model_size != size:
+            raise ValueError(f"model {name}: its input contract says {contract.kind} at {contract.model_size} px, "
+                             f"its inputs are {kind} at {size} px; the file was altered after training")
+        return cls(model, contract, name, weight)
+
+
+def _pad(batch: np.ndarray, size: int) -> np.ndarray:
+    return batch if len(batch) == size else np.concatenate([batch, np.zeros((size - len(batch), *batch.shape[1:]), batch.dtype)])
 
 
 class Predictor:
@@ -66,102 +92,157 @@ class Predictor:
     """
 
     def __init__(self, models: Sequence[ScoringModel], segmenter: str = "classical", tta: str = "none",
-                 rule: str = "image_x_cell", cell_view: str = "masked", batch: int = 16):
+                 rule: str = "image_x_cell", cell_view: str = "masked", batch: int = 16,
+                 strategy: tf.distribute.Strategy | None = None, jit: bool = False):
         if not models:
             raise ValueError("give at least one model")
         if cell_view not in CELL_VIEWS:
             raise ValueError(f"cell_view must be one of {CELL_VIEWS}, not {cell_view!r}")
         self.models, self.segmenter, self.tta = list(models), segmenter, tta
-        self.rule, self.cell_view, self.batch = rule, cell_view, max(int(batch), 1)
+        self.rule, self.cell_view = rule, cell_view
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        self.batch = -(-max(int(batch), 1) // self.replicas) * self.replicas  # whole per-replica batches
+        self.jit = jit and not isinstance(strategy, tf.distribute.TPUStrategy)  # TPUs compile anyway
         self._transforms = transforms(tta)
-        self._fns = [tf.function(lambda x, m=m.model: m(x, training=False), reduce_retracing=True) for m in self.models]
+        self._compiled: dict = {}
+        self._fns = [self._make_call(m) for m in self.models]
 
     @classmethod
     def from_models(cls, models: Sequence[keras.Model | str], weights: Sequence[float] | None = None,
-                    **options) -> Predictor:
-        """Models by path or object, with optional weights for the combination."""
+                    strategy: tf.distribute.Strategy | None = None, dtype: str = "float32", **options) -> Predictor:
+        """Models by path or object, with optional weights for the combination; loaded under
+        ``strategy`` (its replicas then share every batch) in ``dtype``."""
         weights = [1.0] * len(models) if weights is None else list(weights)
         if len(weights) != len(models):
             raise ValueError(f"{len(weights)} weights for {len(models)} models")
-        return cls([ScoringModel.wrap(m, w) for m, w in zip(models, weights)], **options)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            wrapped = [ScoringModel.wrap(m, w, dtype) for m, w in zip(models, weights)]
+        return cls(wrapped, strategy=strategy, **options)
 
     @property
     def weights(self) -> list[float]:
         return [m.weight for m in self.models]
 
     def prepare_spec(self, data_dir: str) -> PrepareSpec:
-        """What the CPU side must cut for these models."""
-        image_sizes = tuple(sorted({m.size for m in self.models if m.kind == "image"}))
-        cell_sizes = tuple(sorted({m.size for m in self.models if m.kind == "cells"}))
+        """What the CPU side must cut for these models: their records' sizes."""
+        image_sizes = tuple(sorted({m.contract.record_image_size for m in self.models if m.kind == "image"}))
+        cell_sizes = tuple(sorted({m.contract.record_cell_size for m in self.models if m.kind == "cells"}))
         return PrepareSpec(data_dir, self.segmenter, image_sizes, cell_sizes)
 
-    def _run(self, k: int, x) -> dict | np.ndarray:
-        out = self._fns[k](x)
+    # --- model calls ----------------------------------------------------------------------------
+    def _make_call(self, m: ScoringModel):
+        """A compiled call of one model on a fixed-size uint8 batch at its records' size."""
+        model, size, cells = m.model, m.size, m.kind == "cells"
+
+        def replica_fn(x):
+            if cells:
+                return model({"cells": to_model_size(x["cells"], size), "mask": x["mask"]}, training=False)
+            return model(to_model_size(x, size), training=False)
+
+        if self.strategy is None:
+            return tf.function(replica_fn, jit_compile=self.jit, reduce_retracing=True)
+
+        def run_replica(x):
+            fn = replica_compiled(self._compiled, replica_fn, m.name) if self.jit else replica_fn
+            return fn(x)
+
+        @tf.function(reduce_retracing=True)
+        def distributed(x):
+            return self.strategy.run(run_replica, args=(x,))
+
+        return distributed
+
+    def _run(self, k: int, x):
+        """Model ``k`` on a batch whose length divides by the replicas; numpy outputs."""
+        fn = self._fns[k]
+        if self.strategy is None:
+            out = fn(x)
+        else:
+            per = len(x["cells"] if isinstance(x, dict) else x) // self.replicas
+
+            def part(ctx):
+                i = ctx.replica_id_in_sync_group
+                return tf.nest.map_structure(lambda a: a[i * per : (i + 1) * per], x)
+
+            out = fn(self.strategy.experimental_distribute_values_from_function(part))
+            out = tf.nest.map_structure(lambda *parts: tf.concat(parts, 0),
+                                        *self.strategy.experimental_local_results(out))
         return {key: v.numpy() for key, v in out.items()} if isinstance(out, dict) else out.numpy()
 
-    def _image_batches(self, k: int, x: np.ndarray) -> np.ndarray:
-        """Mean probabilities over the TTA transforms of uint8 images (N, S, S, 4), in fixed-size batches."""
-        n = len(x)
+    def _image_scores(self, k: int, inputs: Iterator[np.ndarray], n: int) -> np.ndarray:
+        """Mean probabilities over the TTA transforms of ``n`` uint8 images (S, S, 4), taken from
+        ``inputs`` one full batch at a time (memory stays at one batch)."""
         total = np.zeros((n, NUM_CLASSES), np.float64)
-        for t in self._transforms:
-            for start in range(0, n, self.batch):
-                chunk = t(x[start : start + self.batch]).astype(np.float32) / 255.0
-                pad = self.batch - len(chunk) if n > self.batch else 0  # one batch shape for the cell views
-                if pad:
-                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
-                total[start : start + self.batch] += self._run(k, chunk)[: len(chunk) - pad]
+        for start in range(0, n, self.batch):
+            chunk = np.stack([next(inputs) for _ in range(min(self.batch, n - start))])
+            for t in self._transforms:
+                total[start : start + len(chunk)] += self._run(k, _pad(t(chunk), self.batch))[: len(chunk)]
         return total / len(self._transforms)
 
-    def _cell_views(self, image: np.ndarray, mask: np.ndarray, cell_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One input per cell (other pixels zeroed; centred if asked) and which cells are visible at this size."""
-        size = image.shape[0]
-        views = np.zeros((len(cell_ids), *image.shape), np.uint8)
-        seen = np.zeros(len(cell_ids), bool)
-        for i, cid in enumerate(cell_ids):
-            inside = mask == cid
-            if not inside.any():  # a cell too small to survive the resize
+    def _bag_scores(self, k: int, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(image (19,), cells (n, 19)) of one image's cells as one bag, padded to a fixed size."""
+        n = len(crops)
+        size = max(-(-n // BAG_SIZE), 1) * BAG_SIZE
+        image_sum, cell_sum = np.zeros(NUM_CLASSES), np.zeros((n, NUM_CLASSES))
+        for t in self._transforms:
+            bag = np.zeros((self.replicas, size, *crops.shape[1:]), np.uint8)  # one bag per replica, the others empty
+            bag[0, :n] = t(crops)
+            valid = np.zeros((self.replicas, size), np.float32)
+            valid[0, :n] = 1.0
+            res = self._run(k, {"cells": bag, "mask": valid})
+            image_sum += res["image"][0]
+            cell_sum += res["cells"][0, :n]
+        return image_sum / len(self._transforms), cell_sum / len(self._transforms)
+
+    def _cell_view(self, image: np.ndarray, mask: np.ndarray, cell_id: int) -> np.ndarray:
+        """The image with every pixel outside the cell zeroed (moved to the centre if asked)."""
+        inside = mask == cell_id
+        view = image * inside[..., None]
+        if self.cell_view == "centred":
+            ys, xs = np.nonzero(inside)
+            size = image.shape[0]
+            dy = size // 2 - (int(ys.min()) + int(ys.max())) // 2
+            dx = size // 2 - (int(xs.min()) + int(xs.max())) // 2
+            view = np.roll(view, (dy, dx), axis=(0, 1))
+        return view
+
+    # --- scoring --------------------------------------------------------------------------------
+    def score_many(self, prepared: Sequence[Prepared]) -> list[list[ModelScores]]:
+        """Each model's image-level and cell-level probabilities on several prepared images; the
+        images and cell views of all of them share the model's batches."""
+        out: list[list[ModelScores]] = [[] for _ in prepared]
+        for k, m in enumerate(self.models):
+            if m.kind == "cells":
+                for i, p in enumerate(prepared):
+                    if p.n_cells == 0:
+                        out[i].append(ModelScores(np.zeros(NUM_CLASSES), None))
+                    else:
+                        out[i].append(ModelScores(*self._bag_scores(k, p.crops[m.contract.record_cell_size])))
                 continue
-            seen[i] = True
-            views[i] = image * inside[..., None]
-            if self.cell_view == "centred":
-                ys, xs = np.nonzero(inside)
-                dy = size // 2 - (int(ys.min()) + int(ys.max())) // 2
-                dx = size // 2 - (int(xs.min()) + int(xs.max())) // 2
-                views[i] = np.roll(views[i], (dy, dx), axis=(0, 1))
-        return views, seen
+            size = m.contract.record_image_size
+            wholes = self._image_scores(k, iter([p.images[size] for p in prepared]), len(prepared))
+            cells: list[np.ndarray | None] = [None] * len(prepared)
+            if self.cell_view != "none":
+                owners = []  # (image, row) of every cell still visible at this size
+                for i, p in enumerate(prepared):
+                    present = np.bincount(p.small_masks[size].ravel(), minlength=int(p.cell_ids.max(initial=0)) + 1)
+                    owners += [(i, j) for j, cid in enumerate(p.cell_ids) if present[cid]]
+                views = (self._cell_view(prepared[i].images[size], prepared[i].small_masks[size], prepared[i].cell_ids[j])
+                         for i, j in owners)
+                scores = self._image_scores(k, views, len(owners))
+                for i, p in enumerate(prepared):
+                    if p.n_cells:
+                        cells[i] = np.tile(wholes[i], (p.n_cells, 1))  # cells lost at this size keep the image's scores
+                for (i, j), row in zip(owners, scores):
+                    cells[i][j] = row
+            for i in range(len(prepared)):
+                out[i].append(ModelScores(wholes[i], cells[i]))
+        return out
 
     def score(self, prepared: Prepared) -> list[ModelScores]:
         """Each model's image-level and cell-level probabilities on one prepared image."""
-        out = []
-        n = prepared.n_cells
-        for k, m in enumerate(self.models):
-            if m.kind == "image":
-                image = prepared.images[m.size]
-                whole = self._image_batches(k, image[None])[0]
-                cells = None
-                if self.cell_view != "none" and n:
-                    views, seen = self._cell_views(image, prepared.small_masks[m.size], prepared.cell_ids)
-                    cells = np.tile(whole, (n, 1))  # cells lost at this size keep the image's scores
-                    if seen.any():
-                        cells[seen] = self._image_batches(k, views[seen])
-                out.append(ModelScores(whole, cells))
-                continue
-            crops = prepared.crops[m.size]
-            if n == 0:
-                out.append(ModelScores(np.zeros(NUM_CLASSES), None))
-                continue
-            n_pad = -(-n // _BAG_PAD) * _BAG_PAD
-            image_sum, cell_sum = np.zeros(NUM_CLASSES), np.zeros((n, NUM_CLASSES))
-            for t in self._transforms:
-                bag = np.zeros((1, n_pad, m.size, m.size, 4), np.float32)
-                bag[0, :n] = t(crops).astype(np.float32) / 255.0
-                valid = np.zeros((1, n_pad), np.float32)
-                valid[0, :n] = 1.0
-                res = self._run(k, {"cells": bag, "mask": valid})
-                image_sum += res["image"][0]
-                cell_sum += res["cells"][0, :n]
-            out.append(ModelScores(image_sum / len(self._transforms), cell_sum / len(self._transforms)))
-        return out
+        return self.score_many([prepared])[0]
 
     def combine(self, scores: Sequence[ModelScores], n_cells: int) -> np.ndarray:
         """The (n_cells, 19) answer under this predictor's rule and weights."""

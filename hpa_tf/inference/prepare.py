@@ -1,9 +1,11 @@
 """The CPU half of prediction: read an image, segment it, cut the model inputs, encode the masks.
 
 Everything here is NumPy/OpenCV (no TensorFlow), so it runs in worker processes while the
-accelerator scores the previous images. The result is small: the image shrunk to each image
-model's input size, its cell mask at that size, the cell crops at each cell model's size, and
-every cell's mask already RLE-encoded for the submission (once per cell, whatever the models).
+accelerator scores the previous images. The inputs are cut as the TFRecord builder cut the
+training records (:func:`hpa_tf.data.contract.record_views`, at the records' sizes of each model's
+input contract); the step to the model's own size happens with the model. The result is small:
+the image and its cell mask at each records' image size, the cell crops at each records' cell size,
+and every cell's mask already RLE-encoded for the submission (once per cell, whatever the models).
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
-from hpa_tf.data.crops import cell_crops
+from hpa_tf.data.contract import record_views
 from hpa_tf.io import read_image
 from hpa_tf.rle import encode_label_image
 from hpa_tf.segmentation import Segmentation, cell_segmenter
@@ -22,7 +23,8 @@ from hpa_tf.segmentation import Segmentation, cell_segmenter
 
 @dataclass(frozen=True)
 class PrepareSpec:
-    """What the models need: ``image_sizes`` of the image models, ``cell_sizes`` of the cell models."""
+    """What the models need: the records' ``image_sizes`` of the image models and ``cell_sizes`` of
+    the cell models (their input contracts)."""
 
     data_dir: str
     segmenter: str = "classical"
@@ -70,12 +72,12 @@ def prepare_array(image: np.ndarray, seg: Segmentation, spec: PrepareSpec, image
     h, w = seg.cells.shape
     out = Prepared(image_id, w, h, timings=timings)
     for size in spec.image_sizes:
-        out.images[size] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        out.small_masks[size] = cv2.resize(seg.cells, (size, size), interpolation=cv2.INTER_NEAREST)
+        views = record_views(image, seg.cells, size, None)
+        out.images[size], out.small_masks[size] = views["image"], views["mask"]
     ids = None
     for size in spec.cell_sizes:
-        crops, _, _, _, ids = cell_crops(image, seg.cells, size)
-        out.crops[size] = np.stack(crops) if crops else np.zeros((0, size, size, 4), np.uint8)
+        views = record_views(image, seg.cells, None, size)
+        out.crops[size], ids = views["crops"], views["cell_ids"]
     t = _tick(timings, "crop", t)
     encoded = encode_label_image(seg.cells)
     out.cell_ids = np.array(sorted(encoded), np.int64) if ids is None else ids

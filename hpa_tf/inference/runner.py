@@ -22,20 +22,24 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from tqdm import tqdm
 
 from hpa_tf import fs, viz
 from hpa_tf.cli import require_writable
+from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
 from hpa_tf.inference.combine import combine
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import probe_size, read_image, scan_image_ids
 from hpa_tf.lock import FolderLock
+from hpa_tf.models import read_contract
 from hpa_tf.rle import decode_mask
 from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
 from hpa_tf.segmentation.runner import segment_folder
 from hpa_tf.submission import ImagePrediction, write_submission
+from hpa_tf.training.strategy import configure_logical_cpus, get_strategy
 from hpa_tf.truth import Truth
 from hpa_tf.workers import die_with_parent
 
@@ -50,7 +54,7 @@ class RunConfig:
     data: str
     models: list[str]
     out: str
-    segmenter: str = "classical"
+    segmenter: str | None = None  # None: the one the models were trained with (their input contracts)
     tta: str = "none"
     combine: str = "image_x_cell"
     weights: list[float] | None = None
@@ -63,6 +67,12 @@ class RunConfig:
     overlays: int = 4
     truth: str | None = None
     truth_split: str = "test"
+    strategy: str = "auto"  # the names train_tpu.py takes: auto | tpu | mirrored | cpu | cpu_mirrored
+    logical_cpus: int = 0
+    jit: bool = False
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | keep
+    group: int = 8  # images scored together: their cells share the models' batches
+    force: bool = False  # predict even when the segmenter differs from the models' training
 
     @property
     def cache_dir(self) -> str:
@@ -111,7 +121,32 @@ def _cache_key(cfg: RunConfig, predictor: Predictor) -> dict:
     # A retrained model of the same architecture has the same size: identify it by its content.
     models = [{"path": path, "sha256": hashlib.sha256(fs.read_bytes(path)).hexdigest()} for path in cfg.models]
     return {"models": models, "segmenter": cfg.segmenter, "tta": cfg.tta, "cell_view": cfg.cell_view,
-            "sizes": [[m.kind, m.size] for m in predictor.models]}
+            "sizes": [[m.kind, m.size] for m in predictor.models], "precision": cfg.precision}
+
+
+def resolve_segmenter(given: str | None, contracts: dict[str, dict | None], force: bool = False) -> str:
+    """The segmenter of a prediction run: ``given``, or the one the models were trained with. A
+    segmenter of another kind than the models' training (classical vs hpacellseg) is refused, since
+    the cells would not be those the models learnt from, unless ``force``; masks given as
+    ``precomputed:`` may come from either, so they pass.
+
+    >>> resolve_segmenter(None, {"m.keras": {"segmenter": "classical"}})
+    'classical'
+    """
+    trained = {path: c["segmenter"] for path, c in contracts.items() if c and c.get("segmenter")}
+    kinds = {segmenter_kind(s) for s in trained.values()}
+    if given is None:
+        if kinds <= {"classical"}:
+            return "classical"
+        raise ValueError(f"the models were trained on cells from {sorted(set(trained.values()))}: give --segmenter "
+                         "of that kind (hpacellseg:nuclei=PATH,cell=PATH, or precomputed:MASKS of the test images)")
+    kind = segmenter_kind(given)
+    other = sorted(kinds - {kind, "precomputed"}) if kind != "precomputed" else []
+    if other and not force:
+        models = ", ".join(f"{path} ({s})" for path, s in trained.items())
+        raise ValueError(f"--segmenter {given} is not the {' or '.join(other)} segmenter the models were trained with "
+                         f"({models}): their cells would differ from training; pass --force to predict anyway")
+    return given
 
 
 def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tuple[dict[str, float], list[dict]]:
@@ -124,23 +159,32 @@ def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tu
     totals["images"] = 0
     errors: list[dict] = []
     spec = predictor.prepare_spec(cfg.data)
-    bar = tqdm(total=len(todo), desc="predicting", unit="img")
-    for prepared in _prepared_stream(spec, todo, cfg.workers):
-        if prepared.error:
-            errors.append({"ID": prepared.image_id, "error": prepared.error})
-            bar.update(1)
-            continue
+    group: list[Prepared] = []
+
+    def flush() -> None:
         t = time.perf_counter()
-        scores = predictor.score(prepared)
-        infer = time.perf_counter() - t
-        cache.save(cfg.cache_dir, prepared.image_id, prepared.width, prepared.height, prepared.cell_ids,
-                   prepared.masks, scores)
-        for stage, sec in prepared.timings.items():
-            totals[stage] += sec
-        totals["infer"] += infer
-        totals["images"] += 1
-        bar.update(1)
-    bar.close()
+        scored = predictor.score_many(group)
+        totals["infer"] += time.perf_counter() - t
+        for prepared, scores in zip(group, scored):
+            cache.save(cfg.cache_dir, prepared.image_id, prepared.width, prepared.height, prepared.cell_ids,
+                       prepared.masks, scores)
+            for stage, sec in prepared.timings.items():
+                totals[stage] += sec
+            totals["images"] += 1
+        bar.update(len(group))
+        group.clear()
+
+    with tqdm(total=len(todo), desc="predicting", unit="img") as bar:
+        for prepared in _prepared_stream(spec, todo, cfg.workers):
+            if prepared.error:
+                errors.append({"ID": prepared.image_id, "error": prepared.error})
+                bar.update(1)
+                continue
+            group.append(prepared)
+            if len(group) >= cfg.group:
+                flush()
+        if group:
+            flush()
     return totals, errors
 
 
@@ -204,6 +248,8 @@ def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: 
 def run(cfg: RunConfig) -> dict:
     """Predict, write the submission and a summary; score it when ``cfg.truth`` is given."""
     start = time.perf_counter()
+    configure_logical_cpus(cfg.logical_cpus)
+    cfg.segmenter = resolve_segmenter(cfg.segmenter, {m: read_contract(m) for m in cfg.models}, cfg.force)
     check_segmenter(cfg.segmenter)
     ids, sizes = image_order(cfg.data, cfg.sample_submission)
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
@@ -211,8 +257,11 @@ def run(cfg: RunConfig) -> dict:
     if runs_on_accelerator(segmenter):  # its models in this process alone, batched, before TensorFlow's
         segment_folder(segmenter, (), cfg.data, f"{stem}.masks", ids, overlays=False)
         segmenter = f"precomputed:{stem}.masks"
-    predictor = Predictor.from_models(cfg.models, cfg.weights, segmenter=segmenter, tta=cfg.tta,
-                                      rule=cfg.combine, cell_view=cfg.cell_view, batch=cfg.batch)
+    strategy = get_strategy(cfg.strategy)
+    distributed = strategy if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.TPUStrategy) else None
+    predictor = Predictor.from_models(cfg.models, cfg.weights, strategy=distributed, dtype=cfg.precision,
+                                      segmenter=segmenter, tta=cfg.tta, rule=cfg.combine, cell_view=cfg.cell_view,
+                                      batch=cfg.batch, jit=cfg.jit)
     require_writable(posixpath.dirname(cfg.out) or ".", "--out")
     with FolderLock(cfg.cache_dir, "predict.py"):
         cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)

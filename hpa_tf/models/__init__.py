@@ -6,7 +6,7 @@ import keras
 
 from hpa_tf.models.backbones import BACKBONES, create_backbone, widen_stem
 from hpa_tf.models.cellbag import cell_bag_model
-from hpa_tf.models.checkpoints import backbone_of, init_from, load_model
+from hpa_tf.models.checkpoints import backbone_of, init_from, load_model, read_contract
 from hpa_tf.models.classifier import cam_model, image_classifier
 from hpa_tf.models.layers import GeM, MaskedBagPool
 from hpa_tf.models.losses import MultiLabelLoss
@@ -17,16 +17,38 @@ def build_model(config: dict) -> keras.Model:
     (three-channel pretrained) or ``model.init_from`` (a four-channel hpa-tf checkpoint)."""
     m, d = config["model"], config["data"]
     weights = None if m["init_from"] else m["weights"]  # no download for weights that are replaced anyway
+    contract = _contract(config)
     if m["kind"] == "cells":
-        model = cell_bag_model(m["backbone"], d["cell_size"], None, weights, m["bag_pooling"], m["dropout"], m["pooling"])
+        model = cell_bag_model(m["backbone"], d["cell_size"], None, weights, m["bag_pooling"], m["dropout"], m["pooling"],
+                               contract)
     elif m["kind"] == "image":
-        model = image_classifier(m["backbone"], d["image_size"], weights, m["pooling"], m["dropout"])
+        model = image_classifier(m["backbone"], d["image_size"], weights, m["pooling"], m["dropout"], contract)
     else:
         raise ValueError(f"model.kind must be 'image' or 'cells', not {m['kind']!r}")
     if m["init_from"]:
         copied = init_from(model, m["init_from"])
         print(f"model.init_from {m['init_from']}: copied {', '.join(copied)}")
     return model
+
+
+def _contract(config) -> dict | None:
+    """The input contract of a config, when its records exist (training); None otherwise."""
+    from hpa_tf import fs
+    from hpa_tf.data.contract import InputContract
+
+    if not fs.exists(fs.join(config["data"]["records"], "manifest.json")):
+        return None
+    return InputContract.from_config(config).to_dict()
+
+
+def contract_of(model: keras.Model):
+    """The :class:`~hpa_tf.data.contract.InputContract` a trained model carries, or None."""
+    from hpa_tf.data.contract import InputContract
+
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if layer.name == "input_contract":
+            return InputContract.from_dict(layer.contract)
+    return None
 
 
 def build_loss(config: dict) -> MultiLabelLoss:
@@ -37,5 +59,5 @@ def build_loss(config: dict) -> MultiLabelLoss:
 
 __all__ = [
     "BACKBONES", "GeM", "MaskedBagPool", "MultiLabelLoss", "backbone_of", "build_loss", "build_model", "cam_model",
-    "cell_bag_model", "create_backbone", "image_classifier", "init_from", "load_model", "widen_stem",
+    "cell_bag_model", "contract_of", "create_backbone", "image_classifier", "init_from", "load_model", "read_contract", "widen_stem",
 ]

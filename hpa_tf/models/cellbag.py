@@ -13,19 +13,27 @@ import keras
 
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models.backbones import create_backbone
-from hpa_tf.models.layers import MaskedBagPool, UnflattenBag, spatial_pool
+from hpa_tf.models.layers import (
+    InputContract,
+    MaskedBagPool,
+    UnflattenBag,
+    spatial_pool,
+)
 
 
 def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = None, weights: str | None = None,
-                   bag_pooling: str = "max", dropout: float = 0.0, pooling: str = "avg") -> keras.Model:
+                   bag_pooling: str = "max", dropout: float = 0.0, pooling: str = "avg",
+                   contract: dict | None = None) -> keras.Model:
     """``cell_bag_model("efficientnet_b0", 128)``; ``cells_per_bag=None`` accepts any bag size.
 
-    ``pooling`` (avg | gem) pools each cell's feature map, ``bag_pooling`` (max | lse) the cells.
+    ``pooling`` (avg | gem) pools each cell's feature map, ``bag_pooling`` (max | lse) the cells;
+    ``contract``: its input contract, carried by an identity layer named ``input_contract``.
     """
     cells = keras.Input((cells_per_bag, cell_size, cell_size, 4), name="cells")
     mask = keras.Input((cells_per_bag,), name="mask")
     net = create_backbone(backbone, (cell_size, cell_size, 4), weights)
-    flat = keras.layers.Reshape((cell_size, cell_size, 4), name="to_cells")(keras.ops.reshape(cells, (-1, cell_size, cell_size, 4)))
+    x = InputContract(contract, name="input_contract")(cells) if contract else cells
+    flat = keras.layers.Reshape((cell_size, cell_size, 4), name="to_cells")(keras.ops.reshape(x, (-1, cell_size, cell_size, 4)))
     pooled = spatial_pool(net(flat), pooling)
     if dropout:
         pooled = keras.layers.Dropout(dropout)(pooled)

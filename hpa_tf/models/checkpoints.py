@@ -78,6 +78,31 @@ def load_model(path: str, dtype: str = "float32") -> keras.Model:
             keras.mixed_precision.set_global_policy(previous)
 
 
+def read_contract(path: str) -> dict | None:
+    """The input contract a saved model carries (from its ``config.json``, no model is built), or None.
+
+    >>> read_contract("runs/demo/model_cells/best.keras")["record_cell_size"]  # doctest: +SKIP
+    128
+    """
+    if not fs.exists(path):
+        raise FileNotFoundError(f"model {path} not found (a .keras file written by train_tpu.py: best.keras or last.keras)")
+    try:
+        config = json.loads(zipfile.ZipFile(io.BytesIO(fs.read_bytes(path))).read("config.json"))
+    except Exception as err:
+        raise ValueError(f"cannot read model {path}: {type(err).__name__}: {err} (expected a .keras file)") from err
+
+    def find(node: Any) -> dict | None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "InputContract":
+                return node.get("config", {}).get("contract")
+            return next((c for v in node.values() if (c := find(v)) is not None), None)
+        if isinstance(node, list):
+            return next((c for v in node if (c := find(v)) is not None), None)
+        return None
+
+    return find(config)
+
+
 def backbone_of(model: keras.Model) -> keras.Model:
     """The backbone sub-model of an hpa-tf image or cell-bag model (named after its family)."""
     from hpa_tf.models.backbones import BACKBONES

@@ -11,14 +11,16 @@ import keras
 
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models.backbones import create_backbone
-from hpa_tf.models.layers import spatial_pool
+from hpa_tf.models.layers import InputContract, spatial_pool
 
 
 def image_classifier(backbone: str, image_size: int, weights: str | None = None, pooling: str = "avg",
-                     dropout: float = 0.0) -> keras.Model:
-    """``image_classifier("efficientnet_b0", 512)``: (B, S, S, 4) in [0, 1] -> (B, 19) probabilities."""
+                     dropout: float = 0.0, contract: dict | None = None) -> keras.Model:
+    """``image_classifier("efficientnet_b0", 512)``: (B, S, S, 4) in [0, 1] -> (B, 19) probabilities.
+    ``contract``: its input contract, carried by an identity layer named ``input_contract``."""
     inputs = keras.Input((image_size, image_size, 4), name="image")
-    features = create_backbone(backbone, (image_size, image_size, 4), weights)(inputs)
+    x = InputContract(contract, name="input_contract")(inputs) if contract else inputs
+    features = create_backbone(backbone, (image_size, image_size, 4), weights)(x)
     pooled = spatial_pool(features, pooling)
     if dropout:
         pooled = keras.layers.Dropout(dropout)(pooled)

@@ -87,3 +87,23 @@ class UnflattenBag(keras.layers.Layer):
         flat, bag = inputs
         shape = ops.shape(bag)
         return ops.reshape(flat, (shape[0], shape[1], flat.shape[-1]))
+
+
+@keras.saving.register_keras_serializable(package="hpa_tf")
+class InputContract(keras.layers.Layer):
+    """An identity layer that carries a model's input contract (:class:`hpa_tf.data.contract.InputContract`
+    as a dict) in its config, so it travels with the saved model in any format.
+
+    >>> tuple(InputContract({"kind": "image"})(ops.ones((1, 4, 4, 4))).shape)
+    (1, 4, 4, 4)
+    """
+
+    def __init__(self, contract: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.contract = dict(contract)
+
+    def call(self, x):
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "contract": self.contract}

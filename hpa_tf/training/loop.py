@@ -25,6 +25,7 @@ import tensorflow as tf
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models import build_loss, build_model
 from hpa_tf.training.metrics import BINS, metrics_from_histograms, score_histograms
+from hpa_tf.training.strategy import replica_compiled
 
 
 def _schedule(lr: float, total_steps: int, warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -62,15 +63,8 @@ class Trainer:
         self._eval_fn = tf.function(self._eval_steps)
 
     def _maybe_jit(self, fn, name: str):
-        """``fn`` XLA-compiled when asked, one compiled function per replica: a function traced on one
-        device would reach the other replicas' variables across devices."""
-        if not self.jit:
-            return fn
-        replica = tf.get_static_value(tf.distribute.get_replica_context().replica_id_in_sync_group)
-        key = (name, int(replica or 0))
-        if key not in self._compiled:
-            self._compiled[key] = tf.function(fn, jit_compile=True)
-        return self._compiled[key]
+        """``fn`` XLA-compiled (one compiled function per replica) when ``train.jit_compile`` asks."""
+        return replica_compiled(self._compiled, fn, name) if self.jit else fn
 
     # --- losses --------------------------------------------------------------------------------
     def _per_example_loss(self, y, pred, w) -> tf.Tensor:

@@ -85,3 +85,14 @@ def precision_policy(setting: str, strategy: tf.distribute.Strategy) -> str:
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "mixed_bfloat16"
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def replica_compiled(cache: dict, fn, name: str):
+    """``fn`` XLA-compiled for the replica calling it (inside ``strategy.run``), from ``cache``: one
+    function traced on one device would reach the other replicas' variables across devices."""
+    context = tf.distribute.get_replica_context()
+    replica = tf.get_static_value(context.replica_id_in_sync_group) if context is not None else 0
+    key = (name, int(replica or 0))
+    if key not in cache:
+        cache[key] = tf.function(fn, jit_compile=True)
+    return cache[key]
