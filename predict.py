@@ -3,7 +3,7 @@
 
     python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
-        [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|none] \\
+        [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|cam|none] \\
         [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
         [--sample-submission sample_submission.csv] [--truth synth/truth]
 
@@ -24,7 +24,7 @@ import os
 import sys
 
 from hpa_tf.cli import at_least, run
-from hpa_tf.inference.combine import RULES
+from hpa_tf.inference.combine import CELL_VIEWS, RULES
 from hpa_tf.inference.tta import TTA_MODES
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
-    parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image and/or cell-bag)")
+    parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image, cell-bag and/or single-cell models)")
     parser.add_argument("--out", required=True, help="submission CSV to write")
     parser.add_argument("--segmenter", help="classical | hpacellseg:nuclei=PATH,cell=PATH | precomputed:DIR "
                         "(default: the one the models were trained with)")
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", choices=TTA_MODES, default="none")
     parser.add_argument("--combine", choices=RULES, default="image_x_cell")
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")
-    parser.add_argument("--cell-view", choices=("masked", "centred", "none"), default="masked",
-                        help="how an image model sees one cell at a time")
+    parser.add_argument("--cell-view", choices=CELL_VIEWS, default="masked",
+                        help="how an image model scores each cell: its CAM over the cell's mask (cam), or one cell at "
+                        "a time (masked, centred)")
     parser.add_argument("--batch", type=at_least(1), default=16, help="images per model call")
     parser.add_argument("--workers", type=at_least(0), default=max(1, (os.cpu_count() or 2) - 1),
                         help="CPU processes reading and segmenting ahead of the models (0: in the main process)")

@@ -28,7 +28,7 @@ import yaml
 from hpa_tf import fs
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "cpu", "cpu_mirrored")
-MODEL_KINDS = ("image", "cells")
+MODEL_KINDS = ("image", "cells", "cell")
 
 
 class ConfigError(ValueError):
@@ -74,23 +74,28 @@ def _at_least(key: str, value: float, low: float) -> None:
 @dataclass
 class DataConfig(Section):
     records: str = "runs/demo/records"  # the builder's output folder (local or gs://)
-    kind: str = "auto"  # image | cells; auto = model.kind
-    val_fold: int = 0  # the fold held out for validation; -1 = none
+    kind: str = "auto"  # image | cells | cell; auto = model.kind
+    val_fold: int | list[int] = 0  # the fold(s) held out for validation; -1 = none; [0, 2, 4]: an out-of-fold split
+    cell_labels: str | None = None  # model.kind cell: per-cell soft labels (python -m hpa_tf.pseudo); None = image labels
+    cell_label_source: str = ""  # which stored source of cell_labels (cells, cam, cell, combined); "" = the chosen one
     val_sources: list[str] = field(default_factory=list)  # validate on these sources of val_fold only; [] = all
     image_size: int = 128
     cell_size: int = 64
     cells_per_bag: int = 16
     max_eval_cells: int = 64
-    shuffle_buffer: int = 256
+    shuffle_buffer: int = 256  # records (images)
+    cell_shuffle_buffer: int = 4096  # model.kind cell: single cells, mixed across images
     deterministic: bool = False
     seed: int = 0
 
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("auto", *MODEL_KINDS))
-        _at_least("data.val_fold", self.val_fold, -1)
+        folds = self.val_fold if isinstance(self.val_fold, list) else [self.val_fold]
+        if not folds or any(f < -1 for f in folds) or (-1 in folds and len(folds) > 1):
+            raise ConfigError(f"data.val_fold: {self.val_fold!r} must be a fold (>= 0), a list of folds, or -1 (none)")
         for key in ("image_size", "cell_size"):
             _at_least(f"data.{key}", getattr(self, key), 8)
-        for key in ("cells_per_bag", "max_eval_cells", "shuffle_buffer"):
+        for key in ("cells_per_bag", "max_eval_cells", "shuffle_buffer", "cell_shuffle_buffer"):
             _at_least(f"data.{key}", getattr(self, key), 1)
 
 
@@ -116,7 +121,7 @@ class AugmentConfig(Section):
 
 @dataclass
 class ModelConfig(Section):
-    kind: str = "image"  # image | cells
+    kind: str = "image"  # image | cells (cell bags) | cell (one cell per example, soft labels)
     backbone: str = "small_cnn"
     weights: str | None = None  # None, "imagenet", "imagenet:PATH" (keras' file, offline), or a 3-channel weights file
     init_from: str | None = None  # a 4-channel hpa-tf checkpoint (.keras / .weights.h5) to start from
@@ -125,6 +130,9 @@ class ModelConfig(Section):
     cell_loss_weight: float = 0.1
     image_loss_weight: float = 1.0
     dropout: float = 0.0
+    puzzle_tiles: int = 0  # image models: Puzzle-CAM with tiles x tiles pieces (2 in the paper); 0 = off
+    puzzle_cls_weight: float = 1.0  # the tiles' classification loss
+    puzzle_re_weight: float = 1.0  # the reconstruction loss |CAM(image) - CAM(tiles put back)|
 
     def validate(self) -> None:
         from hpa_tf.models.backbones import BACKBONES
@@ -135,6 +143,11 @@ class ModelConfig(Section):
         _choice("model.bag_pooling", self.bag_pooling, ("max", "lse"))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
+        _at_least("model.puzzle_tiles", self.puzzle_tiles, 0)
+        for key in ("puzzle_cls_weight", "puzzle_re_weight"):
+            _at_least(f"model.{key}", getattr(self, key), 0.0)
+        if self.puzzle_tiles > 1 and self.kind != "image":
+            raise ConfigError(f"model.puzzle_tiles: Puzzle-CAM trains image models, not model.kind={self.kind}")
 
 
 @dataclass
@@ -211,6 +224,8 @@ def _type_name(annotation: Any) -> str:
         return f"a list of {_type_name(args[0]).replace('an ', '').replace('a ', '')}s"
     if type(None) in typing.get_args(annotation):
         return f"{_type_name(args[0])} or null"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
     return str(annotation)
 
 
@@ -220,7 +235,16 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key, where)
+        members = [a for a in args if a is not type(None)]
+        for member in members[:-1]:
+            try:
+                return _coerce(value, member, key, where)
+            except ConfigError:
+                pass
+        try:
+            return _coerce(value, members[-1], key, where)
+        except ConfigError:
+            raise ConfigError(f"{where}: {key} must be {_type_name(annotation)}, got {value!r}") from None
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: {key} must be {_type_name(annotation)}, got {value!r}")

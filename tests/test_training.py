@@ -130,6 +130,8 @@ def test_a_deterministic_run_repeats_exactly(built_records, tmp_path):
 @pytest.mark.parametrize("config_name, extra", [
     ("demo_cpu.yaml", ["data.image_size=64"]),
     ("demo_cpu_cells.yaml", ["data.cell_size=32", "data.cells_per_bag=4", "data.max_eval_cells=8"]),
+    ("demo_cpu_cell.yaml", ["data.cell_size=32", "data.max_eval_cells=8"]),
+    ("demo_cpu.yaml", ["data.image_size=64", "model.puzzle_tiles=2"]),
 ])
 def test_xla_compiles_the_train_and_validation_steps(built_records, tmp_path, config_name, extra):
     from hpa_tf.training.train import train as run_training
@@ -153,15 +155,21 @@ def test_mixed_precision_trains_and_loads_back_in_float32(built_records, tmp_pat
     assert keras.mixed_precision.global_policy().name == "float32"  # train() leaves the global policy as it was
 
 
-def test_mirrored_on_two_logical_cpus_with_several_steps_per_call(built_records, tmp_path):
+@pytest.mark.parametrize("config_name, extra, input_shape", [
+    ("demo_cpu.yaml", ["data.image_size=64"], (3, 64, 64, 4)),
+    ("demo_cpu.yaml", ["data.image_size=64", "model.puzzle_tiles=2"], (3, 64, 64, 4)),
+    ("demo_cpu_cell.yaml", ["data.cell_size=32", "data.max_eval_cells=8"], (3, 32, 32, 4)),
+])
+def test_mirrored_on_two_logical_cpus_with_several_steps_per_call(built_records, tmp_path, config_name, extra, input_shape):
     out = tmp_path / "m"
-    run = _run(["--config", str(ROOT / "configs" / "demo_cpu.yaml"), "--set", f"data.records={built_records}",
+    run = _run(["--config", str(ROOT / "configs" / config_name), "--set", f"data.records={built_records}",
                 f"train.model_dir={out}", "train.strategy=cpu_mirrored", "train.logical_cpus=2", "train.epochs=1",
-                "train.steps_per_execution=4", "train.steps_per_epoch=6", "data.image_size=64", "train.batch_size=2"])
+                "train.steps_per_execution=4", "train.steps_per_epoch=6", "train.batch_size=2", "train.tensorboard=false",
+                *extra])
     assert run.returncode == 0, run.stderr[-3000:]
     assert "trained on 2 replica(s)" in run.stdout
     model = keras.models.load_model(out / "last.keras")
-    assert model.predict(np.zeros((3, 64, 64, 4), "float32"), verbose=0).shape == (3, 19)
+    assert model.predict(np.zeros(input_shape, "float32"), verbose=0).shape == (3, 19)
 
 
 def _free_ports(n: int) -> list[int]:

@@ -19,6 +19,9 @@ Elements:
   {"cells": mask, "image": 1.0})`` - the third part is the per-output sample weight, so padded
   cells never count in the cell loss. Training samples N = ``cells_per_bag`` cells per image
   (padding when an image has fewer); evaluation takes the first ``max_eval_cells`` in order.
+- single cells (``data.kind: cell``): training ``(cell (C, C, 4), soft labels (19,))``, each cell
+  labelled from ``data.cell_labels`` (:mod:`hpa_tf.pseudo`) or with its image's labels; validation
+  gives cell bags as above (the image's score is its best cell's).
 """
 
 from __future__ import annotations
@@ -97,6 +100,16 @@ def count_images(records: str, folds: Sequence[int] | None = None, sources: Sequ
     else:
         per_fold = manifest["folds"]["images_per_fold"]
     return sum(n for f, n in per_fold.items() if folds is None or int(f) in folds)
+
+
+def val_folds(data) -> list[int] | None:
+    """The folds ``data.val_fold`` holds out (an int or a list), or None for none.
+
+    >>> val_folds({"val_fold": 2}), val_folds({"val_fold": [0, 3]}), val_folds({"val_fold": -1})
+    ([2], [0, 3], None)
+    """
+    folds = data["val_fold"] if isinstance(data["val_fold"], list) else [data["val_fold"]]
+    return None if folds == [-1] else [int(f) for f in folds]
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -217,16 +230,58 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
     return examples.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=bool(data["deterministic"]) or not training)
 
 
+def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.Dataset:
+    """``(cell (C, C, 4), soft labels (19,))``: every cell of every record on its own, shuffled across
+    images (``data.cell_shuffle_buffer``), labelled from ``data.cell_labels`` (an image without labels
+    there, or whose cells differ from the labels', is skipped) or else with its image's labels."""
+    from hpa_tf.pseudo.store import label_table
+
+    size = data["cell_size"]
+    stored = read_manifest(data["records"])["config"]["cell_size"]
+    table = label_table(data["cell_labels"], data["records"], data["cell_label_source"]) if data["cell_labels"] else None
+
+    def labelled(ex):
+        n = tf.cast(ex["n_cells"], tf.int64)
+        if table is None:
+            return tf.tile(tf.cast(ex["labels"], tf.float32)[None], [n, 1])
+        lookup, offsets, cell_index, labels = table
+        row = lookup.lookup(ex["id"])
+        start = offsets[tf.maximum(row, 0)]
+        count = offsets[tf.maximum(row, 0) + 1] - start
+        same = (row >= 0) & tf.equal(count, n)
+        ids = cell_index[start : start + tf.where(same, n, 0)]
+        same = same & tf.reduce_all(tf.equal(ids, tf.sparse.to_dense(ex["cell_index"])[: tf.size(ids)]))
+        return labels[start : start + tf.where(same, n, 0)]
+
+    def cells_of(index, ex):
+        soft = labelled(ex)
+        pngs = tf.sparse.to_dense(ex["cells"])[: tf.shape(soft)[0]]
+        positions = tf.range(tf.shape(soft)[0], dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(positions), index), positions, pngs, soft))
+
+    def prepare(index, position, png, soft):
+        cell = to_model_size(tf.ensure_shape(tf.io.decode_png(png, channels=4), [stored, stored, 4]), size)
+        if aug is not None:
+            cell, soft = augment.augment_image(cell, soft, aug, tf.stack([tf.constant(seed, tf.int64), index * 1024 + position]))
+        return tf.ensure_shape(cell, [size, size, 4]), tf.ensure_shape(soft, [NUM_CLASSES])
+
+    det = bool(data["deterministic"])
+    ds = examples.flat_map(cells_of).shuffle(data["cell_shuffle_buffer"], seed=seed)
+    return ds.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=det)
+
+
 def _elements(config, training: bool, input_context=None, epoch: int = 0) -> tf.data.Dataset:
     """Unbatched elements of the training (all but the held-out set) or validation (the held-out
-    set: ``val_fold`` and ``val_sources``) pipeline."""
+    set: ``val_fold`` and ``val_sources``) pipeline. Single-cell models train on single cells and
+    validate on their images' cells as bags (an image's score is its best cell's)."""
     data, aug = config["data"], config["augment"]
-    val = data["val_fold"]
-    folds = None if val < 0 else [val]
+    folds = val_folds(data)
     seed = epoch_seed(data["seed"], epoch)
-    cells = data["kind"] == "cells"
+    cells = data["kind"] in ("cells", "cell")
     kind, spec = ("cells", cell_features()) if cells else ("images", image_features())
     examples = _examples(data, kind, spec, training, folds, training, input_context, seed, need_cells=cells)
+    if data["kind"] == "cell" and training:
+        return _cell_elements(data, aug, seed, examples)
     build = _bag_elements if cells else _image_elements
     return build(data, aug if training else None, training, seed, examples)
 
@@ -257,7 +312,7 @@ def padded_validation_dataset(config, per_replica_batch: int, input_context=None
     shapes, each input pipeline holding every n-th image, padded with ``valid == 0`` examples so
     that every pipeline runs the same :func:`validation_steps` and every image counts once."""
     data = config["data"]
-    folds = None if data["val_fold"] < 0 else [data["val_fold"]]
+    folds = val_folds(data)
     n = count_images(data["records"], folds, data.get("val_sources") or None)
     pipelines = input_context.num_input_pipelines if input_context else 1
     index = input_context.input_pipeline_id if input_context else 0

@@ -1,8 +1,9 @@
 """Turn the models' outputs into one score per cell and class, by a named rule.
 
 Each model gives an image-level vector (19,) and, when it can, per-cell scores (n, 19):
-- image model: the whole image -> image level; one cell at a time -> cell level;
-- cell-bag model: its per-cell head -> cell level; its pooled head -> image level.
+- image model: the whole image -> image level; its CAM over each cell, or one cell at a time -> cell level;
+- cell-bag model: its per-cell head -> cell level; its pooled head -> image level;
+- single-cell model: each cell -> cell level; the best cell -> image level.
 
 Rules (weights per model; models without a cell level are left out of the cell average):
 - ``image_x_cell`` (default; 1st and 2nd place): weighted mean image score x weighted mean cell score;
@@ -20,6 +21,7 @@ import numpy as np
 from hpa_tf.labels import NUM_CLASSES
 
 RULES = ("image_x_cell", "cell", "image")
+CELL_VIEWS = ("masked", "centred", "cam", "none")  # how an image model scores cells (see predictor)
 
 
 @dataclass

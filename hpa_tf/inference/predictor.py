@@ -10,10 +10,12 @@ as in training. Work from several images is gathered into fixed-size batches per
 images, masked cell views, bags of cells padded to a fixed size), so a compiled call never sees a
 new shape; with a ``tf.distribute`` strategy each batch is split across the replicas.
 
-Cell-level scores of an image model come from "one cell at a time" inputs: the image with every
-other pixel zeroed (``cell_view="masked"``), or the same moved so the cell sits at the centre
-(``"centred"``, the 9th-place idea); ``"none"`` skips them. A cell-bag model sees all cells of the
-image as one bag (padded cells are masked, so they change nothing).
+Cell-level scores of an image model come from its class activation map over each cell's mask, pooled
+as the model pools the image (``cell_view="cam"``, :mod:`hpa_tf.models.cam`: no extra model call), or
+from "one cell at a time" inputs: the image with every other pixel zeroed (``"masked"``), or the same
+moved so the cell sits at the centre (``"centred"``, the 9th-place idea); ``"none"`` skips them. A
+cell-bag model sees all cells of the image as one bag (padded cells are masked, so they change
+nothing). A single-cell model scores each cell crop; its image-level score is its best cell's.
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.data.contract import InputContract, to_model_size
-from hpa_tf.inference.combine import ModelScores, combine
+from hpa_tf.inference.combine import CELL_VIEWS, ModelScores, combine
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
-from hpa_tf.models import contract_of, load_model
+from hpa_tf.models import CamScorer, contract_of, load_model, mask_weights
+from hpa_tf.models.cam import sigmoid
 from hpa_tf.segmentation import cell_segmenter
 from hpa_tf.training.strategy import replica_compiled
 
-CELL_VIEWS = ("masked", "centred", "none")
 BAG_SIZE = 128  # cells per bag in one call (HPA images hold up to 112); more cells: the next multiple
 
 
@@ -64,15 +66,17 @@ class ScoringModel:
             model = load_model(model, dtype)  # float32 on CPU/GPU by default, whatever it was trained in
         else:
             name = model.name
+        saved = contract_of(model)
         if isinstance(model.input, dict) and "cells" in model.input:
             kind, size = "cells", int(model.input["cells"].shape[-2])
         else:
             shape = model.inputs[0].shape
             if len(model.inputs) != 1 or len(shape) != 4 or shape[1] is None:
                 raise ValueError(f"model {name}: inputs {[tuple(i.shape) for i in model.inputs]} are neither an image "
-                                 "model's (B, S, S, 4) nor a cell-bag model's {'cells', 'mask'}")
-            kind, size = "image", int(shape[1])
-        contract = contract_of(model) or InputContract.for_model(kind, size)
+                                 "or single-cell model's (B, S, S, 4) nor a cell-bag model's {'cells', 'mask'}")
+            single = saved.kind == "cell" if saved else model.name.startswith("cell_")
+            kind, size = ("cell" if single else "image"), int(shape[1])
+        contract = saved or InputContract.for_model(kind, size)
         if contract.kind != kind or contract.model_size != size:
             raise ValueError(f"model {name}: its input contract says {contract.kind} at {contract.model_size} px, "
                              f"its inputs are {kind} at {size} px; the file was altered after training")
@@ -106,6 +110,7 @@ class Predictor:
         self.jit = jit and not isinstance(strategy, tf.distribute.TPUStrategy)  # TPUs compile anyway
         self._transforms = transforms(tta)
         self._compiled: dict = {}
+        self._cam: dict[str, CamScorer] = {}
         self._fns = [self._make_call(m) for m in self.models]
 
     @classmethod
@@ -127,13 +132,16 @@ class Predictor:
     def prepare_spec(self, data_dir: str) -> PrepareSpec:
         """What the CPU side must cut for these models: their records' sizes."""
         image_sizes = tuple(sorted({m.contract.record_image_size for m in self.models if m.kind == "image"}))
-        cell_sizes = tuple(sorted({m.contract.record_cell_size for m in self.models if m.kind == "cells"}))
+        cell_sizes = tuple(sorted({m.contract.record_cell_size for m in self.models if m.kind in ("cells", "cell")}))
         return PrepareSpec(data_dir, self.segmenter, image_sizes, cell_sizes)
 
     # --- model calls ----------------------------------------------------------------------------
     def _make_call(self, m: ScoringModel):
         """A compiled call of one model on a fixed-size uint8 batch at its records' size."""
         model, size, cells = m.model, m.size, m.kind == "cells"
+        if m.kind == "image" and self.cell_view == "cam":
+            self._cam[m.name] = CamScorer(model)
+            model = self._cam[m.name].model  # features and probabilities in one call
 
         def replica_fn(x):
             if cells:
@@ -180,6 +188,34 @@ class Predictor:
                 total[start : start + len(chunk)] += self._run(k, _pad(t(chunk), self.batch))[: len(chunk)]
         return total / len(self._transforms)
 
+    def _cam_scores(self, k: int, prepared: Sequence[Prepared], size: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """Whole-image probabilities and CAM x cell probabilities (mean over the TTA transforms; the
+        mask goes through each transform with the image). A cell too small to show at this size
+        keeps the image's probabilities."""
+        scorer = self._cam[self.models[k].name]
+        n = len(prepared)
+        wholes = np.zeros((n, NUM_CLASSES))
+        cells: list[np.ndarray | None] = [np.zeros((p.n_cells, NUM_CLASSES)) if p.n_cells else None for p in prepared]
+        for start in range(0, n, self.batch):
+            chunk = prepared[start : start + self.batch]
+            images = np.stack([p.images[size] for p in chunk])
+            masks = np.stack([p.small_masks[size] for p in chunk])[..., None]
+            for t in self._transforms:
+                out = self._run(k, _pad(t(images), self.batch))
+                moved = t(masks)[..., 0]
+                for i, p in enumerate(chunk):
+                    wholes[start + i] += out["probs"][i]
+                    if not p.n_cells:
+                        continue
+                    features = out["features"][i]
+                    weights = mask_weights(moved[i], p.cell_ids, features.shape[:2])
+                    probs = sigmoid(scorer.cell_logits(features, weights))
+                    lost = weights.reshape(len(weights), -1).sum(axis=1) == 0
+                    probs[lost] = out["probs"][i]
+                    cells[start + i] += probs
+        m = len(self._transforms)
+        return wholes / m, [None if c is None else c / m for c in cells]
+
     def _bag_scores(self, k: int, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(image (19,), cells (n, 19)) of one image's cells as one bag, padded to a fixed size."""
         n = len(crops)
@@ -213,6 +249,15 @@ class Predictor:
         images and cell views of all of them share the model's batches."""
         out: list[list[ModelScores]] = [[] for _ in prepared]
         for k, m in enumerate(self.models):
+            if m.kind == "cell":
+                crops = [p.crops[m.contract.record_cell_size] for p in prepared]
+                starts = np.cumsum([0] + [len(c) for c in crops])
+                scores = self._image_scores(k, (c for image in crops for c in image), int(starts[-1]))
+                for i, p in enumerate(prepared):
+                    mine = scores[starts[i] : starts[i + 1]]
+                    out[i].append(ModelScores(mine.max(axis=0) if p.n_cells else np.zeros(NUM_CLASSES),
+                                              mine if p.n_cells else None))
+                continue
             if m.kind == "cells":
                 for i, p in enumerate(prepared):
                     if p.n_cells == 0:
@@ -221,6 +266,11 @@ class Predictor:
                         out[i].append(ModelScores(*self._bag_scores(k, p.crops[m.contract.record_cell_size])))
                 continue
             size = m.contract.record_image_size
+            if self.cell_view == "cam":
+                wholes, cam_cells = self._cam_scores(k, prepared, size)
+                for i in range(len(prepared)):
+                    out[i].append(ModelScores(wholes[i], cam_cells[i]))
+                continue
             wholes = self._image_scores(k, iter([p.images[size] for p in prepared]), len(prepared))
             cells: list[np.ndarray | None] = [None] * len(prepared)
             if self.cell_view != "none":

@@ -31,20 +31,32 @@ from hpa_tf.metrics import evaluate
 from hpa_tf.truth import Truth
 
 
-def ablation_rows(kinds: list[str]) -> list[tuple[str, list[int], str]]:
-    """(row label, models used, rule) for each model alone and for the default combination.
+KIND_ROWS = {
+    "image": [("image model{s} on the whole image, {its} probabilities given to every cell", "image"),
+              ("image model{s}, cell level ({view})", "cell")],
+    "cells": [("cell-bag model{s}, {its} cell head", "cell"), ("cell-bag model{s}, {its} image head x {its} cell head", "image_x_cell")],
+    "cell": [("single-cell model{s}, each cell alone", "cell"), ("single-cell model{s}, {its} best cell x each cell", "image_x_cell")],
+}
+
+
+def ablation_rows(kinds: list[str], view: str = "masked") -> list[tuple[str, list[int], str]]:
+    """(row label, models used, rule) for each kind of model alone (the models of a kind together:
+    out-of-fold splits are averaged), the image and cell-bag models together when a single-cell
+    model is there too, and the default combination of all models.
 
     >>> [r[0] for r in ablation_rows(["image", "cells"])][-1]
     'default combination (image x cell, all models)'
     """
     rows = []
+    by_kind: dict[str, list[int]] = {}
     for k, kind in enumerate(kinds):
-        if kind == "image":
-            rows.append((f"image model #{k} on the whole image, its probabilities given to every cell", [k], "image"))
-            rows.append((f"image model #{k}, one cell at a time", [k], "cell"))
-        else:
-            rows.append((f"cell-bag model #{k}, its cell head", [k], "cell"))
-            rows.append((f"cell-bag model #{k}, image head x cell head", [k], "image_x_cell"))
+        by_kind.setdefault(kind, []).append(k)
+    for kind, use in by_kind.items():
+        plural, its = (f"s ({len(use)})", "their") if len(use) > 1 else ("", "its")
+        rows += [(label.format(s=plural, its=its, view=view), use, rule) for label, rule in KIND_ROWS[kind]]
+    if "cell" in by_kind and len(by_kind) > 1:
+        first = [k for k, kind in enumerate(kinds) if kind != "cell"]
+        rows.append(("image and cell-bag models without the single-cell model (image x cell)", first, "image_x_cell"))
     rows.append(("default combination (image x cell, all models)", list(range(len(kinds))), "image_x_cell"))
     return rows
 
@@ -86,9 +98,10 @@ def _bars(results: dict[str, dict], path: str) -> None:
     width = 0.8 / max(len(names), 1)
     fig, ax = plt.subplots(figsize=(14, 5 + 0.2 * len(names)))
     x = np.arange(len(CLASS_NAMES))
+    colours = plt.get_cmap("tab20").colors  # tab10's colours repeat after ten rows
     for i, name in enumerate(names):
         ap = [results[name]["per_class"][c]["AP"] or 0.0 for c in CLASS_NAMES]
-        ax.bar(x + i * width, ap, width, label=f"{name[:60]} ({results[name]['mAP']:.3f})")
+        ax.bar(x + i * width, ap, width, color=colours[i % len(colours)], label=f"{name[:60]} ({results[name]['mAP']:.3f})")
     ax.set_xticks(x + 0.4 - width / 2, [f"{i} {c[:14]}" for i, c in enumerate(CLASS_NAMES)], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("AP @ IoU 0.6")
     ax.set_ylim(0, 1)
@@ -116,7 +129,7 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
         results[label] = json.loads(fs.read_text(path))
     entries = load_cached(cache_dir, ids, len(kinds))  # read once, combined once per row
     fill_sizes(data["data"], ids, entries, sizes)
-    for label, use, rule in ablation_rows(kinds):
+    for label, use, rule in ablation_rows(kinds, key["cell_view"]):
         results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, weights, use)).to_dict()
     if any(s.cells is not None for e in entries.values() for s in e[4]):
         known = with_true_image_labels(entries, truth)

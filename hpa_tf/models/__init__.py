@@ -1,10 +1,13 @@
-"""Models: backbones by name, the image classifier, the cell-bag model, losses; ``build_model(config)``."""
+"""Models: backbones by name, the image classifier (with CAM x cell scoring and Puzzle-CAM), the
+cell-bag model, the single-cell model, losses; ``build_model(config)``."""
 
 from __future__ import annotations
 
 import keras
 
 from hpa_tf.models.backbones import BACKBONES, create_backbone, widen_stem
+from hpa_tf.models.cam import CamScorer, mask_weights
+from hpa_tf.models.cell import cell_model
 from hpa_tf.models.cellbag import cell_bag_model
 from hpa_tf.models.checkpoints import backbone_of, init_from, load_model, read_contract
 from hpa_tf.models.classifier import cam_model, image_classifier
@@ -22,9 +25,12 @@ def build_model(config: dict) -> keras.Model:
         model = cell_bag_model(m["backbone"], d["cell_size"], None, weights, m["bag_pooling"], m["dropout"], m["pooling"],
                                contract)
     elif m["kind"] == "image":
-        model = image_classifier(m["backbone"], d["image_size"], weights, m["pooling"], m["dropout"], contract)
+        model = image_classifier(m["backbone"], d["image_size"], weights, m["pooling"], m["dropout"], contract,
+                                 any_size_backbone=m["puzzle_tiles"] > 1)
+    elif m["kind"] == "cell":
+        model = cell_model(m["backbone"], d["cell_size"], weights, m["pooling"], m["dropout"], contract)
     else:
-        raise ValueError(f"model.kind must be 'image' or 'cells', not {m['kind']!r}")
+        raise ValueError(f"model.kind must be 'image', 'cells' or 'cell', not {m['kind']!r}")
     if m["init_from"]:
         copied = init_from(model, m["init_from"])
         print(f"model.init_from {m['init_from']}: copied {', '.join(copied)}")
@@ -58,6 +64,6 @@ def build_loss(config: dict) -> MultiLabelLoss:
 
 
 __all__ = [
-    "BACKBONES", "GeM", "MaskedBagPool", "MultiLabelLoss", "backbone_of", "build_loss", "build_model", "cam_model",
-    "cell_bag_model", "contract_of", "create_backbone", "image_classifier", "init_from", "load_model", "read_contract", "widen_stem",
+    "BACKBONES", "CamScorer", "GeM", "MaskedBagPool", "MultiLabelLoss", "backbone_of", "build_loss", "build_model",
+    "cam_model", "cell_bag_model", "cell_model", "mask_weights", "contract_of", "create_backbone", "image_classifier", "init_from", "load_model", "read_contract", "widen_stem",
 ]

@@ -116,11 +116,13 @@ def backbone_of(model: keras.Model) -> keras.Model:
 def _candidates(backbone: str) -> list[keras.Model]:
     """Architectures a ``.weights.h5`` of ``backbone`` may hold, the ones with more variables first."""
     from hpa_tf.models.backbones import create_backbone
+    from hpa_tf.models.cell import cell_model
     from hpa_tf.models.cellbag import cell_bag_model
     from hpa_tf.models.classifier import image_classifier
 
     return [image_classifier(backbone, 64, pooling="gem"), image_classifier(backbone, 64),
             cell_bag_model(backbone, 64, pooling="gem"), cell_bag_model(backbone, 64),
+            cell_model(backbone, 64, pooling="gem"), cell_model(backbone, 64, pooling="avg"),
             create_backbone(backbone, (64, 64, 4))]
 
 

@@ -15,12 +15,14 @@ from hpa_tf.models.layers import InputContract, spatial_pool
 
 
 def image_classifier(backbone: str, image_size: int, weights: str | None = None, pooling: str = "avg",
-                     dropout: float = 0.0, contract: dict | None = None) -> keras.Model:
+                     dropout: float = 0.0, contract: dict | None = None, any_size_backbone: bool = False) -> keras.Model:
     """``image_classifier("efficientnet_b0", 512)``: (B, S, S, 4) in [0, 1] -> (B, 19) probabilities.
-    ``contract``: its input contract, carried by an identity layer named ``input_contract``."""
+    ``contract``: its input contract, carried by an identity layer named ``input_contract``;
+    ``any_size_backbone``: the backbone accepts any input size (Puzzle-CAM feeds it tiles)."""
     inputs = keras.Input((image_size, image_size, 4), name="image")
     x = InputContract(contract, name="input_contract")(inputs) if contract else inputs
-    features = create_backbone(backbone, (image_size, image_size, 4), weights)(x)
+    shape = (None, None, 4) if any_size_backbone else (image_size, image_size, 4)
+    features = create_backbone(backbone, shape, weights)(x)
     pooled = spatial_pool(features, pooling)
     if dropout:
         pooled = keras.layers.Dropout(dropout)(pooled)

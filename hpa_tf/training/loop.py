@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models import build_loss, build_model
+from hpa_tf.models.puzzle import PuzzleCAM
 from hpa_tf.training.metrics import BINS, metrics_from_histograms, score_histograms
 from hpa_tf.training.strategy import replica_compiled
 
@@ -46,12 +47,15 @@ class Trainer:
     def __init__(self, config, strategy: tf.distribute.Strategy, total_steps: int, warmup_steps: int):
         self.config, self.strategy = config, strategy
         t, m = config["train"], config["model"]
-        self.cells = m["kind"] == "cells"
+        self.kind = m["kind"]
+        self.cells = self.kind == "cells"
         self.global_batch = int(t["batch_size"]) * strategy.num_replicas_in_sync
         self.cell_weight, self.image_weight = float(m["cell_loss_weight"]), float(m["image_loss_weight"])
         self.loss_fn = build_loss(config)
+        self.puzzle_weights = (float(m["puzzle_cls_weight"]), float(m["puzzle_re_weight"]))
         with strategy.scope():
             self.model = build_model(config)
+            self.puzzle = PuzzleCAM(self.model, int(m["puzzle_tiles"])) if m["puzzle_tiles"] > 1 else None
             optimizer = keras.optimizers.AdamW(_schedule(float(t["learning_rate"]), total_steps, warmup_steps),
                                                weight_decay=float(t["weight_decay"]))
             self.scaled = keras.mixed_precision.global_policy().name == "mixed_float16"
@@ -77,10 +81,17 @@ class Trainer:
         cell = tf.reduce_sum(loss(y["cells"], pred["cells"]) * w["cells"], axis=1) / n
         return self.cell_weight * cell + self.image_weight * loss(y["image"], pred["image"])
 
+    def _forward_loss(self, x, y, w) -> tf.Tensor:
+        """(B,) training loss; with Puzzle-CAM plus the pieces' classification and reconstruction."""
+        if self.puzzle is None:
+            return self._per_example_loss(y, self.model(x, training=True), w)
+        probs, tile_probs, rec = self.puzzle(x, training=True)
+        cls_weight, re_weight = self.puzzle_weights
+        return self.loss_fn.call(y, probs) + cls_weight * self.loss_fn.call(y, tile_probs) + re_weight * rec
+
     def _replica_gradients(self, x, y, w):
         with tf.GradientTape() as tape:
-            pred = self.model(x, training=True)
-            loss = tf.reduce_sum(self._per_example_loss(y, pred, w)) / self.global_batch
+            loss = tf.reduce_sum(self._forward_loss(x, y, w)) / self.global_batch
             if self.model.losses:
                 loss += tf.add_n(self.model.losses) / self.strategy.num_replicas_in_sync
             scaled = self.optimizer.scale_loss(loss) if self.scaled else loss
@@ -107,7 +118,20 @@ class Trainer:
         return self._train_fn(iterator, tf.constant(steps, tf.int32))
 
     # --- validation ------------------------------------------------------------------------------
+    def _cell_model_on_bags(self, x) -> dict:
+        """A single-cell model on bags: its cells' probabilities and the image's (its best cell's)."""
+        cells, mask = x["cells"], x["mask"]
+        shape = tf.shape(cells)
+        probs = self.model(tf.reshape(cells, [-1, *cells.shape[2:]]), training=False)
+        probs = tf.reshape(probs, [shape[0], shape[1], NUM_CLASSES])
+        return {"cells": probs, "image": tf.reduce_max(probs * mask[..., None], axis=1)}
+
     def _replica_eval(self, batch):
+        if self.kind == "cell":
+            pred = self._cell_model_on_bags(batch["x"])
+            loss = self.loss_fn.call(batch["y"]["image"], pred["image"])
+            probs, labels, valid = pred["image"], batch["y"]["image"], batch["valid"]
+            return score_histograms(probs, labels, valid), tf.reduce_sum(loss * valid), tf.reduce_sum(valid)
         pred = self.model(batch["x"], training=False)
         valid = batch["valid"]
         loss = tf.reduce_sum(self._per_example_loss(batch["y"], pred, batch["w"]) * valid)

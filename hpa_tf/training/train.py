@@ -32,7 +32,7 @@ from tqdm import tqdm
 from hpa_tf import fs
 from hpa_tf.cli import require_writable
 from hpa_tf.config import save_config
-from hpa_tf.data.pipeline import count_images, distribute, validation_steps
+from hpa_tf.data.pipeline import count_images, distribute, read_manifest, val_folds, validation_steps
 from hpa_tf.lock import FolderLock
 from hpa_tf.training import backup
 from hpa_tf.training.loop import Trainer
@@ -87,16 +87,19 @@ def _write_logs(model_dir: str, state: dict, writer) -> None:
 def _steps(config, replicas: int) -> tuple[int, int]:
     t, d = config["train"], config["data"]
     global_batch = t["batch_size"] * replicas
-    records, val_fold = d["records"], d["val_fold"]
-    held_out = count_images(records, [val_fold], d["val_sources"] or None) if val_fold >= 0 else 0
+    records, val_fold, folds = d["records"], d["val_fold"], val_folds(d)
+    held_out = count_images(records, folds, d["val_sources"] or None) if folds else 0
     n_train = count_images(records) - held_out
     if n_train < 1:
         raise TrainingError(f"{records}: no training images outside the validation set (fold {val_fold}); "
                             "build records with more images or set data.val_fold=-1")
-    if d["val_fold"] >= 0 and held_out < 1:
+    if folds and held_out < 1:
         raise TrainingError(f"{records}: validation fold {val_fold} holds no images"
                             + (f" of sources {d['val_sources']}" if d["val_sources"] else "")
                             + "; pick another data.val_fold, or -1 for none")
+    if d["kind"] == "cell":  # one example per cell: an epoch sees every training cell once, on average
+        counts = read_manifest(records)["counts"]
+        n_train = int(round(n_train * counts["cells"] / max(counts["images"], 1)))
     return int(t["steps_per_epoch"]) or max(1, n_train // global_batch), held_out
 
 
@@ -151,7 +154,7 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
         _repair_best(model_dir, state, trainer.model)
     writer = _summary_writer(model_dir) if chief and t["tensorboard"] else None
 
-    val_ds = distribute(strategy, config, False, int(t["batch_size"])) if config["data"]["val_fold"] >= 0 else None
+    val_ds = distribute(strategy, config, False, int(t["batch_size"])) if val_folds(config["data"]) else None
     val_steps = validation_steps(n_val, int(t["batch_size"]), replicas, _pipelines(strategy)) if val_ds else 0
     for epoch in range(state["epoch"] + 1, epochs):
         start = time.perf_counter()

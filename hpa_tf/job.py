@@ -1,0 +1,278 @@
+"""The main job end to end, on SynthHPA or on any folder in the competition's layout.
+
+    python -m hpa_tf.job --run runs/demo                        # SynthHPA, generated into runs/demo/synth
+    python -m hpa_tf.job --run OUT --data DIR                   # DIR/train/, DIR/train.csv, DIR/test/,
+                                                                # DIR/sample_submission.csv, DIR/truth/ (optional)
+
+1. records of ``DIR/train`` (``OUT/records``, ``--folds`` folds);
+2. round 0, out of fold: for each of ``--splits`` splits (split k holds out the folds f with
+   f % splits == k) an image model and a cell-bag model trained on the other folds
+   (``OUT/round0/{image,cells}/split{k}``);
+3. each round r = 1 .. ``--rounds``: per-cell soft labels of every training cell from the previous
+   round's models of the split that held its image out (``OUT/records/pseudo/round{r}``, scored against
+   the truth when there is one), then a single-cell model per split trained on them
+   (``OUT/round{r}/cell/split{k}``);
+4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission copied to
+   ``OUT/submission.csv``;
+5. ``OUT/results.md``: with ``DIR/truth`` every method scored with the competition's metric, the
+   reference rows and the per-cell labels' quality; always the validation of every model and the
+   minutes of every stage.
+
+A stage whose outputs exist with the same settings is skipped, so a rerun (after a kill, or with one
+setting changed) redoes only what changed. Every stage is a command a user can also run alone; each
+is printed before it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+import yaml
+
+from hpa_tf import fs
+from hpa_tf.cli import at_least, run
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+class JobError(ValueError):
+    """A data folder or setting the job cannot run with; the message says what to fix."""
+
+
+@dataclass
+class Job:
+    """The settings of one run of the main job (the command's flags)."""
+
+    run: str
+    data: str | None = None  # a folder in the competition's layout; None: SynthHPA in run/synth
+    n_train: int = 400
+    n_test: int = 32
+    size: int = 1024
+    seed: int = 0
+    workers: int = 2
+    folds: int = 4
+    splits: int = 2
+    rounds: int = 1
+    image_config: str = "demo_cpu"
+    cells_config: str = "demo_cpu_cells"
+    cell_config: str = "demo_cpu_cell"
+    sets: list[str] = field(default_factory=list)  # --set overrides for every training
+    label_source: str = "cells"  # what round 1's single-cell models learn from (round 2 on: the cell models')
+    cell_view: str = "masked"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> str:
+        return self.data or fs.join(self.run, "synth")
+
+    @property
+    def truth(self) -> str | None:
+        path = fs.join(self.data_dir, "truth")
+        return path if fs.exists(fs.join(path, "images.csv")) else None
+
+    def split_folds(self, k: int) -> list[int]:
+        return [f for f in range(self.folds) if f % self.splits == k]
+
+
+def check_layout(data: str) -> None:
+    """A competition-layout folder, or one line that says what is missing."""
+    if not fs.exists(data):
+        raise JobError(f"--data {data}: no such folder")
+    for name, what in (("train", "the training images ({ID}_red.png ...)"), ("train.csv", "the image labels (ID,Label)"),
+                       ("test", "the test images")):
+        if not fs.exists(fs.join(data, name)):
+            raise JobError(f"--data {data}: no {name} ({what}); expected the competition's layout: train/, train.csv, "
+                           "test/, sample_submission.csv, and truth/ if there is one")
+
+
+def _python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _stage(job: Job, name: str, cmd: list[str], done: bool = False) -> None:
+    """Run one stage's command (unless ``done``), printed first, timed into ``job.timings``."""
+    if done:
+        print(f"== {name}: done before, skipped")
+        return
+    print(f"== {name}: {shlex.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, check=False)
+    job.timings[name] = job.timings.get(name, 0.0) + time.perf_counter() - start
+    if result.returncode:
+        raise JobError(f"stage {name!r} failed (exit code {result.returncode}); its command is printed above: "
+                       "fix what it says and run the job again (finished stages are skipped)")
+
+
+def _trained(model_dir: str, overrides: list[str], config: str) -> bool:
+    """Whether ``model_dir`` holds a finished training with the same effective config."""
+    from hpa_tf.config import load_config
+
+    saved = fs.join(model_dir, "config.yaml")
+    if not (fs.exists(fs.join(model_dir, "last.keras")) and fs.exists(saved)):
+        return False
+    return yaml.safe_load(fs.read_text(saved)) == load_config(config, overrides).to_dict()
+
+
+def _train(job: Job, name: str, config: str, model_dir: str, extra: list[str]) -> None:
+    overrides = [f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra, *job.sets]
+    _stage(job, name, _python(os.path.join(ROOT, "train_tpu.py"), "--config", config, "--set", *overrides),
+           done=_trained(model_dir, overrides, config))
+
+
+def models_of(job: Job, round_: int, kind: str) -> list[str]:
+    return [fs.join(job.run, f"round{round_}", kind, f"split{k}") for k in range(job.splits)]
+
+
+def run_job(job: Job) -> dict:
+    """Every stage of the job; returns what ``OUT/results.md`` reports."""
+    if job.data:
+        check_layout(job.data)
+    else:
+        _stage(job, "generate SynthHPA", _python("-m", "hpa_tf.synthetic", "--out", job.data_dir, "--n-train",
+                                                  str(job.n_train), "--n-test", str(job.n_test), "--size", str(job.size),
+                                                  "--seed", str(job.seed), "--workers", str(job.workers)))
+    data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
+    _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
+                                         fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
+                                         "--shard-mb", "20", "--folds", str(job.folds)))
+    sample = fs.join(data, "sample_submission.csv")
+    sample_args = ["--sample-submission", sample] if fs.exists(sample) else []
+    references = {}
+    if truth:
+        masks = fs.join(job.run, "masks")
+        _stage(job, "segment the test images", _python("-m", "hpa_tf.segmentation", "--data", fs.join(data, "test"),
+                                                        "--out", masks, "--workers", str(job.workers), "--truth", truth))
+        for kind, label, extra in (("image-labels", "oracle image labels given to every true cell (labels no method has "
+                                    "at test time)", []),
+                                   ("perfect", "perfect answer on the predicted masks (the ceiling segmentation leaves)",
+                                    ["--masks", masks])):
+            sub = fs.join(job.run, f"reference_{kind}.csv")
+            _stage(job, f"reference {kind}", _python("-m", "hpa_tf.baselines", "--data", data, "--kind", kind, *extra,
+                                                     "--out", sub))
+            _stage(job, f"score reference {kind}", _python("-m", "hpa_tf.metrics", "--truth", truth, "--submission", sub,
+                                                           "--json", f"{sub[:-4]}.json"))
+            references[label] = f"{sub[:-4]}.json"
+    for k in range(job.splits):
+        folds = json.dumps(job.split_folds(k))
+        _train(job, f"round 0 image model, split {k}", job.image_config, models_of(job, 0, "image")[k], [f"data.val_fold={folds}"])
+        _train(job, f"round 0 cell-bag model, split {k}", job.cells_config, models_of(job, 0, "cells")[k],
+               [f"data.val_fold={folds}"])
+    final = models_of(job, 0, "image") + models_of(job, 0, "cells")
+    labellers = final
+    quality = {}
+    for r in range(1, job.rounds + 1):
+        labels = fs.join(records, "pseudo", f"round{r}")
+        source = job.label_source if r == 1 else "cell"
+        done = fs.exists(fs.join(labels, "labels.npz")) and _same_labellers(labels, labellers, source)
+        _stage(job, f"round {r} per-cell labels, out of fold",
+               _python("-m", "hpa_tf.pseudo", "--records", records, "--out", labels, "--source", source,
+                       "--models", *labellers, *(["--truth", truth] if truth else [])), done=done)
+        meta = json.loads(fs.read_text(fs.join(labels, "meta.json")))
+        if "quality" in meta:
+            quality[r] = meta["quality"]
+        for k in range(job.splits):
+            folds = json.dumps(job.split_folds(k))
+            _train(job, f"round {r} single-cell model, split {k}", job.cell_config, models_of(job, r, "cell")[k],
+                   [f"data.val_fold={folds}", f"data.cell_labels={labels}"])
+        labellers = models_of(job, r, "cell")
+    if job.rounds:
+        final += labellers
+    pred = fs.join(job.run, "pred", "submission.csv")
+    _stage(job, "predict the test images",
+           _python(os.path.join(ROOT, "predict.py"), "--data", fs.join(data, "test"), "--models",
+                   *[fs.join(m, "best.keras") for m in final], "--out", pred, *sample_args, "--workers", "1",
+                   "--cell-view", job.cell_view, "--overwrite", *(["--truth", truth] if truth else [])))
+    fs.write_bytes(fs.join(job.run, "submission.csv"), fs.read_bytes(pred))
+    results = {}
+    if truth:
+        from hpa_tf.inference.report import report
+
+        start = time.perf_counter()
+        results = report(pred, truth, sample if sample_args else None, references, fs.join(job.run, "report"))
+        job.timings["report"] = time.perf_counter() - start
+    write_results(job, final, results, quality)
+    return {"results": results, "quality": quality, "timings": job.timings}
+
+
+def _same_labellers(folder: str, models: list[str], source: str) -> bool:
+    meta = json.loads(fs.read_text(fs.join(folder, "meta.json"))) if fs.exists(fs.join(folder, "meta.json")) else {}
+    given = sorted(m for s in meta.get("splits", []) for m in s["models"])
+    return meta.get("source") == source and given == sorted(fs.join(m, "best.keras") for m in models)
+
+
+def _validation(model_dir: str) -> str:
+    log = fs.join(model_dir, "train_log.csv")
+    if not fs.exists(log):
+        return "no log"
+    df = pd.read_csv(io.StringIO(fs.read_text(log)))
+    best = df.loc[df["val_map"].idxmax()] if "val_map" in df and df["val_map"].notna().any() else df.iloc[-1]
+    return (f"epoch {int(best['epoch']) + 1}/{len(df)}: val AUC {best.get('val_auc', float('nan')):.3f}, "
+            f"val mAP {best.get('val_map', float('nan')):.3f}")
+
+
+def write_results(job: Job, models: list[str], results: dict, quality: dict) -> None:
+    """``OUT/results.md``: the methods' mAP (with a truth), the labels' quality, validation, minutes."""
+    from hpa_tf.pseudo.oof import SOURCES
+    from hpa_tf.pseudo.quality import quality_markdown
+
+    lines = [f"# The main job on {job.data_dir}", ""]
+    if results:
+        lines += ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()] + [""]
+    else:
+        lines += ["No truth folder: the submission is not scored here.", ""]
+    for r, q in quality.items():
+        names = {"naive": "naive: every cell gets its image's labels", **SOURCES, "combined": "combined: the mean of the sources"}
+        lines += [f"## Round {r} per-cell labels against the truth", "", quality_markdown(q, names)]
+    lines += ["## Validation (image level, held-out folds)", "", "| model | best epoch |", "|---|---|"]
+    lines += [f"| {m} | {_validation(m)} |" for m in models] + [""]
+    total = sum(job.timings.values())
+    lines += ["## Minutes", "", "| stage | minutes |", "|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} |" for k, v in job.timings.items()] + [f"| **total** | **{total / 60:.1f}** |", ""]
+    fs.write_text(fs.join(job.run, "results.md"), "\n".join(lines))
+    print(f"wrote {fs.join(job.run, 'submission.csv')} and {fs.join(job.run, 'results.md')} ({total / 60:.1f} min)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpa_tf.job", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--run", required=True, help="output folder")
+    parser.add_argument("--data", help="a folder in the competition's layout (default: generate SynthHPA into RUN/synth)")
+    parser.add_argument("--n-train", type=at_least(1), default=400, help="SynthHPA training images")
+    parser.add_argument("--n-test", type=at_least(1), default=32, help="SynthHPA test images")
+    parser.add_argument("--size", type=at_least(64), default=1024, help="SynthHPA image size")
+    parser.add_argument("--seed", type=int, default=0, help="SynthHPA seed")
+    parser.add_argument("--workers", type=at_least(1), default=2)
+    parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
+    parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
+    parser.add_argument("--rounds", type=at_least(0), default=1, help="pseudo-label rounds (0: the image and cell-bag models only)")
+    parser.add_argument("--image-config", default="demo_cpu")
+    parser.add_argument("--cells-config", default="demo_cpu_cells")
+    parser.add_argument("--cell-config", default="demo_cpu_cell")
+    parser.add_argument("--label-source", default="cells", choices=("combined", "cells", "cam"),
+                        help="round 1's labels: the cell-bag models' cell heads (best on SynthHPA), the image models' "
+                        "CAM x cell, or their mean; later rounds use the previous round's single-cell models")
+    parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"))
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every training, e.g. train.epochs=3")
+    args = parser.parse_args(argv)
+    if args.splits > args.folds:
+        parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
+    job = Job(args.run, args.data, args.n_train, args.n_test, args.size, args.seed, args.workers, args.folds, args.splits,
+              args.rounds, args.image_config, args.cells_config, args.cell_config, args.set, args.label_source,
+              args.cell_view)
+    run_job(job)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,96 @@
+"""Per-cell labels on disk, beside the records they label: ``RECORDS/pseudo/NAME/``.
+
+- ``labels.npz``: ``ids`` (images), ``offsets`` (image i's cells are rows ``offsets[i]:offsets[i+1]``),
+  ``cell_index`` (each row's id in the record's cell mask, in the record's cell order), ``labels``
+  (rows x 19, the soft labels training reads), ``image_labels`` (images x 19), ``fold`` (images), and
+  each source's raw cell probabilities as ``raw_<source>`` (rows x 19) and soft labels as
+  ``soft_<source>``, so other rules can be tried without a model;
+- ``meta.json``: the records they label (their manifest's fingerprint), the source and rule chosen,
+  the models of each out-of-fold split, and with a truth folder the labels' quality.
+
+Written atomically; records are built once and every round adds a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hpa_tf import fs
+
+LABELS_FILE = "labels.npz"
+META_FILE = "meta.json"
+
+
+def records_fingerprint(records: str) -> str:
+    """A short hash of the records' shard list (files, sizes, checksums): labels made for other
+    records are refused. ``records_fingerprint("runs/demo/records")`` -> 'c0ffee...'"""
+    manifest = json.loads(fs.read_text(fs.join(records, "manifest.json")))
+    return hashlib.sha256(json.dumps(manifest["shards"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class CellLabels:
+    """Soft labels of the cells of a record set. ``CellLabels.load("records/pseudo/round1")``"""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    cell_index: np.ndarray
+    labels: np.ndarray
+    image_labels: np.ndarray
+    fold: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # raw_<source>, soft_<source>, truth
+    meta: dict = field(default_factory=dict)
+
+    def rows(self, image_id: str) -> slice:
+        i = int(np.flatnonzero(self.ids == image_id)[0])
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def save(self, folder: str) -> None:
+        """Write ``labels.npz`` then ``meta.json`` (each atomically)."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, ids=self.ids.astype(str), offsets=self.offsets, cell_index=self.cell_index,
+                            labels=self.labels.astype(np.float32), image_labels=self.image_labels.astype(np.float32),
+                            fold=self.fold, **self.arrays)
+        fs.write_bytes(fs.join(folder, LABELS_FILE), buf.getvalue())
+        fs.write_text(fs.join(folder, META_FILE), json.dumps(self.meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: str) -> CellLabels:
+        path = fs.join(folder, LABELS_FILE)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{path} not found: make per-cell labels with `python -m hpa_tf.pseudo --records ... --models ... --out ...`")
+        with np.load(io.BytesIO(fs.read_bytes(path))) as z:
+            data = {k: z[k] for k in z.files}
+        meta_path = fs.join(folder, META_FILE)
+        meta = json.loads(fs.read_text(meta_path)) if fs.exists(meta_path) else {}
+        base = {k: data.pop(k) for k in ("ids", "offsets", "cell_index", "labels", "image_labels", "fold")}
+        return cls(**base, arrays=data, meta=meta)
+
+
+def label_table(folder: str, records: str, source: str = ""):
+    """What the tf.data pipeline needs to give each cell its label: ``(lookup, offsets, cell_index,
+    labels)`` with ``lookup`` an image ID -> row table (-1 for an image without labels); ``source``
+    picks another stored source than the one chosen when labelling. Labels made for other records
+    are an error naming both."""
+    import tensorflow as tf
+
+    labels = CellLabels.load(folder)
+    if source:
+        stored = sorted(k[5:] for k in labels.arrays if k.startswith("soft_"))
+        if f"soft_{source}" not in labels.arrays:
+            raise ValueError(f"data.cell_label_source={source}: {folder} holds {stored}")
+        labels.labels = labels.arrays[f"soft_{source}"]
+    made_for = labels.meta.get("records_fingerprint")
+    if made_for and made_for != records_fingerprint(records):
+        raise ValueError(f"data.cell_labels {folder} were made for other records ({labels.meta.get('records')}), "
+                         f"not {records}: make them again with `python -m hpa_tf.pseudo --records {records} ...`")
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(labels.ids.astype(str).tolist(), tf.string),
+                                               tf.range(len(labels.ids), dtype=tf.int64))
+    table = tf.lookup.StaticHashTable(init, default_value=-1)
+    return (table, tf.constant(labels.offsets, tf.int64), tf.constant(labels.cell_index, tf.int64),
+            tf.constant(labels.labels, tf.float32))
