@@ -19,18 +19,16 @@ row and are listed in ``OUT.errors.csv``; ``OUT.summary.json`` has the seconds p
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-from hpa_tf.cli import at_least, run
+from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.combine import CELL_VIEWS, RULES
 from hpa_tf.inference.tta import TTA_MODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = doc_parser("predict.py", __doc__)
     parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
     parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image, cell-bag and/or single-cell models)")
     parser.add_argument("--out", required=True, help="submission CSV to write")
@@ -62,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.weights and len(args.weights) != len(args.models):
         parser.error(f"--weights: {len(args.weights)} values for {len(args.models)} models")
+    if args.weights and (min(args.weights) < 0 or sum(args.weights) <= 0):
+        parser.error(f"--weights {' '.join(map(str, args.weights))}: weights must be >= 0 and not all 0")
 
     from hpa_tf.inference.runner import (  # TensorFlow loads here, after --help
         RunConfig,

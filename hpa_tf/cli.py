@@ -46,6 +46,18 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
         return 2
 
 
+def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A parser whose description is the first paragraph of ``doc`` (a module docstring) and whose
+    epilog, shown as written, is the rest.
+
+    >>> doc_parser("tool", "Does a thing.\\n\\n    tool --x 1").description
+    'Does a thing.'
+    """
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
     """An argparse ``type`` that accepts numbers >= ``minimum``: ``add_argument("--workers", type=at_least(1))``."""
 

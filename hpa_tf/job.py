@@ -25,7 +25,6 @@ is printed before it runs.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -39,7 +38,7 @@ import pandas as pd
 import yaml
 
 from hpa_tf import fs
-from hpa_tf.cli import at_least, run
+from hpa_tf.cli import at_least, doc_parser, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -243,8 +242,7 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpa_tf.job", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = doc_parser("python -m hpa_tf.job", __doc__)
     parser.add_argument("--run", required=True, help="output folder")
     parser.add_argument("--data", help="a folder in the competition's layout (default: generate SynthHPA into RUN/synth)")
     parser.add_argument("--n-train", type=at_least(1), default=400, help="SynthHPA training images")

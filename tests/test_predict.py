@@ -54,6 +54,30 @@ def test_one_cell_at_a_time_tells_the_cells_of_an_image_apart():
         assert by_rule["image_x_cell"][1, 0] > 0.98 > 0.01 > by_rule["image_x_cell"][0, 0]
 
 
+def _green_cam_classifier(size: int) -> keras.Model:
+    """An image classifier (backbone -> ``pool`` -> 1x1 ``cam`` conv) whose class 0 is the mean green of
+    the pooled region: its CAM is high exactly on green pixels."""
+    x = keras.Input((size, size, 4))
+    features = keras.layers.AveragePooling2D(4)(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    cam = keras.layers.Conv2D(19, 1, name="cam")
+    logits = keras.layers.Reshape((19,))(cam(keras.layers.Reshape((1, 1, -1))(pooled)))
+    model = keras.Model(x, keras.layers.Activation("sigmoid")(logits))
+    kernel = np.zeros((1, 1, 4, 19), np.float32)
+    kernel[0, 0, 1] = 40.0
+    cam.set_weights([kernel, np.full(19, -5.0, np.float32)])
+    return model
+
+
+def test_cam_view_scores_each_cell_by_its_own_part_of_the_map_under_tta():
+    image, cells = _two_cells()
+    prepared = prepare_array(image, Segmentation(cells, cells), PrepareSpec("", image_sizes=(32,)), "a")
+    for tta in ("none", "flip", "d4"):  # the mask moves with the image
+        scores = Predictor([ScoringModel.wrap(_green_cam_classifier(32))], cell_view="cam", tta=tta).score(prepared)[0]
+        assert scores.cells[1, 0] > 0.99 and scores.cells[0, 0] < 0.01, tta  # cell 2 green, cell 1 not
+        assert 0.3 < scores.image[0] < 0.9  # the whole image: green on a seventh of it
+
+
 def test_cell_bag_scores_all_cells_and_padding_changes_nothing():
     keras.utils.set_random_seed(1)
     model = cell_bag_model("small_cnn", 32)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from hpa_tf.cli import run
+from hpa_tf.cli import doc_parser, run
 from hpa_tf.download import TEMPLATES, DownloadConfig, download
 from hpa_tf.download.fetch import RetryPolicy
 from hpa_tf.labels import parse_labels
@@ -18,9 +17,7 @@ def _names(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import hpa_tf.download as module
 
-    parser = argparse.ArgumentParser(prog="python -m hpa_tf.download", description=module.__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=module.__doc__.split("\n\n", 1)[1])
+    parser = doc_parser("python -m hpa_tf.download", module.__doc__)
     parser.add_argument("--list", required=True, dest="table", help="kaggle_2021.tsv (Image, Label_idx, Cellline, in_trainset)")
     parser.add_argument("--out", required=True, help="output folder: OUT/train/ and OUT/train.csv")
     parser.add_argument("--labels", default="", help="keep images with any of these 2021 classes, e.g. 11,15")

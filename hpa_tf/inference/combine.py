@@ -50,6 +50,8 @@ def combine(scores: Sequence[ModelScores], n_cells: int, rule: str = "image_x_ce
     weights = [1.0] * len(scores) if weights is None else list(weights)
     if len(weights) != len(scores):
         raise ValueError(f"{len(weights)} weights for {len(scores)} models")
+    if min(weights, default=1.0) < 0 or sum(weights) <= 0:
+        raise ValueError(f"weights {weights}: each must be >= 0 and not all 0")
     if n_cells == 0:
         return np.zeros((0, NUM_CLASSES))
     image = _mean([(w, s.image) for w, s in zip(weights, scores)])

@@ -11,16 +11,14 @@ source are scored against the true cells, next to the naive label: OUT/quality.m
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from hpa_tf import fs
-from hpa_tf.cli import at_least, run
+from hpa_tf.cli import at_least, doc_parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpa_tf.pseudo", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = doc_parser("python -m hpa_tf.pseudo", __doc__)
     parser.add_argument("--records", required=True, help="the builder's output folder")
     parser.add_argument("--models", nargs="+", required=True, help="training folders (or .keras files) of the splits")
     parser.add_argument("--out", required=True, help="folder for labels.npz and meta.json (e.g. RECORDS/pseudo/round1)")
