@@ -65,7 +65,7 @@ def shard_files(records: str, kind: str) -> tuple[list[str], str]:
     return paths, m["config"]["compression"]
 
 
-def fold_table(records: str) -> tf.lookup.StaticHashTable | None:
+def read_folds(records: str) -> dict[str, int] | None:
     """Image ID -> fold from the build's ``folds.csv`` (records of schema 3 carry no fold), or None
     for older records, whose ``fold`` field holds it."""
     m = read_manifest(records)
@@ -76,8 +76,16 @@ def fold_table(records: str) -> tf.lookup.StaticHashTable | None:
     import pandas as pd
 
     table = pd.read_csv(io.StringIO(fs.read_text(fs.join(records, m["folds"]["file"]))), dtype={"ID": str})
-    init = tf.lookup.KeyValueTensorInitializer(tf.constant(table["ID"].tolist(), tf.string),
-                                               tf.constant(table["fold"].to_numpy(), tf.int64))
+    return dict(zip(table["ID"], table["fold"].astype(int)))
+
+
+def fold_table(records: str) -> tf.lookup.StaticHashTable | None:
+    """:func:`read_folds` as an in-graph ID -> fold table (-2 for an unknown ID), or None."""
+    folds = read_folds(records)
+    if folds is None:
+        return None
+    init = tf.lookup.KeyValueTensorInitializer(tf.constant(list(folds), tf.string),
+                                               tf.constant(list(folds.values()), tf.int64))
     return tf.lookup.StaticHashTable(init, default_value=-2)
 
 

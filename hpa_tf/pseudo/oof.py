@@ -20,12 +20,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import yaml
 from tqdm import tqdm
 
 from hpa_tf import fs
-from hpa_tf.data.pipeline import read_manifest, val_folds
+from hpa_tf.data.pipeline import read_folds, read_manifest, val_folds
 from hpa_tf.inference.prepare import Prepared
 from hpa_tf.pseudo.quality import label_quality, true_cell_labels
 from hpa_tf.pseudo.soft import naive_labels, soft_labels
@@ -98,35 +97,39 @@ def plan_splits(models: Sequence[str]) -> list[Split]:
 
 
 def _read_folds(records: str) -> dict[str, int]:
-    m = read_manifest(records)
-    table = pd.read_csv(io.StringIO(fs.read_text(fs.join(records, m["folds"]["file"]))), dtype={"ID": str})
-    return dict(zip(table["ID"], table["fold"].astype(int)))
+    folds = read_folds(records)
+    if folds is None:
+        raise LabelError(f"{records}: records built before folds.csv (schema < 3) cannot be labelled out of fold; "
+                         "build them again with `python -m tfrecord_builder build ...`")
+    return folds
 
 
-def read_record_pairs(records: str, shard: int) -> Iterator[tuple[dict, dict]]:
-    """The image record and the cell record of each image of one shard, decoded to NumPy."""
+def read_record_pairs(records: str, shard: int, ids: set[str] | None = None) -> Iterator[tuple[dict, dict]]:
+    """The image record and the cell record of each image of one shard (of ``ids`` only, when given:
+    the others are skipped before their PNGs are decoded), decoded to NumPy, the cell crops too."""
     import tensorflow as tf
 
-    from hpa_tf.data.schema import cell_features, image_features
+    from hpa_tf.data.schema import parse_cell_record, parse_image_record
 
-    m = read_manifest(records)
+    m = read_manifest(records)  # not shard_files: it checks every shard's size, on each call
     compression = m["config"]["compression"]
-    paths = [fs.join(records, m["shards"][kind][shard]["file"]) for kind in ("images", "cells")]
+    pairs = tf.data.Dataset.zip(tuple(tf.data.TFRecordDataset(fs.join(records, m["shards"][kind][shard]["file"]),
+                                                              compression_type=compression) for kind in ("images", "cells")))
+    if ids is not None:
+        if not ids:
+            return
+        wanted = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+            tf.constant(sorted(ids), tf.string), tf.ones(len(ids), tf.int64)), 0)
+        id_spec = {"id": tf.io.FixedLenFeature([], tf.string)}
+        pairs = pairs.filter(lambda a, b: wanted.lookup(tf.io.parse_single_example(a, id_spec)["id"]) > 0)
 
-    def image(x):
-        ex = tf.io.parse_single_example(x, image_features())
-        return {"id": ex["id"], "labels": ex["labels"], "source": ex["source"],
-                "image": tf.io.decode_png(ex["image"], channels=4), "mask": tf.io.decode_png(ex["mask"], dtype=tf.uint16)[..., 0]}
+    def decode(a, b):
+        cell_set = parse_cell_record(b)
+        cell_set["crops"] = tf.map_fn(lambda s: tf.io.decode_png(s, channels=4), cell_set["cells"],
+                                      fn_output_signature=tf.uint8)
+        return parse_image_record(a), cell_set
 
-    def cells(x):
-        ex = tf.io.parse_single_example(x, cell_features())
-        pngs = tf.sparse.to_dense(ex["cells"])
-        crops = tf.map_fn(lambda s: tf.io.decode_png(s, channels=4), pngs, fn_output_signature=tf.uint8)
-        return {"id": ex["id"], "crops": crops, "cell_index": tf.sparse.to_dense(ex["cell_index"])}
-
-    images = tf.data.TFRecordDataset(paths[0], compression_type=compression).map(image)
-    cell_sets = tf.data.TFRecordDataset(paths[1], compression_type=compression).map(cells)
-    for a, b in zip(images.as_numpy_iterator(), cell_sets.as_numpy_iterator()):
+    for a, b in pairs.map(decode).as_numpy_iterator():
         if a["id"] != b["id"]:
             raise LabelError(f"{records}: shard {shard}'s image and cell records are out of step ({a['id']!r} vs "
                              f"{b['id']!r}); rebuild the records")
@@ -163,7 +166,8 @@ def _label_unit(records: str, shard: int, split: Split, predictor, folds: dict[s
             bar.update(1)
         pending.clear()
 
-    for a, b in read_record_pairs(records, shard):
+    held_out = {i for i, f in folds.items() if f in split.folds}
+    for a, b in read_record_pairs(records, shard, held_out):
         image_id = a["id"].decode()
         if not len(b["cell_index"]) or not split.holds_out(folds.get(image_id, -2), a["source"].decode()):
             continue
@@ -221,18 +225,18 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
     with tqdm(total=todo, desc="labelling cells", unit="img", disable=not progress) as bar:
         for k, split in enumerate(splits):
             predictor = None
+            stamp, settings = fs.join(parts_dir, f"split{k}.json"), {"models": split.models, "records": fingerprint,
+                                                                     "truth": bool(truth_dir)}
+            same = fs.exists(stamp) and json.loads(fs.read_text(stamp)) == settings  # parts written with these settings
             for shard in range(n_shards):
                 path = fs.join(parts_dir, f"split{k}-shard{shard:05d}.npz")
-                stamp = fs.join(parts_dir, f"split{k}.json")
-                if fs.exists(path) and fs.exists(stamp) and json.loads(fs.read_text(stamp)) == {
-                        "models": split.models, "records": fingerprint, "truth": bool(truth_dir)}:
+                if same and fs.exists(path):
                     bar.update(len(_load_part(path)["ids"]))
                     continue
                 if predictor is None:
                     predictor = Predictor.from_models(split.models, cell_view="cam", batch=batch)
                     _check_sizes(predictor, sizes, records)
-                    fs.write_text(stamp, json.dumps({"models": split.models, "records": fingerprint,
-                                                     "truth": bool(truth_dir)}))
+                    fs.write_text(stamp, json.dumps(settings))
                 _save_part(path, _label_unit(records, shard, split, predictor, folds, truth, sizes, group, bar))
     labels = _merge([fs.join(parts_dir, f"split{k}-shard{s:05d}.npz") for k in range(len(splits))
                      for s in range(n_shards)], source, normalise)

@@ -14,6 +14,7 @@ import numpy as np
 
 from hpa_tf.labels import CLASS_NAMES, NUM_CLASSES
 from hpa_tf.metrics import average_precision
+from hpa_tf.segmentation.quality import iou_matrix
 
 MATCH_IOU = 0.5
 
@@ -27,21 +28,14 @@ def true_cell_labels(mask: np.ndarray, cell_ids: np.ndarray, truth_mask: np.ndar
     >>> float(true_cell_labels(m, np.array([1]), t, {5: [3]})[0, 3])
     1.0
     """
-    small = cv2.resize(truth_mask, mask.shape[::-1], interpolation=cv2.INTER_NEAREST).astype(np.int64)
-    ours = mask.astype(np.int64)
-    n_true = int(small.max(initial=0)) + 1
-    joint = np.bincount((ours * n_true + small).ravel(), minlength=(int(ours.max(initial=0)) + 1) * n_true)
-    joint = joint.reshape(-1, n_true)
-    area_ours, area_true = joint.sum(axis=1), joint.sum(axis=0)
+    small = cv2.resize(truth_mask, mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    iou = iou_matrix(mask, small)  # record cell id x true cell id
     out = np.full((len(cell_ids), NUM_CLASSES), np.nan)
     for row, cid in enumerate(cell_ids):
-        if cid >= len(joint):
+        if cid >= len(iou) or iou.shape[1] < 2:
             continue
-        overlap = joint[cid].copy()
-        overlap[0] = 0
-        best = int(np.argmax(overlap))
-        union = area_ours[cid] + area_true[best] - overlap[best]
-        if best and overlap[best] / max(union, 1) >= MATCH_IOU:
+        best = int(np.argmax(iou[cid, 1:])) + 1
+        if iou[cid, best] >= MATCH_IOU:
             out[row] = 0.0
             out[row, truth_labels.get(best, [])] = 1.0
     return out

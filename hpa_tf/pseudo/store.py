@@ -29,7 +29,9 @@ META_FILE = "meta.json"
 def records_fingerprint(records: str) -> str:
     """A short hash of the records' shard list (files, sizes, checksums): labels made for other
     records are refused. ``records_fingerprint("runs/demo/records")`` -> 'c0ffee...'"""
-    manifest = json.loads(fs.read_text(fs.join(records, "manifest.json")))
+    from hpa_tf.data.pipeline import read_manifest
+
+    manifest = read_manifest(records)
     return hashlib.sha256(json.dumps(manifest["shards"], sort_keys=True).encode()).hexdigest()[:16]
 
 
