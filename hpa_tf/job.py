@@ -124,7 +124,7 @@ def _trained(model_dir: str, overrides: list[str], config: str) -> bool:
 
 def _train(job: Job, name: str, config: str, model_dir: str, extra: list[str]) -> None:
     overrides = [f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra, *job.sets]
-    _stage(job, name, _python(os.path.join(ROOT, "train_tpu.py"), "--config", config, "--set", *overrides),
+    _stage(job, name, _python("-m", "hpa_tf.train", "--config", config, "--set", *overrides),
            done=_trained(model_dir, overrides, config))
 
 
@@ -188,7 +188,7 @@ def run_job(job: Job) -> dict:
         final += labellers
     pred = fs.join(job.run, "pred", "submission.csv")
     _stage(job, "predict the test images",
-           _python(os.path.join(ROOT, "predict.py"), "--data", fs.join(data, "test"), "--models",
+           _python("-m", "hpa_tf.predict", "--data", fs.join(data, "test"), "--models",
                    *[fs.join(m, "best.keras") for m in final], "--out", pred, *sample_args, "--workers", "1",
                    "--cell-view", job.cell_view, "--overwrite", *(["--truth", truth] if truth else [])))
     fs.write_bytes(fs.join(job.run, "submission.csv"), fs.read_bytes(pred))
@@ -272,5 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The console script."""
+    return run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(cli())

@@ -250,7 +250,7 @@ def test_mistakes_are_one_line_and_a_nonzero_exit(synth_dir, built_records, tiny
     from hpa_tf.metrics import main as metrics
     from hpa_tf.segmentation.__main__ import main as segment
     from predict import main as predict
-    from train_tpu import main as train_main
+    from hpa_tf.train import main as train_main
 
     train = str(synth_dir / "train")
     bad_label = tmp_path / "bad.csv"

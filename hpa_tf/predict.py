@@ -1,0 +1,89 @@
+"""Segment test images, score every cell with trained models, write the Kaggle submission.
+
+    python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
+        [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
+        [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|cam|none] \\
+        [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
+        [--sample-submission sample_submission.csv] [--truth synth/truth]
+
+Each model's input contract (saved inside it by train_tpu.py) says how its inputs are cut and which
+segmenter made its training masks; that segmenter is used unless --segmenter names one (another kind is
+refused unless --force). The cells of --group images share fixed-size batches, under --strategy.
+
+Every cell gets all 19 classes with their confidence. Scores are cached per image in
+``OUT.cache/`` (a killed run resumes; another ``--combine`` reuses them); bad images get an empty
+row and are listed in ``OUT.errors.csv``; ``OUT.summary.json`` has the seconds per image by stage
+(and the mAP with ``--truth``); ``OUT.overlays/`` shows cells coloured by their top class.
+
+The same command is ``python -m hpa_tf.predict`` and ``hpa-tf-predict`` (an installed package has no predict.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from hpa_tf.cli import at_least, doc_parser, run
+from hpa_tf.inference.combine import CELL_VIEWS, RULES
+from hpa_tf.inference.tta import TTA_MODES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = doc_parser("predict.py", __doc__)
+    parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
+    parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image, cell-bag and/or single-cell models)")
+    parser.add_argument("--out", required=True, help="submission CSV to write")
+    parser.add_argument("--segmenter", help="classical | hpacellseg:nuclei=PATH,cell=PATH | precomputed:DIR "
+                        "(default: the one the models were trained with)")
+    parser.add_argument("--force", action="store_true", help="predict even with another segmenter than the models' training")
+    parser.add_argument("--strategy", default="auto", choices=("auto", "tpu", "mirrored", "cpu", "cpu_mirrored"),
+                        help="the models under this tf.distribute strategy (as train_tpu.py); auto: a TPU or several GPUs")
+    parser.add_argument("--logical-cpus", type=at_least(0), default=0, help="with cpu_mirrored: replicas on the CPU")
+    parser.add_argument("--jit", action="store_true", help="XLA-compile the model calls (GPU; TPUs always compile)")
+    parser.add_argument("--precision", default="float32", choices=("float32", "mixed_float16", "mixed_bfloat16", "keep"),
+                        help="compute dtype of the models (keep: as trained)")
+    parser.add_argument("--group", type=at_least(1), default=8, help="images scored together (their cells share batches)")
+    parser.add_argument("--tta", choices=TTA_MODES, default="none")
+    parser.add_argument("--combine", choices=RULES, default="image_x_cell")
+    parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")
+    parser.add_argument("--cell-view", choices=CELL_VIEWS, default="masked",
+                        help="how an image model scores each cell: its CAM over the cell's mask (cam), or one cell at "
+                        "a time (masked, centred)")
+    parser.add_argument("--batch", type=at_least(1), default=16, help="images per model call")
+    parser.add_argument("--workers", type=at_least(0), default=max(1, (os.cpu_count() or 2) - 1),
+                        help="CPU processes reading and segmenting ahead of the models (0: in the main process)")
+    parser.add_argument("--sample-submission", help="rows and sizes in this file's order")
+    parser.add_argument("--cache", help="per-image score cache (default OUT.cache)")
+    parser.add_argument("--overwrite", action="store_true", help="discard a cache written with other settings")
+    parser.add_argument("--overlays", type=at_least(0), default=4, help="PNG overlays of the first N images")
+    parser.add_argument("--truth", help="a SynthHPA truth folder: score the submission and print per-class AP")
+    parser.add_argument("--truth-split", default="test")
+    args = parser.parse_args(argv)
+    if args.weights and len(args.weights) != len(args.models):
+        parser.error(f"--weights: {len(args.weights)} values for {len(args.models)} models")
+    if args.weights and (min(args.weights) < 0 or sum(args.weights) <= 0):
+        parser.error(f"--weights {' '.join(map(str, args.weights))}: weights must be >= 0 and not all 0")
+
+    from hpa_tf.inference.runner import (  # TensorFlow loads here, after --help
+        RunConfig,
+        run,
+    )
+
+    cfg = RunConfig(
+        data=args.data, models=args.models, out=args.out, segmenter=args.segmenter, tta=args.tta,
+        combine=args.combine, weights=args.weights, cell_view=args.cell_view, batch=args.batch, workers=args.workers,
+        sample_submission=args.sample_submission, cache=args.cache, overwrite=args.overwrite, overlays=args.overlays,
+        truth=args.truth, truth_split=args.truth_split, strategy=args.strategy, logical_cpus=args.logical_cpus,
+        jit=args.jit, precision=args.precision, group=args.group, force=args.force,
+    )
+    run(cfg)
+    return 0
+
+
+def cli() -> int:
+    """The console script."""
+    return run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
