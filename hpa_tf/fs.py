@@ -44,6 +44,11 @@ def makedirs(path: str) -> None:
     _tf().io.gfile.makedirs(path)
 
 
+def isdir(path: str) -> bool:
+    """True if ``path`` is a directory. ``isdir("data/train")``"""
+    return bool(_tf().io.gfile.isdir(path))
+
+
 def listdir(path: str) -> list[str]:
     """Names (not paths) in a directory. ``listdir("data/train")``"""
     return sorted(_tf().io.gfile.listdir(path))
@@ -69,6 +74,22 @@ def read_bytes(path: str) -> bytes:
         raise FileNotFoundError(f"{path}: no such file") from None
     except tf.errors.PermissionDeniedError:
         raise PermissionError(f"{path}: permission denied") from None
+
+
+def open_read(path: str):
+    """A binary file object for reading (``seek`` works), as a context manager. ``with open_read(p) as f: f.read(8)``"""
+    return _tf().io.gfile.GFile(path, "rb")
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute from the caller's working directory; URLs as they are.
+
+    >>> absolute("gs://b/x"), absolute("/data/x")
+    ('gs://b/x', '/data/x')
+    """
+    import os
+
+    return path if "://" in path else os.path.abspath(path)
 
 
 def read_text(path: str) -> str:

@@ -86,15 +86,34 @@ def test_rerun_skips_complete_shards_and_rebuilds_broken_ones(built, synth_dir, 
     assert after == before  # shard 2 rebuilt byte for byte, the others untouched
 
 
-def test_other_config_needs_overwrite(built, synth_dir, tmp_path):
-    out = tmp_path / "copy"
+@pytest.mark.parametrize("change", ["setting", "label", "image", "folds"])
+def test_records_made_from_other_inputs_are_refused_never_patched(built, synth_dir, tmp_path, change):
+    """A record set is immutable: another setting, label, image file or fold count is a new record
+    set, refused in one line naming --overwrite; --replace-changed builds it anew."""
+    out, data, labels = tmp_path / "copy", tmp_path / "train", tmp_path / "train.csv"
     shutil.copytree(built, out)
-    with pytest.raises(ValueError, match="another config"):
-        main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
-              "--image-size", "96", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2"])
-    assert main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", str(out),
-                 "--image-size", "96", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2", "--overwrite"]) == 0
-    assert _read(out, "images", parse_image_record)[0]["image"].shape == (96, 96, 4)
+    shutil.copytree(synth_dir / "train", data)
+    shutil.copy(synth_dir / "train.csv", labels)
+    before = json.loads((out / "provenance.json").read_text())["fingerprint"]
+    assert _build(data, labels, out) == 0  # the same inputs from other folders: the same record set
+    extra = ["--folds", "3"] if change == "folds" else ["--image-size", "96"] if change == "setting" else []
+    table = pd.read_csv(labels, dtype=str)
+    if change == "label":
+        table.loc[0, "Label"] = "5" if table.loc[0, "Label"] != "5" else "6"
+        table.to_csv(labels, index=False)
+    if change == "image":
+        path = data / f"{table['ID'][1]}_green.png"
+        cv2.imwrite(str(path), 255 - cv2.imread(str(path), cv2.IMREAD_UNCHANGED))
+    with pytest.raises(ValueError, match="made from other inputs .*--overwrite"):
+        _build(data, labels, out, *extra)
+    assert json.loads((out / "provenance.json").read_text())["fingerprint"] == before  # untouched
+    assert _build(data, labels, out, *extra, "--replace-changed") == 0
+    assert json.loads((out / "provenance.json").read_text())["fingerprint"] != before
+    if change == "label":
+        record = next(r for r in _read(out, "images", parse_image_record) if r["id"].decode() == table["ID"][0])
+        assert int(table.loc[0, "Label"]) in np.flatnonzero(record["labels"])
+    if change == "folds":
+        assert sorted(pd.read_csv(out / "folds.csv")["fold"].unique()) == [0, 1, 2]
 
 
 def test_bad_images_go_to_errors_csv(synth_dir, tmp_path):

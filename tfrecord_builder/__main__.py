@@ -8,7 +8,12 @@
 
 OUT gets ``images-00000-of-000NN.tfrec`` and ``cells-...`` shards, ``manifest.json`` (counts, class
 frequencies, per-shard example counts and sha256, schema version, the build config), ``folds.csv``
-and ``errors.csv``. A rerun skips complete shards; ``--overwrite`` starts over. Several data sources
+``errors.csv``, and ``provenance.json`` (written last: what the record set was made from, see
+:mod:`hpa_tf.provenance`). A record set is immutable once finished: a rerun with the same inputs
+skips complete shards (a killed build loses only the shards it was writing); a folder holding records
+made from other inputs (another label, image, setting or fold count) is refused in one line, unless
+``--overwrite`` (start over whatever it holds) or ``--replace-changed`` (start over only when the
+inputs changed: what ``python -m hpa_tf.job`` uses). Several data sources
 (``--source competition data/train data/train.csv --source external ext/train ext/train.csv``) go
 into one record set: folds stratified over all of them, each record stores its source, so training
 can keep external images out of validation (``data.val_sources``).
@@ -21,14 +26,16 @@ import dataclasses
 import json
 import sys
 
-from hpa_tf import fs
+from hpa_tf import fs, provenance
 from hpa_tf.cli import at_least, require_writable, run
 from hpa_tf.io import has_any_channel, read_label_table
 from hpa_tf.lock import FolderLock
 from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
 from hpa_tf.segmentation.runner import segment_folder
 from tfrecord_builder.build import BuildConfig, ImageJob, build_example
+from tfrecord_builder.identity import records_made_from
 from tfrecord_builder.shards import (
+    FOLDS,
     MANIFEST,
     PLAN,
     plan_shards,
@@ -62,28 +69,53 @@ def _segment_first(config: BuildConfig, out: str, jobs: list[ImageJob]) -> Build
     return dataclasses.replace(config, segmenter=f"precomputed:{masks}")
 
 
-def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], overwrite: bool,
+def _held(out: str) -> dict | None:
+    """The ``made_from`` of the record set (finished or not) in ``out``; {} for one of an older
+    hpa-tf (no fingerprint); None for a folder without a build."""
+    record = provenance.read(out)
+    if record is not None:
+        return record.made_from
+    plan = fs.join(out, PLAN)
+    if fs.exists(plan):
+        return json.loads(fs.read_text(plan)).get("made_from", {})
+    return {} if fs.exists(fs.join(out, MANIFEST)) else None
+
+
+def _check_inputs(out: str, made_from: dict, overwrite: bool, replace_changed: bool) -> None:
+    """Clear ``out`` when asked, or refuse a folder that holds records made from other inputs."""
+    held = _held(out)
+    if overwrite or held is None or held == made_from:
+        if overwrite:
+            _clear(out)
+        return
+    if provenance.read(out) is None and not _done_shards(out):
+        print(f"{out}: an earlier build from other inputs wrote no shard; starting over")
+        _clear(out)
+        return
+    what = ", ".join(provenance.changed(held, made_from)) or "made by an older hpa-tf"
+    if replace_changed:
+        print(f"{out}: the records there were made from other inputs ({what}); building them anew")
+        _clear(out)
+        return
+    raise BuildError(f"{out} holds records made from other inputs ({what} changed); records are never changed in "
+                     "place: use another --out, or --overwrite to build them anew there")
+
+
+def _load_or_make_plan(config: BuildConfig, out: str, jobs: list[ImageJob], made_from: dict,
                        work: BuildConfig) -> list[list[ImageJob]]:
     path = fs.join(out, PLAN)
-    if fs.exists(path) and not overwrite:
+    if fs.exists(path):
         saved = json.loads(fs.read_text(path))
         by_id = {j.image_id: j for j in jobs}
-        planned = {i for shard in saved["shards"] for i in shard}
-        same = saved["config"] == config.to_dict() and planned == set(by_id)
-        if same:
-            return [[by_id[i] for i in shard] for shard in saved["shards"]]
-        if _done_shards(out):
-            what = "another config" if saved["config"] != config.to_dict() else "other images"
-            raise BuildError(f"{out} holds a build of {what} ({_done_shards(out)} shards done; its config: "
-                             f"{saved['config']}); use another --out, or --overwrite to start over")
-        print(f"{out}: an earlier build with other settings wrote no shard; starting over")
+        return [[by_id[i] for i in shard] for shard in saved["shards"]]  # same inputs: _check_inputs ran
     # Size the shards from a few real records: image and cell shards hold the same images, and
     # the larger of the two sets the count.
     sizes = [build_example(work, j) for j in jobs[:_PROBE]]
     record = max((max(len(b.image_record), len(b.cell_record)) for b in sizes if b.ok), default=1_000_000)
     per_shard = max(1, int(config.shard_mb * 1e6 // max(record, 1)))
     plan = plan_shards(jobs, per_shard, config.seed)
-    fs.write_text(path, json.dumps({"config": config.to_dict(), "shards": [[j.image_id for j in s] for s in plan]}))
+    fs.write_text(path, json.dumps({"config": config.to_dict(), "made_from": made_from,
+                                    "shards": [[j.image_id for j in s] for s in plan]}))
     return plan
 
 
@@ -142,11 +174,18 @@ def build(args: argparse.Namespace) -> int:
     if len(jobs) < args.folds:
         raise BuildError(f"{len(jobs)} images cannot make {args.folds} folds; use --folds {len(jobs)} or fewer")
     require_writable(args.out, "--out")
+    made_from = records_made_from(config, jobs, args.folds)
     with FolderLock(args.out, "tfrecord_builder build"):
-        if args.overwrite:
-            _clear(args.out)
+        _check_inputs(args.out, made_from, args.overwrite, args.replace_changed)
+        if provenance.read(args.out) is not None and all(
+                shard_done(args.out, s, len(m), verify=args.verify) for m in [_planned(args.out)] for s in range(len(m))):
+            manifest = json.loads(fs.read_text(fs.join(args.out, MANIFEST)))
+            print(f"{args.out}: the records of these inputs are complete ({manifest['counts']['images']} images); "
+                  "nothing to do")
+            return 0
+        provenance.forget(args.out)
         work = _segment_first(config, args.out, jobs)
-        plan = _load_or_make_plan(config, args.out, jobs, args.overwrite, work)
+        plan = _load_or_make_plan(config, args.out, jobs, made_from, work)
         todo = [s for s in range(len(plan)) if not shard_done(args.out, s, len(plan), verify=args.verify)]
         print(f"{len(jobs)} images in {len(plan)} shards; {len(plan) - len(todo)} already complete")
         for s in todo:  # a shard whose images are all gone still gets written (no runner sees it)
@@ -164,6 +203,7 @@ def build(args: argparse.Namespace) -> int:
         metas = [read_meta(args.out, s) for s in range(len(plan))]
         labels = {j.image_id: j.labels for j in jobs}
         manifest = write_manifest(args.out, config.to_dict(), metas, labels, args.folds, args.seed)
+        provenance.write(args.out, "records", made_from, files=[MANIFEST, FOLDS])
     c = manifest["counts"]
     errors = fs.join(args.out, "errors.csv")
     print(f"wrote {c['images']} images, {c['cells']} cells in {c['shards']} x 2 shards to {args.out}; "
@@ -173,12 +213,16 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planned(out: str) -> list:
+    return json.loads(fs.read_text(fs.join(out, PLAN)))["shards"] if fs.exists(fs.join(out, PLAN)) else []
+
+
 def _clear(out: str) -> None:
     """What a previous build left (``--overwrite``)."""
     if not fs.exists(out):
         return
     for name in fs.listdir(out):
-        if name.endswith(".tfrec") or ".tfrec.tmp-" in name or name in (PLAN, MANIFEST):
+        if name.endswith(".tfrec") or ".tfrec.tmp-" in name or name in (PLAN, MANIFEST, FOLDS, provenance.FILE):
             fs.remove(fs.join(out, name))
     if fs.exists(fs.join(out, "_meta")):
         for name in fs.listdir(fs.join(out, "_meta")):
@@ -209,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--runner", choices=("local", "beam"), default="local")
     b.add_argument("--beam-options", default="", help='Beam pipeline options, written with "=": --beam-options="--runner=DataflowRunner --project=P ..."')
     b.add_argument("--overwrite", action="store_true", help="delete what a previous build left and start over")
+    b.add_argument("--replace-changed", action="store_true",
+                   help="when OUT holds records made from other inputs, build anew there (default: refuse)")
     b.add_argument("--verify", action="store_true", help="check the sha256 of finished shards before skipping them")
     i = sub.add_parser("inspect", help="print the manifest summary and write a contact sheet PNG")
     i.add_argument("out")

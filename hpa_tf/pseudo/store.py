@@ -13,26 +13,22 @@ Written atomically; records are built once and every round adds a folder.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hpa_tf import fs
+from hpa_tf import fs, provenance
 
 LABELS_FILE = "labels.npz"
 META_FILE = "meta.json"
 
 
 def records_fingerprint(records: str) -> str:
-    """A short hash of the records' shard list (files, sizes, checksums): labels made for other
-    records are refused. ``records_fingerprint("runs/demo/records")`` -> 'c0ffee...'"""
-    from hpa_tf.data.pipeline import read_manifest
-
-    manifest = read_manifest(records)
-    return hashlib.sha256(json.dumps(manifest["shards"], sort_keys=True).encode()).hexdigest()[:16]
+    """The fingerprint of a finished record set (its ``provenance.json``, see :mod:`hpa_tf.provenance`):
+    what it was made from, folds included. ``records_fingerprint("runs/demo/records")`` -> 'c0ffee...'"""
+    return provenance.require(records, "records", "record set (python -m tfrecord_builder build)").fingerprint
 
 
 @dataclass
