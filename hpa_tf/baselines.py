@@ -62,12 +62,20 @@ def oracle_predictions(
     for image_id in tqdm(ids, desc=f"oracle {kind}", unit="img"):
         mask = truth.mask(image_id)
         if data_dir is not None:
-            img = read_image(data_dir, image_id)
-            if img.shape[:2] != mask.shape:
+            try:
+                img = read_image(data_dir, image_id)
+            except (ValueError, OSError) as err:  # the oracle needs the truth only: one bad file stops nothing
+                print(f"warning: image {image_id} cannot be read ({err}); its truth is used as it is")
+                img = None
+            if img is not None and img.shape[:2] != mask.shape:
                 raise TruthError(f"image {image_id}: pixels are {img.shape[:2]} but its truth mask is {mask.shape}")
         cells = truth.cell_labels[image_id]
         if masks is not None:
-            predicted = read_masks(masks, image_id).cells
+            try:
+                predicted = read_masks(masks, image_id).cells
+            except (ValueError, OSError) as err:  # the segmenter could not read the image: no cells, as predict.py
+                print(f"warning: image {image_id} has no predicted mask ({err}); it gets no cells")
+                predicted = np.zeros_like(mask)
             if predicted.shape != mask.shape:
                 raise TruthError(f"image {image_id}: predicted mask is {predicted.shape}, truth is {mask.shape}")
             iou = iou_matrix(mask, predicted)

@@ -18,30 +18,31 @@
    reference rows and the per-cell labels' quality; always the validation of every model and the
    minutes of every stage.
 
-A stage whose outputs exist with the same settings is skipped, so a rerun (after a kill, or with one
-setting changed) redoes only what changed. Every stage is a command a user can also run alone; each
-is printed before it runs.
+Every artifact records what it was made from (:mod:`hpa_tf.provenance`): the records their labels,
+images, settings and folds; a model its settings and the fingerprints of its records and labels; a
+label set its records and the content of its models. A stage is skipped only when what it would be
+made from now equals what its output records and its files are intact, so a rerun (after a kill, or
+with a setting, a label, an image, the fold count or a model changed) redoes exactly the stages
+downstream of the change. Records made from other inputs are built anew in ``OUT/records``.
+
+Everything that can be checked is checked before the first stage (configs and overrides, the
+layout, a test folder with images); stages run as child processes that die with the job; relative
+paths are the caller's. Every stage is a command a user can also run alone; each is printed before it
+runs.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
-import pandas as pd
-import yaml
-
-from hpa_tf import fs
+from hpa_tf import fs, provenance
 from hpa_tf.cli import at_least, doc_parser, run
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from hpa_tf.workers import die_with_parent
 
 
 class JobError(ValueError):
@@ -85,6 +86,8 @@ class Job:
 
 def check_layout(data: str) -> None:
     """A competition-layout folder, or one line that says what is missing."""
+    from hpa_tf.io.index import scan_image_ids
+
     if not fs.exists(data):
         raise JobError(f"--data {data}: no such folder")
     for name, what in (("train", "the training images ({ID}_red.png ...)"), ("train.csv", "the image labels (ID,Label)"),
@@ -92,6 +95,20 @@ def check_layout(data: str) -> None:
         if not fs.exists(fs.join(data, name)):
             raise JobError(f"--data {data}: no {name} ({what}); expected the competition's layout: train/, train.csv, "
                            "test/, sample_submission.csv, and truth/ if there is one")
+    if not scan_image_ids(fs.join(data, "test"), complete=False):
+        raise JobError(f"--data {data}: test/ holds no image ({{ID}}_red.png, _green, _blue, _yellow): nothing to predict")
+
+
+def check_settings(job: Job) -> None:
+    """Every training config with the job's overrides, before any stage runs (a wrong key or value
+    is one line naming it, not an error after an hour of work)."""
+    from hpa_tf.config import ConfigError, load_config
+
+    for config in (job.image_config, job.cells_config, job.cell_config):
+        try:
+            load_config(config, ["data.val_fold=[0]", *job.sets])
+        except ConfigError as err:
+            raise JobError(f"--set / {config}: {err}") from err
 
 
 def _python(*args: str) -> list[str]:
@@ -105,27 +122,21 @@ def _stage(job: Job, name: str, cmd: list[str], done: bool = False) -> None:
         return
     print(f"== {name}: {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT, check=False)
+    # die_with_parent: a killed job (kill -9 too) takes its running stage with it
+    result = subprocess.run(cmd, check=False, preexec_fn=die_with_parent)
     job.timings[name] = job.timings.get(name, 0.0) + time.perf_counter() - start
     if result.returncode:
         raise JobError(f"stage {name!r} failed (exit code {result.returncode}); its command is printed above: "
                        "fix what it says and run the job again (finished stages are skipped)")
 
 
-def _trained(model_dir: str, overrides: list[str], config: str) -> bool:
-    """Whether ``model_dir`` holds a finished training with the same effective config."""
-    from hpa_tf.config import load_config
-
-    saved = fs.join(model_dir, "config.yaml")
-    if not (fs.exists(fs.join(model_dir, "last.keras")) and fs.exists(saved)):
-        return False
-    return yaml.safe_load(fs.read_text(saved)) == load_config(config, overrides).to_dict()
-
-
 def _train(job: Job, name: str, config: str, model_dir: str, extra: list[str]) -> None:
+    from hpa_tf.config import load_config
+    from hpa_tf.training.folder import TrainingFolder
+
     overrides = [f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra, *job.sets]
     _stage(job, name, _python("-m", "hpa_tf.train", "--config", config, "--set", *overrides),
-           done=_trained(model_dir, overrides, config))
+           done=TrainingFolder(model_dir).is_current(load_config(config, overrides)))
 
 
 def models_of(job: Job, round_: int, kind: str) -> list[str]:
@@ -134,6 +145,7 @@ def models_of(job: Job, round_: int, kind: str) -> list[str]:
 
 def run_job(job: Job) -> dict:
     """Every stage of the job; returns what ``OUT/results.md`` reports."""
+    check_settings(job)
     if job.data:
         check_layout(job.data)
     else:
@@ -143,7 +155,7 @@ def run_job(job: Job) -> dict:
     data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
     _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
                                          fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
-                                         "--shard-mb", "20", "--folds", str(job.folds)))
+                                         "--shard-mb", "20", "--folds", str(job.folds), "--replace-changed"))
     sample = fs.join(data, "sample_submission.csv")
     sample_args = ["--sample-submission", sample] if fs.exists(sample) else []
     references = {}
@@ -172,7 +184,9 @@ def run_job(job: Job) -> dict:
     for r in range(1, job.rounds + 1):
         labels = fs.join(records, "pseudo", f"round{r}")
         source = job.label_source if r == 1 else "cell"
-        done = fs.exists(fs.join(labels, "labels.npz")) and _same_labellers(labels, labellers, source)
+        from hpa_tf.pseudo.oof import labels_made_from
+
+        done = provenance.is_current(labels, "labels", labels_made_from(records, labellers, source, True, bool(truth)))
         _stage(job, f"round {r} per-cell labels, out of fold",
                _python("-m", "hpa_tf.pseudo", "--records", records, "--out", labels, "--source", source,
                        "--models", *labellers, *(["--truth", truth] if truth else [])), done=done)
@@ -203,19 +217,13 @@ def run_job(job: Job) -> dict:
     return {"results": results, "quality": quality, "timings": job.timings}
 
 
-def _same_labellers(folder: str, models: list[str], source: str) -> bool:
-    meta = json.loads(fs.read_text(fs.join(folder, "meta.json"))) if fs.exists(fs.join(folder, "meta.json")) else {}
-    given = sorted(m for s in meta.get("splits", []) for m in s["models"])
-    return meta.get("source") == source and given == sorted(fs.join(m, "best.keras") for m in models)
-
-
 def _validation(model_dir: str) -> str:
-    log = fs.join(model_dir, "train_log.csv")
-    if not fs.exists(log):
+    from hpa_tf.training.folder import TrainingFolder
+
+    best = TrainingFolder(model_dir).best_epoch()
+    if best is None:
         return "no log"
-    df = pd.read_csv(io.StringIO(fs.read_text(log)))
-    best = df.loc[df["val_map"].idxmax()] if "val_map" in df and df["val_map"].notna().any() else df.iloc[-1]
-    return (f"epoch {int(best['epoch']) + 1}/{len(df)}: val AUC {best.get('val_auc', float('nan')):.3f}, "
+    return (f"epoch {int(best['epoch']) + 1}/{best['epochs']}: val AUC {best.get('val_auc', float('nan')):.3f}, "
             f"val mAP {best.get('val_map', float('nan')):.3f}")
 
 
@@ -265,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.splits > args.folds:
         parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
-    job = Job(args.run, args.data, args.n_train, args.n_test, args.size, args.seed, args.workers, args.folds, args.splits,
+    job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size, args.seed, args.workers, args.folds, args.splits,
               args.rounds, args.image_config, args.cells_config, args.cell_config, args.set, args.label_source,
               args.cell_view)
     run_job(job)

@@ -1,5 +1,7 @@
 """Per-cell labels from image labels: CAM x cell, Puzzle-CAM, out-of-fold labelling, the single-cell model."""
 
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from hpa_tf.config import load_config, save_config
 from hpa_tf.models import CamScorer, build_model, image_classifier, mask_weights
 from hpa_tf.models.cam import sigmoid
 from hpa_tf.models.puzzle import PuzzleCAM
+from tfrecord_builder.__main__ import main as build_main
 
 
 @pytest.mark.parametrize("pooling", ["avg", "gem"])
@@ -68,25 +71,30 @@ def test_puzzle_cam_trains_an_image_model(built_records, tmp_path):
     assert (tmp_path / "m" / "best.keras").exists()
 
 
+def _loud_model(records, folder, k, cls):
+    """An untrained cell-bag model that holds out fold k and whose cell head says "class cls" loudly,
+    saved as a finished training folder (config.yaml, best.keras, provenance.json)."""
+    from hpa_tf.training.folder import TrainingFolder, model_made_from
+
+    keras.utils.set_random_seed(k)
+    config = load_config("configs/demo_cpu_cells.yaml", [f"data.records={records}", f"data.val_fold={k}",
+                                                          "data.cell_size=24", f"train.model_dir={folder}"])
+    model = build_model(config)
+    head = model.get_layer("cell_logits")
+    kernel, bias = head.get_weights()
+    bias[:] = -8.0
+    bias[cls] = 8.0
+    head.set_weights([kernel * 0.0, bias])
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "best.keras")
+    save_config(config, str(folder / "config.yaml"))
+    TrainingFolder(str(folder)).finish(model_made_from(config))
+    return str(folder)
+
+
 def _split_models(records, root, cls_of_split):
-    """Untrained cell-bag models, one per fold, whose cell heads say "class cls_of_split[k]" loudly:
-    the labels of each image then show which split's model labelled it."""
-    paths = []
-    for k, cls in enumerate(cls_of_split):
-        keras.utils.set_random_seed(k)
-        config = load_config("configs/demo_cpu_cells.yaml", [f"data.records={records}", f"data.val_fold={k}",
-                                                              "data.cell_size=24", f"train.model_dir={root}/split{k}"])
-        model = build_model(config)
-        head = model.get_layer("cell_logits")
-        kernel, bias = head.get_weights()
-        bias[:] = -8.0
-        bias[cls] = 8.0
-        head.set_weights([kernel * 0.0, bias])
-        (root / f"split{k}").mkdir(parents=True)
-        model.save(root / f"split{k}" / "best.keras")
-        save_config(config, str(root / f"split{k}" / "config.yaml"))
-        paths.append(str(root / f"split{k}"))
-    return paths
+    """One loud model per fold: the labels of each image then show which split's model labelled it."""
+    return [_loud_model(records, root / f"split{k}", k, cls) for k, cls in enumerate(cls_of_split)]
 
 
 def test_out_of_fold_labels_come_from_the_split_that_held_the_image_out_and_resume(built_records, synth_dir, tmp_path,
@@ -113,11 +121,12 @@ def test_out_of_fold_labels_come_from_the_split_that_held_the_image_out_and_resu
     with pytest.raises(KeyboardInterrupt):
         label(str(built_records), models, str(out), source="cells", truth_dir=str(synth_dir / "truth"), progress=False)
     assert len(list((out / "parts").glob("*.npz"))) == 1
+    _loud_model(built_records, tmp_path / "models" / "split0", 0, 7)  # the model at the same path is replaced
     resumed = []
     monkeypatch.setattr(label_module, "_label_unit", lambda *a, **k: resumed.append(1) or real(*a, **k))
     first = label(str(built_records), models, str(out), source="cells", truth_dir=str(synth_dir / "truth"), progress=False)
     n_units = len({(s, f) for s in range(2) for f in range(len(list(built_records.glob("images-*.tfrec"))))})
-    assert len(resumed) == n_units - 1  # the part written before the kill was kept
+    assert len(resumed) == n_units  # the part the replaced model wrote before the kill was not reused
     again = label(str(built_records), models, str(tmp_path / "fresh"), source="cells", truth_dir=str(synth_dir / "truth"),
                   progress=False)
     np.testing.assert_array_equal(first.labels, again.labels)  # resumed == uninterrupted
@@ -126,7 +135,7 @@ def test_out_of_fold_labels_come_from_the_split_that_held_the_image_out_and_resu
     assert set(loaded.ids) == set(folds.index)  # two splits cover both folds
     for image_id in loaded.ids:
         raw = loaded.arrays["raw_cells"][loaded.rows(image_id)]
-        mine, other = (3, 11) if folds[image_id] == 0 else (11, 3)
+        mine, other = (7, 11) if folds[image_id] == 0 else (11, 7)
         assert raw[:, mine].min() > 0.99 and raw[:, other].max() < 0.01, image_id  # labelled by the held-out split only
         soft = loaded.labels[loaded.rows(image_id)]
         image_labels = loaded.image_labels[list(loaded.ids).index(image_id)]
@@ -141,6 +150,16 @@ def test_out_of_fold_labels_come_from_the_split_that_held_the_image_out_and_resu
         (tmp_path / name / "best.keras").write_bytes((tmp_path / "models" / "split0" / "best.keras").read_bytes())
         with pytest.raises(LabelError, match=message):
             plan_splits([models[0], str(tmp_path / name)])
+
+    # The same images built with other folds (another --seed): the models trained on the old folds
+    # would label images they trained on, so they are refused.
+    other = tmp_path / "other_records"
+    shutil.copytree(built_records, other)
+    assert build_main(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out",
+                       str(other), "--image-size", "64", "--cell-size", "32", "--shard-mb", "0.01", "--folds", "2",
+                       "--seed", "1", "--replace-changed"]) == 0
+    with pytest.raises(LabelError, match="trained on another record set or other folds"):
+        label(str(other), models, str(tmp_path / "leak"), source="cells", progress=False)
 
 
 def test_the_single_cell_model_learns_from_soft_labels_and_predicts(learning_records, tmp_path):
@@ -166,7 +185,7 @@ def _true_cell_labels(records, out):
     """Per-cell labels from SynthHPA's truth, in the labels' file format."""
     from hpa_tf.pseudo.oof import _read_folds, read_record_pairs
     from hpa_tf.pseudo.quality import true_cell_labels
-    from hpa_tf.pseudo.store import CellLabels, records_fingerprint
+    from hpa_tf.data.cell_labels import CellLabels, records_fingerprint
     from hpa_tf.truth import Truth
 
     truth = Truth.load(str(records.parent / "synth" / "truth"), split="train")

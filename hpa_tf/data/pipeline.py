@@ -242,7 +242,7 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
     """``(cell (C, C, 4), soft labels (19,))``: every cell of every record on its own, shuffled across
     images (``data.cell_shuffle_buffer``), labelled from ``data.cell_labels`` (an image without labels
     there, or whose cells differ from the labels', is skipped) or else with its image's labels."""
-    from hpa_tf.pseudo.store import label_table
+    from hpa_tf.data.cell_labels import label_table
 
     size = data["cell_size"]
     stored = read_manifest(data["records"])["config"]["cell_size"]

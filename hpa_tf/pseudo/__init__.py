@@ -12,6 +12,6 @@ round. :mod:`oof` (the out-of-fold run), :mod:`soft` (the rule), :mod:`store` (t
 
 from hpa_tf.pseudo.oof import SOURCES, label, plan_splits
 from hpa_tf.pseudo.soft import naive_labels, soft_labels
-from hpa_tf.pseudo.store import CellLabels
+from hpa_tf.data.cell_labels import CellLabels
 
 __all__ = ["SOURCES", "CellLabels", "label", "naive_labels", "plan_splits", "soft_labels"]

@@ -9,7 +9,7 @@ a kind in a split are averaged; ``combined`` is the mean of the sources' soft la
 
 Each (split, shard) is written to ``OUT/parts/`` as soon as it is labelled: a killed run started again
 labels only what is missing, and gives the same labels (no augmentation, no randomness). The parts
-are merged into ``labels.npz`` (:mod:`hpa_tf.pseudo.store`) at the end.
+are merged into ``labels.npz`` (:mod:`hpa_tf.data.cell_labels`) at the end.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from hpa_tf import fs
-from hpa_tf.data.pipeline import read_folds, read_manifest, val_folds
+from hpa_tf.provenance import file_digest
+from hpa_tf.training.folder import TrainingFolder
+from hpa_tf.data.pipeline import read_folds, read_manifest
 from hpa_tf.inference.prepare import Prepared
 from hpa_tf.pseudo.quality import label_quality, true_cell_labels
 from hpa_tf.pseudo.soft import naive_labels, soft_labels
-from hpa_tf.pseudo.store import CellLabels, records_fingerprint
+from hpa_tf.data.cell_labels import CellLabels, records_fingerprint
 
 SOURCES = {"cam": "image model, CAM x cell", "cells": "cell-bag model, its cell head",
            "cell": "single-cell model (previous round)"}
@@ -54,21 +55,6 @@ class Split:
         return f"folds {list(self.folds)}" + (f" of {list(self.sources)}" if self.sources else "")
 
 
-def _model_file(path: str) -> tuple[str, str]:
-    """(the .keras file, its run's config.yaml) of a training folder or of a model file in one."""
-    if path.endswith(".keras"):
-        model, folder = path, path.rsplit("/", 1)[0] if "/" in path else "."
-    else:
-        model, folder = fs.join(path, "best.keras"), path
-    config = fs.join(folder, "config.yaml")
-    if not fs.exists(model):
-        raise LabelError(f"{model} not found: give a training folder of train_tpu.py (with best.keras) or a .keras file")
-    if not fs.exists(config):
-        raise LabelError(f"{config} not found: out-of-fold labelling reads which folds {model} was trained without "
-                         "from the config.yaml train_tpu.py saved beside it")
-    return model, config
-
-
 def plan_splits(models: Sequence[str]) -> list[Split]:
     """Group models by the folds they held out; splits must not overlap.
 
@@ -77,13 +63,16 @@ def plan_splits(models: Sequence[str]) -> list[Split]:
     """
     groups: dict[tuple, list[str]] = {}
     for path in models:
-        model, config_path = _model_file(path)
-        data = (yaml.safe_load(fs.read_text(config_path)) or {}).get("data", {})
-        folds = val_folds({"val_fold": data.get("val_fold", 0)})
-        if not folds:
+        folder, model = TrainingFolder.of(path)
+        if not fs.exists(model):
+            raise LabelError(f"{model} not found: give a training folder of train_tpu.py (with best.keras) or a .keras file")
+        if not fs.exists(folder.file("config.yaml")):
+            raise LabelError(f"{folder.file('config.yaml')} not found: out-of-fold labelling reads which folds {model} was "
+                             "trained without from the config.yaml train_tpu.py saved beside it")
+        key = folder.held_out()
+        if not key[0]:
             raise LabelError(f"{model} was trained on every fold (data.val_fold: -1): it cannot label any training cell "
                              "out of fold; train one model per split with data.val_fold set")
-        key = (tuple(sorted(folds)), tuple(sorted(data.get("val_sources") or [])))
         groups.setdefault(key, []).append(model)
     splits = [Split(folds, sources, paths) for (folds, sources), paths in sorted(groups.items())]
     seen: dict[int, Split] = {}
@@ -94,6 +83,34 @@ def plan_splits(models: Sequence[str]) -> list[Split]:
                                  "out-of-fold splits that do not overlap")
             seen[f] = split
     return splits
+
+
+def check_trained_on(splits: Sequence[Split], records: str) -> str:
+    """The records' fingerprint, after checking that every model was trained on exactly these
+    records, folds included (else a model could label images it trained on)."""
+    fingerprint = records_fingerprint(records)
+    for split in splits:
+        for model in split.models:
+            folder, _ = TrainingFolder.of(model)
+            record = folder.provenance()
+            if record is None:
+                raise LabelError(f"{model}: its training is unfinished or predates provenance.json ({folder.path} has none); "
+                                 "train it again (python -m hpa_tf.train) before it labels anything")
+            if record.made_from.get("records") != fingerprint:
+                raise LabelError(f"{model} was trained on another record set or other folds than {records} (records "
+                                 f"{record.made_from.get('records')} vs {fingerprint}): it could label images it trained "
+                                 "on; label with models trained on these records")
+    return fingerprint
+
+
+def labels_made_from(records: str, models: Sequence[str], source: str, normalise: bool = True,
+                     truth: bool = False) -> dict:
+    """What the labels of ``records`` by ``models`` are made from: the records' and each model
+    file's content, the source and rule. The job compares it with the stored record to skip labelling."""
+    splits = plan_splits(models)
+    return {"records": check_trained_on(splits, records), "source": source, "normalise": normalise, "truth": truth,
+            "splits": [{"folds": list(s.folds), "sources": list(s.sources),
+                        "models": [file_digest(m) for m in s.models]} for s in splits]}
 
 
 def _read_folds(records: str) -> dict[str, int]:
@@ -208,6 +225,7 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
     from hpa_tf.truth import Truth
 
     splits = plan_splits(models)
+    made_from = labels_made_from(records, models, source, normalise, bool(truth_dir))
     manifest = read_manifest(records)
     folds = _read_folds(records)
     built = manifest["config"]
@@ -220,13 +238,13 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
     n_shards = len(manifest["shards"]["images"])
     parts_dir = fs.join(out, "parts")
     fs.makedirs(parts_dir)
-    fingerprint = records_fingerprint(records)
+    fingerprint = made_from["records"]
     todo = sum(1 for i, f in folds.items() if any(f in s.folds for s in splits))
     with tqdm(total=todo, desc="labelling cells", unit="img", disable=not progress) as bar:
         for k, split in enumerate(splits):
             predictor = None
-            stamp, settings = fs.join(parts_dir, f"split{k}.json"), {"models": split.models, "records": fingerprint,
-                                                                     "truth": bool(truth_dir)}
+            settings = {**made_from["splits"][k], "records": fingerprint, "truth": bool(truth_dir)}  # model contents
+            stamp = fs.join(parts_dir, f"split{k}.json")
             same = fs.exists(stamp) and json.loads(fs.read_text(stamp)) == settings  # parts written with these settings
             for shard in range(n_shards):
                 path = fs.join(parts_dir, f"split{k}-shard{shard:05d}.npz")
@@ -246,7 +264,7 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
                    "images": len(labels.ids), "cells": int(len(labels.cell_index)), "unlabelled_folds": missing}
     if "truth" in labels.arrays:
         labels.meta["quality"] = quality_of(labels)
-    labels.save(out)
+    labels.save(out, made_from)
     for name in fs.listdir(parts_dir):
         fs.remove(fs.join(parts_dir, name))
     return labels

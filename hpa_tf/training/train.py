@@ -11,8 +11,10 @@ validation mAP of image labels, across kills: ``best.json`` says which), ``last.
 A killed run started again resumes after its last backed-up epoch, with the same learning-rate
 schedule, best epoch and logs; each epoch's data are rebuilt from (seed, epoch), so with
 ``train.deterministic`` the resumed run's weights equal an uninterrupted run's, bit for bit. A
-backup that cannot be read is named and set aside, and the one before it is used. A run in the
-folder of a finished one starts anew.
+backup that cannot be read is named and set aside, and the one before it is used. A run resumes only
+backups of the same model fingerprint (:mod:`hpa_tf.training.folder`: settings, records and folds,
+labels, starting weights); after any change it starts anew, saying what changed. A run in the folder of
+a finished one starts anew. ``provenance.json`` is written last, so a killed run is never "done".
 """
 
 from __future__ import annotations
@@ -29,12 +31,13 @@ import pandas as pd
 import tensorflow as tf
 from tqdm import tqdm
 
-from hpa_tf import fs
+from hpa_tf import fs, provenance
 from hpa_tf.cli import require_writable
 from hpa_tf.config import save_config
 from hpa_tf.data.pipeline import count_images, distribute, read_manifest, val_folds, validation_steps
 from hpa_tf.lock import FolderLock
 from hpa_tf.training import backup
+from hpa_tf.training.folder import LOG_KEYS, TrainingFolder, model_made_from
 from hpa_tf.training.loop import Trainer
 from hpa_tf.training.strategy import (
     configure_logical_cpus,
@@ -44,7 +47,6 @@ from hpa_tf.training.strategy import (
 )
 
 EpochHook = Callable[[int, dict], None]
-LOG_KEYS = ("epoch", "loss", "val_loss", "val_auc", "val_map", "val_f1", "learning_rate", "seconds")
 
 
 class TrainingError(RuntimeError):
@@ -137,20 +139,32 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
     epochs, per_call = int(t["epochs"]), int(t["steps_per_execution"])
     trainer = Trainer(config, strategy, steps * epochs, int(float(t["warmup_epochs"]) * steps))
 
+    folder = TrainingFolder(model_dir)
+    made_from = model_made_from(config)
+    fingerprint = provenance.fingerprint("model", made_from)
     restored = backup.load_latest(backup_dir, set_aside=chief)
+    if restored is not None and restored[1].get("fingerprint") != fingerprint:
+        what = provenance.changed(restored[1].get("made_from", {}), made_from) or ["made by an older hpa-tf"]
+        print(f"{model_dir}: its backups are of another run ({', '.join(what)} changed): starting anew")
+        restored = None
+        if chief:
+            backup.remove_all(backup_dir)
     if restored is not None:
         arrays, state = restored
         trainer.restore(arrays, state["variables"], backup_dir)
-        changed = sorted(k for k, v in _flat(config.to_dict()).items() if _flat(state["config"]).get(k) != v)
-        print(f"resuming {model_dir} after epoch {state['epoch'] + 1}" + (f" (settings changed: {changed})" if changed else ""))
+        print(f"resuming {model_dir} after epoch {state['epoch'] + 1}")
     else:
         state = {"epoch": -1, "best": None, "history": [], "per_class": []}
     if chief:
         try:
             fs.makedirs(model_dir)
+            if restored is None:
+                folder.forget()  # a killed new run must not leave the old run's models looking current
+            else:
+                provenance.forget(model_dir)
         except Exception as err:
             raise backup.storage_error(model_dir, "the run's folder", err) from err
-        save_config(config, fs.join(model_dir, "config.yaml"))
+        save_config(config, folder.file("config.yaml"))
         _repair_best(model_dir, state, trainer.model)
     writer = _summary_writer(model_dir) if chief and t["tensorboard"] else None
 
@@ -184,6 +198,7 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
         if chief:
             arrays, paths = trainer.state_arrays()
             state["variables"], state["config"] = paths, config.to_dict()
+            state["fingerprint"], state["made_from"] = fingerprint, made_from
             backup.save(backup_dir, epoch, arrays, state, int(t["keep_backups"]))
             if improved:
                 _save_best(model_dir, trainer.model, epoch, row["val_map"])
@@ -194,16 +209,10 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
     if chief:
         save_model(trainer.model, fs.join(model_dir, "last.keras"))
         backup.remove_all(backup_dir)
+        folder.finish(made_from)
     history = {k: [h.get(k) for h in state["history"]] for k in LOG_KEYS if k != "epoch"}
     return {"history": history, "model_dir": model_dir, "replicas": replicas, "steps_per_epoch": steps,
             "best": state["best"]}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def _pipelines(strategy: tf.distribute.Strategy) -> int:

@@ -5,15 +5,20 @@
   (rows x 19, the soft labels training reads), ``image_labels`` (images x 19), ``fold`` (images), and
   each source's raw cell probabilities as ``raw_<source>`` (rows x 19) and soft labels as
   ``soft_<source>``, so other rules can be tried without a model;
-- ``meta.json``: the records they label (their manifest's fingerprint), the source and rule chosen,
-  the models of each out-of-fold split, and with a truth folder the labels' quality.
+- ``meta.json``: the records they label (their fingerprint), the source and rule chosen, the models of
+  each out-of-fold split, and with a truth folder the labels' quality;
+- ``provenance.json`` (written last): what the labels were made from (:mod:`hpa_tf.provenance`), so
+  a single-cell model trained on them knows their fingerprint and is retrained when they change.
 
-Written atomically; records are built once and every round adds a folder.
+Written atomically; records are built once and every round adds a folder. Owned here, in
+:mod:`hpa_tf.data` (the pipeline reads it; :mod:`hpa_tf.pseudo` writes it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import zipfile
 import json
 from dataclasses import dataclass, field
 
@@ -23,6 +28,12 @@ from hpa_tf import fs, provenance
 
 LABELS_FILE = "labels.npz"
 META_FILE = "meta.json"
+
+
+def labels_fingerprint(folder: str) -> str:
+    """The fingerprint of a finished per-cell label set (its ``provenance.json``); a ValueError when
+    the folder holds none. ``labels_fingerprint("runs/demo/records/pseudo/round1")`` -> 'beef...'"""
+    return provenance.require(folder, "labels", "per-cell label set (python -m hpa_tf.pseudo)").fingerprint
 
 
 def records_fingerprint(records: str) -> str:
@@ -48,22 +59,35 @@ class CellLabels:
         i = int(np.flatnonzero(self.ids == image_id)[0])
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
-    def save(self, folder: str) -> None:
-        """Write ``labels.npz`` then ``meta.json`` (each atomically)."""
+    def save(self, folder: str, made_from: dict | None = None) -> None:
+        """Write ``labels.npz``, ``meta.json`` and last ``provenance.json`` (each atomically).
+        ``made_from``: what made the labels (models, settings); None for labels made by other means,
+        which are then known by the records they label and their content."""
+        provenance.forget(folder)
+        if made_from is None:
+            content = hashlib.sha256()
+            for array in (self.ids.astype(str), self.offsets, self.cell_index, self.labels.astype(np.float32)):
+                content.update(np.ascontiguousarray(array).tobytes())
+            made_from = {"records": self.meta.get("records_fingerprint"), "content": content.hexdigest()[:16]}
         buf = io.BytesIO()
         np.savez_compressed(buf, ids=self.ids.astype(str), offsets=self.offsets, cell_index=self.cell_index,
                             labels=self.labels.astype(np.float32), image_labels=self.image_labels.astype(np.float32),
                             fold=self.fold, **self.arrays)
         fs.write_bytes(fs.join(folder, LABELS_FILE), buf.getvalue())
         fs.write_text(fs.join(folder, META_FILE), json.dumps(self.meta, indent=2))
+        provenance.write(folder, "labels", made_from, [LABELS_FILE])
 
     @classmethod
     def load(cls, folder: str) -> CellLabels:
         path = fs.join(folder, LABELS_FILE)
         if not fs.exists(path):
             raise FileNotFoundError(f"{path} not found: make per-cell labels with `python -m hpa_tf.pseudo --records ... --models ... --out ...`")
-        with np.load(io.BytesIO(fs.read_bytes(path))) as z:
-            data = {k: z[k] for k in z.files}
+        try:
+            with np.load(io.BytesIO(fs.read_bytes(path))) as z:
+                data = {k: z[k] for k in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}): truncated or not a labels file; "
+                             f"make the labels again (`python -m hpa_tf.pseudo ... --out {folder}`)") from err
         meta_path = fs.join(folder, META_FILE)
         meta = json.loads(fs.read_text(meta_path)) if fs.exists(meta_path) else {}
         base = {k: data.pop(k) for k in ("ids", "offsets", "cell_index", "labels", "image_labels", "fold")}
