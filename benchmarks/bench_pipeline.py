@@ -66,7 +66,7 @@ def run(quick: bool = False) -> dict:
         from hpa_tf.segmentation.__main__ import main as segment
 
         segment(["--data", f"{d}/train", "--out", f"{d}/masks", "--workers", "2", "--no-overlays"])
-        cfg = load_config(None, [f"data.records={d}/records", "data.val_fold=-1", "data.image_size=512",
+        cfg = load_config(None, [f"data.records={d}/records", "data.val_folds=[]", "data.image_size=512",
                                  "data.cell_size=128", "data.cells_per_bag=16", "data.shuffle_buffer=16"])
         batches = 6 if quick else 20
         out["pipeline_images_512_per_s"] = _rate(make_dataset(cfg, True, 8), batches, 8)

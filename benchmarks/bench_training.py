@@ -39,7 +39,7 @@ def _measure(records: str, strategy: str, per_call: int, way: str, steps: int) -
 
     mirrored = strategy == "cpu_mirrored"
     config = load_config("configs/demo_cpu.yaml", [
-        f"data.records={records}", "data.val_fold=-1", f"train.strategy={strategy}",
+        f"data.records={records}", "data.val_folds=[]", f"train.strategy={strategy}",
         f"train.batch_size={8 if mirrored else 16}", f"train.steps_per_execution={per_call}"])
     configure_logical_cpus(2 if mirrored else 0)
     keras.utils.set_random_seed(0)

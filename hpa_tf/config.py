@@ -75,10 +75,10 @@ def _at_least(key: str, value: float, low: float) -> None:
 class DataConfig(Section):
     records: str = "runs/demo/records"  # the builder's output folder (local or gs://)
     kind: str = "auto"  # image | cells | cell; auto = model.kind
-    val_fold: int | list[int] = 0  # the fold(s) held out for validation; -1 = none; [0, 2, 4]: an out-of-fold split
+    val_folds: list[int] = field(default_factory=lambda: [0])  # held out for validation; [] = none; [0, 2]: a split
     cell_labels: str | None = None  # model.kind cell: per-cell soft labels (python -m hpa_tf.pseudo); None = image labels
     cell_label_source: str = ""  # which stored source of cell_labels (cells, cam, cell, combined); "" = the chosen one
-    val_sources: list[str] = field(default_factory=list)  # validate on these sources of val_fold only; [] = all
+    val_sources: list[str] = field(default_factory=list)  # validate on these sources of val_folds only; [] = all
     image_size: int = 128
     cell_size: int = 64
     cells_per_bag: int = 16
@@ -90,9 +90,8 @@ class DataConfig(Section):
 
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("auto", *MODEL_KINDS))
-        folds = self.val_fold if isinstance(self.val_fold, list) else [self.val_fold]
-        if not folds or any(f < -1 for f in folds) or (-1 in folds and len(folds) > 1):
-            raise ConfigError(f"data.val_fold: {self.val_fold!r} must be a fold (>= 0), a list of folds, or -1 (none)")
+        if any(f < 0 for f in self.val_folds) or len(set(self.val_folds)) < len(self.val_folds):
+            raise ConfigError(f"data.val_folds: {self.val_folds!r} must be a list of distinct folds (>= 0); [] for none")
         for key in ("image_size", "cell_size"):
             _at_least(f"data.{key}", getattr(self, key), 8)
         for key in ("cells_per_bag", "max_eval_cells", "shuffle_buffer", "cell_shuffle_buffer"):
@@ -262,10 +261,25 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
     return float(value) if annotation is float else value
 
 
+def _val_fold(value: Any) -> Any:
+    """The old ``data.val_fold`` (one fold, -1 for none, or a list) as ``data.val_folds``."""
+    if isinstance(value, list):
+        return value
+    return [] if value == -1 else [value]
+
+
+# Old names that still work: key -> (its new name, the value's conversion).
+ALIASES: dict[str, tuple[str, Any]] = {"data.val_fold": ("val_folds", _val_fold)}
+
+
 def _apply(config: Section, update: dict, where: str, path: str = "") -> None:
     hints = typing.get_type_hints(type(config))
     for key, value in update.items():
         full = f"{path}{key}"
+        if full in ALIASES:
+            key, convert = ALIASES[full]
+            value = convert(value) if convert else value
+            full = f"{path}{key}"
         if key not in config.keys():
             raise ConfigError(f"{where}: unknown key {full!r}; known keys here: {sorted(config.keys())}")
         current = getattr(config, key)

@@ -106,7 +106,7 @@ def check_settings(job: Job) -> None:
 
     for config in (job.image_config, job.cells_config, job.cell_config):
         try:
-            load_config(config, ["data.val_fold=[0]", *job.sets])
+            load_config(config, ["data.val_folds=[0]", *job.sets])
         except ConfigError as err:
             raise JobError(f"--set / {config}: {err}") from err
 
@@ -175,9 +175,9 @@ def run_job(job: Job) -> dict:
             references[label] = f"{sub[:-4]}.json"
     for k in range(job.splits):
         folds = json.dumps(job.split_folds(k))
-        _train(job, f"round 0 image model, split {k}", job.image_config, models_of(job, 0, "image")[k], [f"data.val_fold={folds}"])
+        _train(job, f"round 0 image model, split {k}", job.image_config, models_of(job, 0, "image")[k], [f"data.val_folds={folds}"])
         _train(job, f"round 0 cell-bag model, split {k}", job.cells_config, models_of(job, 0, "cells")[k],
-               [f"data.val_fold={folds}"])
+               [f"data.val_folds={folds}"])
     final = models_of(job, 0, "image") + models_of(job, 0, "cells")
     labellers = final
     quality = {}
@@ -196,7 +196,7 @@ def run_job(job: Job) -> dict:
         for k in range(job.splits):
             folds = json.dumps(job.split_folds(k))
             _train(job, f"round {r} single-cell model, split {k}", job.cell_config, models_of(job, r, "cell")[k],
-                   [f"data.val_fold={folds}", f"data.cell_labels={labels}"])
+                   [f"data.val_folds={folds}", f"data.cell_labels={labels}"])
         labellers = models_of(job, r, "cell")
     if job.rounds:
         final += labellers

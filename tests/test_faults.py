@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import hpa_tf.models  # noqa: F401  (registers the custom layers keras.models.load_model meets)
 from hpa_tf.cli import run
 from hpa_tf.submission import read_submission
 from tfrecord_builder.__main__ import main as builder
@@ -239,6 +240,30 @@ def test_kill_9_in_training_resumes_to_the_uninterrupted_run(built_records, tmp_
     assert (killed / "best.json").read_text() == (tmp_path / "whole" / "best.json").read_text()
     pd.testing.assert_frame_equal(pd.read_csv(killed / "train_log.csv").drop(columns="seconds"),
                                   pd.read_csv(tmp_path / "whole" / "train_log.csv").drop(columns="seconds"))
+
+    # Another setting in the finished run's folder, killed after its first epoch: the folder must not
+    # look like a finished run of either setting; restarted with a third setting it starts anew (its
+    # backups are of another run), and its config.yaml holds out the folds it really held out.
+    from hpa_tf.config import load_config
+    from hpa_tf.training.folder import TrainingFolder
+
+    def config_of(argv):
+        return load_config("demo_cpu", argv[argv.index("--set") + 1:])
+
+    other = [*cmd(killed), "data.val_fold=0"]
+    proc = subprocess.Popen(other, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (killed / "backup" / "epoch-00000.npz").exists())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    folder = TrainingFolder(str(killed))
+    assert not folder.is_current(config_of(cmd(killed))) and not folder.is_current(config_of(other))
+    assert not (killed / "last.keras").exists()
+    third = [*cmd(killed), "train.epochs=2"]
+    restarted = subprocess.run(third, env=ENV, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0 and "starting anew" in restarted.stdout, restarted.stdout + restarted.stderr[-2000:]
+    assert "data.val_fold" in restarted.stdout and "resuming" not in restarted.stdout
+    assert pd.read_csv(killed / "train_log.csv")["epoch"].tolist() == [0, 1]
+    assert folder.held_out() == ((1,), ()) and folder.is_current(config_of(third))
 
 
 def _cli(module_main, argv, capsys) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """The main job end to end on a folder in the competition's layout (make demo DATA=DIR RUN=OUT)."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +12,29 @@ TINY = ["train.epochs=1", "train.steps_per_epoch=2", "data.image_size=32", "data
         "train.tensorboard=false", "data.max_eval_cells=8"]
 
 
-def _job(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hpa_tf.job", *args], cwd=ROOT, capture_output=True, text=True,
+def _job(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hpa_tf.job", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900)
 
 
-def test_the_main_job_runs_on_a_competition_folder_and_a_rerun_skips_what_is_done(synth_dir, tmp_path):
+def _ran(result: subprocess.CompletedProcess) -> set[str]:
+    """The stages a job run ran (not skipped)."""
+    return {line[3:].split(": ", 1)[0] for line in result.stdout.splitlines()
+            if line.startswith("== ") and not line.endswith("done before, skipped")}
+
+
+TRAININGS = {f"round 0 {kind} model, split {k}" for kind in ("image", "cell-bag") for k in (0, 1)}
+CELL_MODELS = {f"round 1 single-cell model, split {k}" for k in (0, 1)}
+LABELS = "round 1 per-cell labels, out of fold"
+
+
+def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tmp_path):
+    """The job from another working directory with a relative --run; a rerun skips every stage; a
+    damaged model file, a truncated label file and another label source each redo exactly the
+    stages downstream of them."""
     run = tmp_path / "run"
-    args = ["--data", str(synth_dir), "--run", str(run), "--folds", "2", "--splits", "2", "--workers", "1", "--set", *TINY]
-    first = _job(*args)
+    args = ["--data", str(synth_dir), "--run", "run", "--folds", "2", "--splits", "2", "--workers", "1", "--set", *TINY]
+    first = _job(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     sub = pd.read_csv(run / "submission.csv")
     assert sorted(sub["ID"]) == sorted(pd.read_csv(synth_dir / "sample_submission.csv")["ID"])
@@ -34,13 +49,77 @@ def test_the_main_job_runs_on_a_competition_folder_and_a_rerun_skips_what_is_don
         assert (run / "round0" / kind / "split1" / "best.keras").exists()
     assert (run / "round1" / "cell" / "split0" / "best.keras").exists()
 
-    again = _job(*args)
+    again = _job(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done before, skipped") >= 7  # 6 trainings and the labels
+    assert not _ran(again) & (TRAININGS | CELL_MODELS | {LABELS}), _ran(again)
+
+    model = run / "round1" / "cell" / "split0" / "best.keras"
+    model.write_bytes(model.read_bytes()[:1000])  # truncated: a disk full, a killed copy
+    redone = _job(*args, cwd=tmp_path)
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert _ran(redone) & (TRAININGS | CELL_MODELS | {LABELS}) == {"round 1 single-cell model, split 0"}
+
+    labels = run / "records" / "pseudo" / "round1" / "labels.npz"
+    labels.write_bytes(labels.read_bytes()[:100])
+    redone = _job(*args, cwd=tmp_path)
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert _ran(redone) & (TRAININGS | CELL_MODELS | {LABELS}) == CELL_MODELS | {LABELS}
+
+    cam = _job(*args, "--label-source", "cam", cwd=tmp_path)
+    assert cam.returncode == 0, cam.stderr[-3000:]
+    assert _ran(cam) & (TRAININGS | CELL_MODELS | {LABELS}) == CELL_MODELS | {LABELS}
+    assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
 
 
-def test_a_folder_not_in_the_competition_layout_is_one_clear_line(tmp_path):
+def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path):
+    """A folder not in the layout, an empty test/, a wrong --set value or key: one line, no stage run."""
     (tmp_path / "train").mkdir()
     result = _job("--data", str(tmp_path), "--run", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "no train.csv" in result.stderr and "Traceback" not in result.stderr
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    for bad, message in ((["--set", "train.epochs=abc"], "train.epochs must be an integer"),
+                         (["--set", "train.epoks=3"], "unknown key 'train.epoks'")):
+        result = _job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
+    shutil.rmtree(data / "test")
+    (data / "test").mkdir()
+    result = _job("--data", str(data), "--run", str(tmp_path / "empty"))
+    assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr
+    assert "==" not in result.stdout
+
+
+def test_a_killed_job_takes_its_running_stage_with_it(synth_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "hpa_tf.job", "--data", str(synth_dir), "--run", str(tmp_path / "run"),
+                             "--folds", "2", "--workers", "1", "--set", *TINY], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    def training_child() -> list[int]:
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            if ppid == proc.pid and b"hpa_tf.train" in cmdline:
+                found.append(int(entry))
+        return found
+
+    deadline = time.time() + 600
+    while not (children := training_child()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert children, "the job never started a training"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while any(Path(f"/proc/{c}").exists() and " Z " not in Path(f"/proc/{c}/stat").read_text() for c in children):
+        assert time.time() < deadline, "the training outlived the killed job"
+        time.sleep(0.1)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from hpa_tf.config import load_config
@@ -53,3 +54,22 @@ def test_image_and_cell_bag_pipelines_over_records(built_records):
     n = int(x["mask"].numpy().sum())
     assert x["cells"].shape == (1, 40, 24, 24, 4) and 5 < n <= 40
     assert float(tf.reduce_max(tf.abs(x["cells"][0, n:]))) == 0.0  # padded cells are empty
+
+
+@pytest.mark.parametrize("n_files", [1, 3])
+def test_input_pipelines_split_the_records_disjointly_with_fewer_files_than_pipelines(tmp_path, n_files):
+    """Two workers on one shard (or on 3 shards, unevenly): each worker reads its own part (whole
+    files when there are enough, else every other record) and together they read every record once."""
+    from hpa_tf.data.pipeline import _files_dataset
+
+    files = []
+    for f in range(n_files):
+        path = str(tmp_path / f"r{f}.tfrec")
+        with tf.io.TFRecordWriter(path) as writer:
+            for i in range(7):
+                writer.write(f"{f}-{i}".encode())
+        files.append(path)
+    parts = [[r.decode() for r in _files_dataset(files, "", True, False, 0, tf.distribute.InputContext(2, i, 2))
+              .as_numpy_iterator()] for i in range(2)]
+    assert all(parts) and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == sorted(f"{f}-{i}" for f in range(n_files) for i in range(7))

@@ -179,6 +179,7 @@ def _trained_pair(records, tmp_path):
     """An image model (48 px from 64 px records) and a cell-bag model (24 px from 32 px crops),
     built from their configs as train_tpu.py builds them: each carries its input contract."""
     from hpa_tf.config import load_config
+    from hpa_tf.data.contract import InputContract
     from hpa_tf.models import build_model
 
     paths = []
@@ -186,7 +187,7 @@ def _trained_pair(records, tmp_path):
         keras.utils.set_random_seed(2)
         config = load_config(None, [f"data.records={records}", f"model.kind={kind}", *extra])
         path = tmp_path / f"{kind}.keras"
-        build_model(config).save(path)
+        build_model(config, InputContract.from_config(config)).save(path)
         paths.append(path)
     return paths
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hpa_tf.config import load_config, save_config
+from hpa_tf.data.contract import InputContract
 from hpa_tf.models import CamScorer, build_model, image_classifier, mask_weights
 from hpa_tf.models.cam import sigmoid
 from hpa_tf.models.puzzle import PuzzleCAM
@@ -77,9 +78,9 @@ def _loud_model(records, folder, k, cls):
     from hpa_tf.training.folder import TrainingFolder, model_made_from
 
     keras.utils.set_random_seed(k)
-    config = load_config("configs/demo_cpu_cells.yaml", [f"data.records={records}", f"data.val_fold={k}",
+    config = load_config("configs/demo_cpu_cells.yaml", [f"data.records={records}", f"data.val_folds=[{k}]",
                                                           "data.cell_size=24", f"train.model_dir={folder}"])
-    model = build_model(config)
+    model = build_model(config, InputContract.from_config(config))
     head = model.get_layer("cell_logits")
     kernel, bias = head.get_weights()
     bias[:] = -8.0
@@ -143,8 +144,8 @@ def test_out_of_fold_labels_come_from_the_split_that_held_the_image_out_and_resu
     quality = loaded.meta["quality"]
     assert quality["n_cells"] > 0 and {"naive", "cells", "combined"} <= set(quality["sources"])
 
-    for name, val_fold, message in (("both", [0, 1], "held out by two splits"), ("all", -1, "every fold")):
-        config = load_config("configs/demo_cpu_cells.yaml", [f"data.records={built_records}", f"data.val_fold={val_fold}"])
+    for name, val_fold, message in (("both", [0, 1], "held out by two splits"), ("all", [], "every fold")):
+        config = load_config("configs/demo_cpu_cells.yaml", [f"data.records={built_records}", f"data.val_folds={val_fold}"])
         (tmp_path / name).mkdir()
         save_config(config, str(tmp_path / name / "config.yaml"))
         (tmp_path / name / "best.keras").write_bytes((tmp_path / "models" / "split0" / "best.keras").read_bytes())

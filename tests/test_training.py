@@ -262,3 +262,7 @@ def test_config_errors_name_the_key(tmp_path):
     assert load_config(None, ["model.kind=cells"]).data.kind == "cells"  # data.kind follows by default
     assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
     assert load_config(None, ["train.mixed_precision=off"]).train.mixed_precision == "off"  # not YAML's False
+    # data.val_fold, the older name: one fold, -1 for none, or a list
+    assert [load_config(None, [f"data.val_fold={v}"]).data.val_folds for v in (2, -1, "[0, 3]")] == [[2], [], [0, 3]]
+    with pytest.raises(ConfigError, match="data.val_folds"):
+        load_config(None, ["data.val_folds=[1, 1]"])

@@ -27,6 +27,7 @@ import json
 import sys
 
 from hpa_tf import fs, provenance
+from hpa_tf.data.manifest import Manifest
 from hpa_tf.cli import at_least, require_writable, run
 from hpa_tf.io import has_any_channel, read_label_table
 from hpa_tf.lock import FolderLock
@@ -179,8 +180,7 @@ def build(args: argparse.Namespace) -> int:
         _check_inputs(args.out, made_from, args.overwrite, args.replace_changed)
         if provenance.read(args.out) is not None and all(
                 shard_done(args.out, s, len(m), verify=args.verify) for m in [_planned(args.out)] for s in range(len(m))):
-            manifest = json.loads(fs.read_text(fs.join(args.out, MANIFEST)))
-            print(f"{args.out}: the records of these inputs are complete ({manifest['counts']['images']} images); "
+            print(f"{args.out}: the records of these inputs are complete ({Manifest.read(args.out).n_images} images); "
                   "nothing to do")
             return 0
         provenance.forget(args.out)
@@ -204,7 +204,7 @@ def build(args: argparse.Namespace) -> int:
         labels = {j.image_id: j.labels for j in jobs}
         manifest = write_manifest(args.out, config.to_dict(), metas, labels, args.folds, args.seed)
         provenance.write(args.out, "records", made_from, files=[MANIFEST, FOLDS])
-    c = manifest["counts"]
+    c = manifest.counts
     errors = fs.join(args.out, "errors.csv")
     print(f"wrote {c['images']} images, {c['cells']} cells in {c['shards']} x 2 shards to {args.out}; "
           f"{c['errors']} errors" + (f" (see {errors})" if c["errors"] else ""))

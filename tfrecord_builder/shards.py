@@ -18,15 +18,15 @@ import numpy as np
 import pandas as pd
 
 from hpa_tf import fs
+from hpa_tf.data.manifest import FILE as MANIFEST
+from hpa_tf.data.manifest import KINDS, Manifest, Shard
 from hpa_tf.data.schema import SCHEMA_VERSION
 from hpa_tf.labels import CLASS_NAMES, NUM_CLASSES
 from tfrecord_builder.build import Built, ImageJob
 from tfrecord_builder.folds import assign_folds
 
 PLAN = "plan.json"
-MANIFEST = "manifest.json"
 FOLDS = "folds.csv"
-KINDS = ("images", "cells")
 
 
 def shard_name(kind: str, index: int, n_shards: int) -> str:
@@ -115,7 +115,7 @@ def read_meta(out: str, index: int) -> dict:
 
 
 def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[str, Sequence[int]],
-                   n_folds: int, seed: int) -> dict:
+                   n_folds: int, seed: int) -> Manifest:
     """Summarise all shards into ``manifest.json``; assign folds over the images that were built
     (``folds.csv``: multi-label stratified, so no fold is left empty by images that failed); list
     bad images in ``errors.csv``."""
@@ -131,21 +131,18 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[s
         fold_counts[key] = fold_counts.get(key, 0) + 1
         per = by_source.setdefault(source_of[i], {})
         per[key] = per.get(key, 0) + 1
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "config": config,
-        "counts": {"images": len(ids), "cells": int(sum(m["n_cells"] for m in metas)), "errors": len(errors),
-                   "shards": len(metas)},
-        "sources": {name: {"images": sum(per.values()), "images_per_fold": dict(sorted(per.items()))}
-                    for name, per in sorted(by_source.items())},
-        "class_frequencies": {CLASS_NAMES[c]: int(class_counts[c]) for c in range(NUM_CLASSES)},
-        "folds": {"n_folds": n_folds, "seed": seed, "images_per_fold": dict(sorted(fold_counts.items())),
-                  "file": FOLDS},
-        "shards": {kind: [m["files"][kind] for m in metas] for kind in KINDS},
-        "errors_file": "errors.csv",
-    }
+    manifest = Manifest(
+        out, SCHEMA_VERSION, config,
+        counts={"images": len(ids), "cells": int(sum(m["n_cells"] for m in metas)), "errors": len(errors),
+                "shards": len(metas)},
+        folds={"n_folds": n_folds, "seed": seed, "images_per_fold": dict(sorted(fold_counts.items())), "file": FOLDS},
+        shards={kind: [Shard(**m["files"][kind]) for m in metas] for kind in KINDS},
+        sources={name: {"images": sum(per.values()), "images_per_fold": dict(sorted(per.items()))}
+                 for name, per in sorted(by_source.items())},
+        class_frequencies={CLASS_NAMES[c]: int(class_counts[c]) for c in range(NUM_CLASSES)},
+    )
     fold_table = pd.DataFrame({"ID": ids, "fold": [folds[i] for i in ids], "source": [source_of[i] for i in ids]})
     fs.write_text(fs.join(out, FOLDS), fold_table.to_csv(index=False))
     fs.write_text(fs.join(out, "errors.csv"), pd.DataFrame(errors, columns=["ID", "error"]).to_csv(index=False))
-    fs.write_text(fs.join(out, MANIFEST), json.dumps(manifest, indent=2))
+    fs.write_text(fs.join(out, MANIFEST), manifest.to_json())
     return manifest

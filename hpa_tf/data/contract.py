@@ -51,9 +51,9 @@ class InputContract:
         """The contract of a training config: its sizes and the records' (from their manifest)."""
         from hpa_tf.data.pipeline import read_manifest
 
-        built = read_manifest(config["data"]["records"])["config"]
+        built = read_manifest(config["data"]["records"])
         return cls(config["model"]["kind"], int(config["data"]["image_size"]), int(config["data"]["cell_size"]),
-                   int(built["image_size"]), int(built["cell_size"]), str(built["segmenter"]))
+                   built.image_size, built.cell_size, built.segmenter)
 
     @classmethod
     def for_model(cls, kind: str, size: int, segmenter: str = "") -> InputContract:

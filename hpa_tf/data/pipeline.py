@@ -26,7 +26,6 @@ Elements:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -34,18 +33,17 @@ import tensorflow as tf
 from hpa_tf import fs
 from hpa_tf.data import augment
 from hpa_tf.data.contract import to_model_size
+from hpa_tf.data.manifest import Manifest
 from hpa_tf.data.schema import cell_features, image_features
 from hpa_tf.labels import NUM_CLASSES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def read_manifest(records: str) -> dict:
-    """The builder's ``manifest.json``, with a clear error when it is missing."""
-    path = fs.join(records, "manifest.json")
-    if not fs.exists(path):
-        raise FileNotFoundError(f"{path} not found: build records first with `python -m tfrecord_builder build ...`")
-    return json.loads(fs.read_text(path))
+def read_manifest(records: str) -> Manifest:
+    """The builder's ``manifest.json`` (:class:`~hpa_tf.data.manifest.Manifest`), with a clear error
+    when it is missing."""
+    return Manifest.read(records)
 
 
 def shard_files(records: str, kind: str) -> tuple[list[str], str]:
@@ -54,28 +52,28 @@ def shard_files(records: str, kind: str) -> tuple[list[str], str]:
     not met as "truncated record" in the middle of an epoch."""
     m = read_manifest(records)
     paths = []
-    for f in m["shards"][kind]:
-        path = fs.join(records, f["file"])
+    for f in m.shards[kind]:
+        path = fs.join(records, f.file)
         size = fs.size(path) if fs.exists(path) else -1
-        if size != f["bytes"]:
-            state = "is missing" if size < 0 else f"is {size} bytes, the manifest says {f['bytes']}"
+        if size != f.bytes:
+            state = "is missing" if size < 0 else f"is {size} bytes, the manifest says {f.bytes}"
             raise ValueError(f"{path} {state}: rerun the build command that made {records}; it rebuilds broken "
                              "shards (`python -m tfrecord_builder inspect --verify` checks them all)")
         paths.append(path)
-    return paths, m["config"]["compression"]
+    return paths, m.compression
 
 
 def read_folds(records: str) -> dict[str, int] | None:
     """Image ID -> fold from the build's ``folds.csv`` (records of schema 3 carry no fold), or None
     for older records, whose ``fold`` field holds it."""
     m = read_manifest(records)
-    if m.get("schema_version", 1) < 3:
+    if m.schema_version < 3:
         return None
     import io
 
     import pandas as pd
 
-    table = pd.read_csv(io.StringIO(fs.read_text(fs.join(records, m["folds"]["file"]))), dtype={"ID": str})
+    table = pd.read_csv(io.StringIO(fs.read_text(fs.join(records, m.folds["file"]))), dtype={"ID": str})
     return dict(zip(table["ID"], table["fold"].astype(int)))
 
 
@@ -97,7 +95,7 @@ def count_images(records: str, folds: Sequence[int] | None = None, sources: Sequ
     """
     manifest = read_manifest(records)
     if sources:
-        per_source = manifest.get("sources", {})
+        per_source = manifest.sources
         unknown = sorted(set(sources) - set(per_source))
         if unknown:
             raise ValueError(f"data.val_sources: {records} has no source {unknown}; it has {sorted(per_source)}")
@@ -106,18 +104,17 @@ def count_images(records: str, folds: Sequence[int] | None = None, sources: Sequ
             for f, n in per_source[name]["images_per_fold"].items():
                 per_fold[f] = per_fold.get(f, 0) + n
     else:
-        per_fold = manifest["folds"]["images_per_fold"]
+        per_fold = manifest.folds["images_per_fold"]
     return sum(n for f, n in per_fold.items() if folds is None or int(f) in folds)
 
 
 def val_folds(data) -> list[int] | None:
-    """The folds ``data.val_fold`` holds out (an int or a list), or None for none.
+    """The folds ``data.val_folds`` holds out, or None for none.
 
-    >>> val_folds({"val_fold": 2}), val_folds({"val_fold": [0, 3]}), val_folds({"val_fold": -1})
+    >>> val_folds({"val_folds": [2]}), val_folds({"val_folds": [0, 3]}), val_folds({"val_folds": []})
     ([2], [0, 3], None)
     """
-    folds = data["val_fold"] if isinstance(data["val_fold"], list) else [data["val_fold"]]
-    return None if folds == [-1] else [int(f) for f in folds]
+    return [int(f) for f in data["val_folds"]] or None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -127,15 +124,22 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def _files_dataset(files: list[str], compression: str, training: bool, deterministic: bool, seed: int,
                    input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+    """The records of ``files``; when training with several input pipelines, this pipeline's part:
+    whole files when there are at least as many files as pipelines, else every n-th record (in a
+    deterministic order, so the pipelines' parts are disjoint and cover every record)."""
+    n = input_context.num_input_pipelines if training and input_context is not None else 1
+    by_file = n > 1 and len(files) >= n
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if training and input_context is not None and input_context.num_input_pipelines > 1:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if by_file:
+        ds = ds.shard(n, input_context.input_pipeline_id)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    return ds.interleave(
+    ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression),
-        cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE, deterministic=deterministic or not training,
+        cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic or not training or (n > 1 and not by_file),
     )
+    return ds.shard(n, input_context.input_pipeline_id) if n > 1 and not by_file else ds
 
 
 def _selected(ex: dict, folds: Sequence[int] | None, sources: Sequence[str] | None, exclude: bool) -> tf.Tensor:
@@ -186,7 +190,7 @@ def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
 def _image_elements(data, aug, training: bool, seed: int, examples: tf.data.Dataset) -> tf.data.Dataset:
     """``(image, labels)`` of each record."""
     size = data["image_size"]
-    stored = read_manifest(data["records"])["config"]["image_size"]
+    stored = read_manifest(data["records"]).image_size
 
     def prepare(index, ex):
         image = _decode_image(ex, size, stored)
@@ -214,7 +218,7 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
     """``({"cells", "mask"}, {"cells", "image"} targets, {"cells", "image"} weights)`` of each record."""
     bag = data["cells_per_bag"] if training else data["max_eval_cells"]
     size = data["cell_size"]
-    stored = read_manifest(data["records"])["config"]["cell_size"]
+    stored = read_manifest(data["records"]).cell_size
 
     def prepare(index, ex):
         pngs = tf.sparse.to_dense(ex["cells"])
@@ -245,7 +249,7 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
     from hpa_tf.data.cell_labels import label_table
 
     size = data["cell_size"]
-    stored = read_manifest(data["records"])["config"]["cell_size"]
+    stored = read_manifest(data["records"]).cell_size
     table = label_table(data["cell_labels"], data["records"], data["cell_label_source"]) if data["cell_labels"] else None
 
     def labelled(ex):
@@ -280,7 +284,7 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
 
 def _elements(config, training: bool, input_context=None, epoch: int = 0) -> tf.data.Dataset:
     """Unbatched elements of the training (all but the held-out set) or validation (the held-out
-    set: ``val_fold`` and ``val_sources``) pipeline. Single-cell models train on single cells and
+    set: ``val_folds`` and ``val_sources``) pipeline. Single-cell models train on single cells and
     validate on their images' cells as bags (an image's score is its best cell's)."""
     data, aug = config["data"], config["augment"]
     folds = val_folds(data)
@@ -295,7 +299,7 @@ def _elements(config, training: bool, input_context=None, epoch: int = 0) -> tf.
 
 
 def make_dataset(config, training: bool, batch_size: int, input_context=None, epoch: int = 0) -> tf.data.Dataset:
-    """Batches of the training pipeline of ``epoch`` (all folds but ``val_fold``: shuffled, augmented,
+    """Batches of the training pipeline of ``epoch`` (all folds but ``val_folds``: shuffled, augmented,
     repeated, static shapes) or of the validation set (one pass in order, last batch partial).
 
     Elements: image models ``(image, labels)``; cell bags ``(inputs, targets, sample weights)``.

@@ -15,12 +15,19 @@ from hpa_tf.models.layers import GeM, MaskedBagPool
 from hpa_tf.models.losses import MultiLabelLoss
 
 
-def build_model(config: dict) -> keras.Model:
-    """The model a config describes (``model.kind`` image or cells), started from ``model.weights``
-    (three-channel pretrained) or ``model.init_from`` (a four-channel hpa-tf checkpoint)."""
+def build_model(config: dict, contract=None) -> keras.Model:
+    """The model a config describes (``model.kind`` image, cells or cell), started from ``model.weights``
+    (three-channel pretrained) or ``model.init_from`` (a four-channel hpa-tf checkpoint). Built from
+    its arguments alone (no records are read): ``contract`` is the
+    :class:`~hpa_tf.data.contract.InputContract` the model carries, as training passes it
+    (``InputContract.from_config(config)``, from the records); None builds a model without one,
+    whose inputs prediction cuts at the model's own size.
+
+    >>> build_model(load_config("demo_cpu"), InputContract.from_config(cfg))  # doctest: +SKIP
+    """
     m, d = config["model"], config["data"]
     weights = None if m["init_from"] else m["weights"]  # no download for weights that are replaced anyway
-    contract = _contract(config)
+    contract = contract.to_dict() if hasattr(contract, "to_dict") else contract
     if m["kind"] == "cells":
         model = cell_bag_model(m["backbone"], d["cell_size"], None, weights, m["bag_pooling"], m["dropout"], m["pooling"],
                                contract)
@@ -35,16 +42,6 @@ def build_model(config: dict) -> keras.Model:
         copied = init_from(model, m["init_from"])
         print(f"model.init_from {m['init_from']}: copied {', '.join(copied)}")
     return model
-
-
-def _contract(config) -> dict | None:
-    """The input contract of a config, when its records exist (training); None otherwise."""
-    from hpa_tf import fs
-    from hpa_tf.data.contract import InputContract
-
-    if not fs.exists(fs.join(config["data"]["records"], "manifest.json")):
-        return None
-    return InputContract.from_config(config).to_dict()
 
 
 def contract_of(model: keras.Model):

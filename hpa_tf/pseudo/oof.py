@@ -1,7 +1,7 @@
 """Out-of-fold per-cell labels for every training cell of a record set.
 
 The models of one out-of-fold split were trained without some of the builder's folds
-(``data.val_fold``: one fold or a list, and ``data.val_sources``, as saved in each model's
+(``data.val_folds``, and ``data.val_sources``, as saved in each model's
 ``config.yaml``); they label only the cells of the images they held out, so no model labels a cell of
 an image it trained on. Sources, by model kind: ``cam`` (an image model's CAM x cell), ``cells`` (a
 cell-bag model's cell head), ``cell`` (a single-cell model: the previous round's); several models of
@@ -71,8 +71,8 @@ def plan_splits(models: Sequence[str]) -> list[Split]:
                              "trained without from the config.yaml train_tpu.py saved beside it")
         key = folder.held_out()
         if not key[0]:
-            raise LabelError(f"{model} was trained on every fold (data.val_fold: -1): it cannot label any training cell "
-                             "out of fold; train one model per split with data.val_fold set")
+            raise LabelError(f"{model} was trained on every fold (data.val_folds: []): it cannot label any training cell "
+                             "out of fold; train one model per split with data.val_folds set")
         groups.setdefault(key, []).append(model)
     splits = [Split(folds, sources, paths) for (folds, sources), paths in sorted(groups.items())]
     seen: dict[int, Split] = {}
@@ -129,9 +129,8 @@ def read_record_pairs(records: str, shard: int, ids: set[str] | None = None) -> 
     from hpa_tf.data.schema import parse_cell_record, parse_image_record
 
     m = read_manifest(records)  # not shard_files: it checks every shard's size, on each call
-    compression = m["config"]["compression"]
-    pairs = tf.data.Dataset.zip(tuple(tf.data.TFRecordDataset(fs.join(records, m["shards"][kind][shard]["file"]),
-                                                              compression_type=compression) for kind in ("images", "cells")))
+    pairs = tf.data.Dataset.zip(tuple(tf.data.TFRecordDataset(m.shard_paths(kind)[shard], compression_type=m.compression)
+                                      for kind in ("images", "cells")))
     if ids is not None:
         if not ids:
             return
@@ -228,14 +227,13 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
     made_from = labels_made_from(records, models, source, normalise, bool(truth_dir))
     manifest = read_manifest(records)
     folds = _read_folds(records)
-    built = manifest["config"]
-    sizes = (int(built["image_size"]), int(built["cell_size"]))
+    sizes = (manifest.image_size, manifest.cell_size)
     missing = sorted(set(folds.values()) - {f for s in splits for f in s.folds})
     if missing:
         print(f"warning: no model was trained without fold(s) {missing}: their cells get no labels "
               "(a single-cell model skips those images)")
     truth = Truth.load(truth_dir, split="train") if truth_dir else None
-    n_shards = len(manifest["shards"]["images"])
+    n_shards = manifest.n_shards
     parts_dir = fs.join(out, "parts")
     fs.makedirs(parts_dir)
     fingerprint = made_from["records"]

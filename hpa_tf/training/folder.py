@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from hpa_tf import fs, provenance
+from hpa_tf.config import _val_fold
 
 CONFIG, BEST, LAST, BEST_JSON = "config.yaml", "best.keras", "last.keras", "best.json"
 LOG, VAL_METRICS, BACKUP = "train_log.csv", "val_metrics.jsonl", "backup"
@@ -77,9 +78,8 @@ class TrainingFolder:
     def held_out(self) -> tuple[tuple[int, ...], tuple[str, ...]]:
         """The folds (and sources, empty for all) the run kept out of training; () folds for none."""
         data = self.config().get("data", {})
-        folds = data.get("val_fold", 0)
-        folds = folds if isinstance(folds, list) else [folds]
-        return (() if folds == [-1] else tuple(sorted(int(f) for f in folds)), tuple(sorted(data.get("val_sources") or [])))
+        folds = data["val_folds"] if "val_folds" in data else _val_fold(data.get("val_fold", 0))  # an older config.yaml
+        return tuple(sorted(int(f) for f in folds)), tuple(sorted(data.get("val_sources") or []))
 
     def provenance(self) -> provenance.Provenance | None:
         return provenance.read(self.path)

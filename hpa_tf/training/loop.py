@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.data.contract import InputContract
 from hpa_tf.models import build_loss, build_model
 from hpa_tf.models.puzzle import PuzzleCAM
 from hpa_tf.training.metrics import BINS, metrics_from_histograms, score_histograms
@@ -54,7 +55,7 @@ class Trainer:
         self.loss_fn = build_loss(config)
         self.puzzle_weights = (float(m["puzzle_cls_weight"]), float(m["puzzle_re_weight"]))
         with strategy.scope():
-            self.model = build_model(config)
+            self.model = build_model(config, InputContract.from_config(config))
             self.puzzle = PuzzleCAM(self.model, int(m["puzzle_tiles"])) if m["puzzle_tiles"] > 1 else None
             optimizer = keras.optimizers.AdamW(_schedule(float(t["learning_rate"]), total_steps, warmup_steps),
                                                weight_decay=float(t["weight_decay"]))

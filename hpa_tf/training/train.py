@@ -89,19 +89,19 @@ def _write_logs(model_dir: str, state: dict, writer) -> None:
 def _steps(config, replicas: int) -> tuple[int, int]:
     t, d = config["train"], config["data"]
     global_batch = t["batch_size"] * replicas
-    records, val_fold, folds = d["records"], d["val_fold"], val_folds(d)
+    records, folds = d["records"], val_folds(d)
     held_out = count_images(records, folds, d["val_sources"] or None) if folds else 0
     n_train = count_images(records) - held_out
     if n_train < 1:
-        raise TrainingError(f"{records}: no training images outside the validation set (fold {val_fold}); "
-                            "build records with more images or set data.val_fold=-1")
+        raise TrainingError(f"{records}: no training images outside the validation set (folds {folds}); "
+                            "build records with more images or set data.val_folds=[]")
     if folds and held_out < 1:
-        raise TrainingError(f"{records}: validation fold {val_fold} holds no images"
+        raise TrainingError(f"{records}: validation folds {folds} hold no images"
                             + (f" of sources {d['val_sources']}" if d["val_sources"] else "")
-                            + "; pick another data.val_fold, or -1 for none")
+                            + "; pick other data.val_folds, or [] for none")
     if d["kind"] == "cell":  # one example per cell: an epoch sees every training cell once, on average
-        counts = read_manifest(records)["counts"]
-        n_train = int(round(n_train * counts["cells"] / max(counts["images"], 1)))
+        manifest = read_manifest(records)
+        n_train = int(round(n_train * manifest.n_cells / max(manifest.n_images, 1)))
     return int(t["steps_per_epoch"]) or max(1, n_train // global_batch), held_out
 
 
