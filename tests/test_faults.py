@@ -299,7 +299,7 @@ def test_mistakes_are_one_line_and_a_nonzero_exit(synth_dir, built_records, tiny
         (train_main, ["--config", "demo_cpu_cells", "--set", "model.kind=image"], "data.kind=cells disagrees"),
         (train_main, ["--config", "demo_cpu", "--set", f"data.records={tmp_path / 'none'}"], "manifest.json not found"),
         (train_main, ["--config", "demo_cpu", "--set", f"data.records={built_records}", "data.val_fold=7",
-                      f"train.model_dir={tmp_path / 'm'}"], "validation fold 7 holds no images"),
+                      f"train.model_dir={tmp_path / 'm'}"], r"validation folds \[7\] hold no images \(the records have folds 0, 1\)"),
         (predict, ["--data", str(tmp_path / "nowhere"), "--models", str(tiny_model), "--out", str(tmp_path / "s.csv")],
          "--data .*nowhere: no such folder"),
         (predict, ["--data", str(synth_dir / "test"), "--models", str(tmp_path / "none.keras"), "--out",

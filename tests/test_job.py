@@ -32,13 +32,20 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     """The job from another working directory with a relative --run; a rerun skips every stage; a
     damaged model file, a truncated label file and another label source each redo exactly the
     stages downstream of them."""
-    run = tmp_path / "run"
-    args = ["--data", str(synth_dir), "--run", "run", "--folds", "2", "--splits", "2", "--workers", "1", "--set", *TINY]
+    import cv2
+
+    run, data = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    bad = pd.read_csv(data / "sample_submission.csv")["ID"][0]  # one test image whose channels differ in size
+    green = cv2.imread(str(data / "test" / f"{bad}_green.png"), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(data / "test" / f"{bad}_green.png"), green[: green.shape[0] // 2])
+    args = ["--data", "data", "--run", "run", "--folds", "2", "--splits", "2", "--workers", "1", "--set", *TINY]
     first = _job(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     sub = pd.read_csv(run / "submission.csv")
     assert sorted(sub["ID"]) == sorted(pd.read_csv(synth_dir / "sample_submission.csv")["ID"])
-    assert sub["PredictionString"].fillna("").str.len().gt(0).all()
+    strings = sub.set_index("ID")["PredictionString"].fillna("")
+    assert strings.drop(bad).str.len().gt(0).all() and strings[bad] == ""
     results = (run / "results.md").read_text()
     for expected in ("default combination", "oracle image labels", "per-cell labels against the truth",
                      "naive: every cell gets its image's labels", "cell-bag models (2), their cell head",

@@ -96,7 +96,8 @@ def _steps(config, replicas: int) -> tuple[int, int]:
         raise TrainingError(f"{records}: no training images outside the validation set (folds {folds}); "
                             "build records with more images or set data.val_folds=[]")
     if folds and held_out < 1:
-        raise TrainingError(f"{records}: validation folds {folds} hold no images"
+        raise TrainingError(f"{records}: validation folds {folds} hold no images (the records have folds "
+                            f"{', '.join(sorted(read_manifest(records).folds['images_per_fold']))})"
                             + (f" of sources {d['val_sources']}" if d["val_sources"] else "")
                             + "; pick other data.val_folds, or [] for none")
     if d["kind"] == "cell":  # one example per cell: an epoch sees every training cell once, on average
