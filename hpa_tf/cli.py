@@ -54,8 +54,17 @@ def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     'Does a thing.'
     """
     head, _, rest = doc.partition("\n\n")
-    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog_name(prog), description=head, epilog=rest,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of an error (or {DEBUG_ENV}=1)")
+    return parser
+
+
+def prog_name(default: str) -> str:
+    """The name the command was called by: a console script (``hpa-tf-train``) or a top-level script
+    (``train_tpu.py``) by its own name, else ``default`` (``python -m hpa_tf.train``)."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return called if called.startswith("hpa-tf-") or called in ("train_tpu.py", "predict.py") else default
 
 
 def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:

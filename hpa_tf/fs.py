@@ -132,6 +132,11 @@ def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def rmdir(path: str) -> None:
+    """Delete a directory (call it on empty ones). ``rmdir("out/backup")``"""
+    _tf().io.gfile.rmtree(path)
+
+
 def remove(path: str) -> None:
     """Delete a file if it exists. ``remove("out/x.tmp")``"""
     tf = _tf()

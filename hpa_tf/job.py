@@ -70,6 +70,7 @@ class Job:
     label_source: str = "cells"  # what round 1's single-cell models learn from (round 2 on: the cell models')
     cell_view: str = "masked"
     timings: dict[str, float] = field(default_factory=dict)
+    reused: dict[str, bool] = field(default_factory=dict)  # training and labelling stages: skipped as done
 
     @property
     def data_dir(self) -> str:
@@ -99,11 +100,22 @@ def check_layout(data: str) -> None:
         raise JobError(f"--data {data}: test/ holds no image ({{ID}}_red.png, _green, _blue, _yellow): nothing to predict")
 
 
+# Settings each stage gets from the job: a --set of one would put every model in one folder, or
+# train the out-of-fold models on the folds they must label.
+JOB_KEYS = ("train.model_dir", "data.records", "data.val_folds", "data.val_fold", "data.cell_labels", "data.kind",
+            "model.kind")
+
+
 def check_settings(job: Job) -> None:
     """Every training config with the job's overrides, before any stage runs (a wrong key or value
-    is one line naming it, not an error after an hour of work)."""
+    is one line naming it, not an error after an hour of work); keys the job sets itself are refused."""
     from hpa_tf.config import ConfigError, load_config
 
+    owned = [s for s in job.sets if s.partition("=")[0].strip() in JOB_KEYS]
+    if owned:
+        raise JobError(f"--set {' '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
+                       "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
+                       "--label-source and the --*-config options instead")
     for config in (job.image_config, job.cells_config, job.cell_config):
         try:
             load_config(config, ["data.val_folds=[0]", *job.sets])
@@ -134,9 +146,14 @@ def _train(job: Job, name: str, config: str, model_dir: str, extra: list[str]) -
     from hpa_tf.config import load_config
     from hpa_tf.training.folder import TrainingFolder
 
-    overrides = [f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra, *job.sets]
-    _stage(job, name, _python("-m", "hpa_tf.train", "--config", config, "--set", *overrides),
-           done=TrainingFolder(model_dir).is_current(load_config(config, overrides)))
+    overrides = [*job.sets, f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra]
+    folder, effective = TrainingFolder(model_dir), load_config(config, overrides)
+    done = folder.is_current(effective)
+    _stage(job, name, _python("-m", "hpa_tf.train", "--config", config, "--set", *overrides), done=done)
+    job.reused[name] = done
+    if not done and not folder.is_current(effective, say=False):
+        raise JobError(f"stage {name!r} finished but {model_dir} holds no finished model of it (no provenance.json); "
+                       "was it removed while the job ran?")
 
 
 def models_of(job: Job, round_: int, kind: str) -> list[str]:
@@ -148,7 +165,9 @@ def run_job(job: Job) -> dict:
     check_settings(job)
     if job.data:
         check_layout(job.data)
-    else:
+    for stale in ("submission.csv", "results.md", fs.join("pred", "submission.csv")):  # rewritten at the end: a
+        fs.remove(fs.join(job.run, stale))  # killed rerun must not leave the last run's look current
+    if not job.data:
         _stage(job, "generate SynthHPA", _python("-m", "hpa_tf.synthetic", "--out", job.data_dir, "--n-train",
                                                   str(job.n_train), "--n-test", str(job.n_test), "--size", str(job.size),
                                                   "--seed", str(job.seed), "--workers", str(job.workers)))
@@ -187,6 +206,7 @@ def run_job(job: Job) -> dict:
         from hpa_tf.pseudo.oof import labels_made_from
 
         done = provenance.is_current(labels, "labels", labels_made_from(records, labellers, source, True, bool(truth)))
+        job.reused[f"round {r} per-cell labels, out of fold"] = done
         _stage(job, f"round {r} per-cell labels, out of fold",
                _python("-m", "hpa_tf.pseudo", "--records", records, "--out", labels, "--source", source,
                        "--models", *labellers, *(["--truth", truth] if truth else [])), done=done)
@@ -232,7 +252,10 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
     from hpa_tf.pseudo.oof import SOURCES
     from hpa_tf.pseudo.quality import quality_markdown
 
-    lines = [f"# The main job on {job.data_dir}", ""]
+    lines = [f"# The main job on {job.data_dir}", "",
+             f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds}, round-1 labels from "
+             f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
+             f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "") + ".", ""]
     if results:
         lines += ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()] + [""]
     else:
@@ -243,8 +266,10 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
     lines += ["## Validation (image level, held-out folds)", "", "| model | best epoch |", "|---|---|"]
     lines += [f"| {m} | {_validation(m)} |" for m in models] + [""]
     total = sum(job.timings.values())
-    lines += ["## Minutes", "", "| stage | minutes |", "|---|---|"]
-    lines += [f"| {k} | {v / 60:.1f} |" for k, v in job.timings.items()] + [f"| **total** | **{total / 60:.1f}** |", ""]
+    lines += ["## Minutes (this run; reused: done by an earlier run with the same inputs)", "", "| stage | minutes |",
+              "|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} |" for k, v in job.timings.items()]
+    lines += [f"| {k} | reused |" for k, reused in job.reused.items() if reused] + [f"| **total** | **{total / 60:.1f}** |", ""]
     fs.write_text(fs.join(job.run, "results.md"), "\n".join(lines))
     print(f"wrote {fs.join(job.run, 'submission.csv')} and {fs.join(job.run, 'results.md')} ({total / 60:.1f} min)")
 

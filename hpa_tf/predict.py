@@ -29,7 +29,7 @@ from hpa_tf.inference.tta import TTA_MODES
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = doc_parser("predict.py", __doc__)
+    parser = doc_parser("python -m hpa_tf.predict", __doc__)
     parser.add_argument("--data", required=True, help="folder of test images ({ID}_red.png ...)")
     parser.add_argument("--models", nargs="+", required=True, help=".keras files from train_tpu.py (image, cell-bag and/or single-cell models)")
     parser.add_argument("--out", required=True, help="submission CSV to write")

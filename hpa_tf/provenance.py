@@ -133,6 +133,8 @@ def is_current(folder: str, kind: str, made_from: dict, say: bool = True) -> boo
     files intact. With ``say``, why not is printed when the folder holds another one."""
     record = read(folder)
     if record is None:
+        if say and fs.exists(folder) and fs.listdir(folder):
+            print(f"{folder}: unfinished (no {FILE}); doing it again")
         return False
     if record.kind != kind or record.fingerprint != fingerprint(kind, made_from):
         if say:

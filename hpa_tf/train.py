@@ -7,18 +7,16 @@ The same command is ``python -m hpa_tf.train`` and ``hpa-tf-train`` (an installe
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import hpa_tf  # noqa: F401  (quiet TensorFlow logs before it loads)
-from hpa_tf.cli import run
+from hpa_tf.cli import doc_parser, run
 from hpa_tf.config import add_config_arguments, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="train_tpu.py", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("python -m hpa_tf.train", __doc__)
     add_config_arguments(parser)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     config = config_from_args(args)
     from hpa_tf.training import train  # TensorFlow loads here, after --help and the config check

@@ -25,6 +25,7 @@ def _image_files(folder: str, ids: set[str]) -> list[str]:
 
 
 def _folder_digest(folder: str, names: Sequence[str], what: str, progress: bool = True) -> str:
+    """A digest of the content of the files ``names`` of ``folder``."""
     paths = [fs.join(folder, n) for n in names]
     with ThreadPoolExecutor(16) as pool:  # a stat and two reads per file: latency-bound on gs://
         digests = list(tqdm(pool.map(quick_file_digest, paths), total=len(paths), desc=f"fingerprinting {what}",
@@ -57,12 +58,13 @@ def segmenter_files(spec: str) -> dict[str, str]:
 
 def records_made_from(config: BuildConfig, jobs: Sequence[ImageJob], n_folds: int, progress: bool = True) -> dict:
     """The ``made_from`` of the record set ``config`` and ``jobs`` build with ``n_folds`` folds."""
-    sources = []
-    for name, data, _ in config.sources:
+    sources = {}
+    for name, data, _ in config.sources:  # keyed so that a refusal names what changed: labels, image list, files
         mine = [j for j in jobs if j.source == name]
-        ids = {j.image_id for j in mine}
-        sources.append({"name": name, "labels": digest(sorted((j.image_id, sorted(j.labels)) for j in mine)),
-                        "images": _folder_digest(data, _image_files(data, ids), f"source {name}", progress)})
+        files = _image_files(data, {j.image_id for j in mine})
+        sources[name] = {"labels": digest(sorted((j.image_id, sorted(j.labels)) for j in mine)),
+                         "image_list": digest(sorted(files)),
+                         "image_files": _folder_digest(data, files, f"source {name}", progress)}
     settings = {k: v for k, v in config.to_dict().items() if k != "sources"}
     return {"schema": SCHEMA_VERSION, "sources": sources, "settings": settings,
             "segmenter_files": segmenter_files(config.segmenter), "folds": {"n_folds": n_folds, "seed": config.seed}}

@@ -109,8 +109,9 @@ def labels_made_from(records: str, models: Sequence[str], source: str, normalise
     file's content, the source and rule. The job compares it with the stored record to skip labelling."""
     splits = plan_splits(models)
     return {"records": check_trained_on(splits, records), "source": source, "normalise": normalise, "truth": truth,
-            "splits": [{"folds": list(s.folds), "sources": list(s.sources),
-                        "models": [file_digest(m) for m in s.models]} for s in splits]}
+            "splits": {f"split{k}": {"folds": list(s.folds), "sources": list(s.sources),
+                                     **{f"model{i}": file_digest(m) for i, m in enumerate(s.models)}}
+                       for k, s in enumerate(splits)}}
 
 
 def _read_folds(records: str) -> dict[str, int]:
@@ -241,7 +242,7 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
     with tqdm(total=todo, desc="labelling cells", unit="img", disable=not progress) as bar:
         for k, split in enumerate(splits):
             predictor = None
-            settings = {**made_from["splits"][k], "records": fingerprint, "truth": bool(truth_dir)}  # model contents
+            settings = {**made_from["splits"][f"split{k}"], "records": fingerprint, "truth": bool(truth_dir)}  # model contents
             stamp = fs.join(parts_dir, f"split{k}.json")
             same = fs.exists(stamp) and json.loads(fs.read_text(stamp)) == settings  # parts written with these settings
             for shard in range(n_shards):

@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"--data {args.data}: no such folder")
     check_segmenter(args.backend, **dict(options))
     ids = list(read_label_table(args.labels)["ID"]) if args.labels else scan_image_ids(args.data)
+    partial = [] if args.labels else sorted(set(scan_image_ids(args.data, complete=False)) - set(ids))
+    if partial:
+        shown = ", ".join(partial[:5]) + (", ..." if len(partial) > 5 else "")
+        print(f"warning: {len(partial)} image(s) of {args.data} lack a channel file and are not segmented: {shown}")
     if not ids:
         print(f"error: no images in {args.data} (expected {{ID}}_red/_green/_blue/_yellow files)", file=sys.stderr)
         return 2

@@ -81,3 +81,5 @@ def remove_all(folder: str) -> None:
     """Remove the epoch backups of a finished run (the ``.corrupt`` ones stay for a look)."""
     for _, path in _paths(folder):
         fs.remove(path)
+    if fs.exists(folder) and not fs.listdir(folder):
+        fs.rmdir(folder)

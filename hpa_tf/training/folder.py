@@ -45,9 +45,14 @@ def model_made_from(config) -> dict:
         settings[section].pop(name, None)
     settings["model"]["init_from"] = _input_digest(config.model.init_from)
     settings["model"]["weights"] = _input_digest(config.model.weights)
-    labels = config.data.cell_labels
-    return {"settings": settings, "records": records_fingerprint(config.data.records),
-            "cell_labels": labels_fingerprint(labels) if labels else None}
+    labels, records = config.data.cell_labels, records_fingerprint(config.data.records)
+    if labels:
+        made_for = provenance.require(labels, "labels", "per-cell label set (python -m hpa_tf.pseudo)").made_from
+        if made_for.get("records") != records:
+            raise ValueError(f"data.cell_labels {labels} were made for another record set than {config.data.records} "
+                             f"(records {made_for.get('records')} vs {records}): make them again with "
+                             f"`python -m hpa_tf.pseudo --records {config.data.records} ...`")
+    return {"settings": settings, "records": records, "cell_labels": labels_fingerprint(labels) if labels else None}
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,14 @@ class TrainingFolder:
     def provenance(self) -> provenance.Provenance | None:
         return provenance.read(self.path)
 
-    def is_current(self, config) -> bool:
-        """Whether the folder holds a finished run of exactly ``config`` on the same records and labels."""
+    def is_current(self, config, say: bool = True) -> bool:
+        """Whether the folder holds a finished run of exactly ``config`` on the same records and labels
+        (with ``say``, why not is printed)."""
         try:
             made_from = model_made_from(config)
         except (ValueError, FileNotFoundError):
             return False
-        return provenance.is_current(self.path, "model", made_from)
+        return provenance.is_current(self.path, "model", made_from, say)
 
     def forget(self) -> None:
         """Remove what a previous run left that a new run would not overwrite at once."""
