@@ -19,7 +19,7 @@ import io as _io
 import pandas as pd
 
 from hpa_tf import fs
-from hpa_tf.io.images import CHANNELS, EXTENSIONS
+from hpa_tf.io.images import CHANNELS, image_extension
 from hpa_tf.labels import CLASSES_2018, convert_2018, format_labels, parse_labels
 
 
@@ -117,13 +117,12 @@ def scan_image_ids(data_dir: str, complete: bool = True) -> list[str]:
     """
     seen: dict[str, set[str]] = {}
     for name in fs.listdir(data_dir):
-        for ext in EXTENSIONS:
-            if name.endswith(ext):
-                stem = name[: -len(ext)]
-                image_id, _, color = stem.rpartition("_")
-                if color in CHANNELS and image_id:
-                    seen.setdefault(image_id, set()).add(color)
-                break
+        ext = image_extension(name)  # any letter case: .png, .TIF, .Png
+        if ext is None:
+            continue
+        image_id, _, color = name[: -len(ext)].rpartition("_")
+        if color in CHANNELS and image_id:
+            seen.setdefault(image_id, set()).add(color)
     return sorted(i for i, colors in seen.items() if len(colors) == len(CHANNELS) or not complete)
 
 

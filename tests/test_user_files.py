@@ -1,0 +1,115 @@
+"""Users' own files (issue 22): upper-case extensions, channel files that are not one grey plane,
+16-bit files that use a small part of their range, BOMs and swapped sizes. Every input is made here."""
+
+import io
+
+import cv2
+import matplotlib
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import SAMPLE_512, SAMPLE_512_ID
+from hpa_tf.io import ImageReadError, probe_size, read_image, scan_image_ids
+from hpa_tf.io.images import decode_channel
+
+COLORS = ("red", "green", "blue", "yellow")
+
+
+def _planes() -> list[np.ndarray]:
+    return [cv2.imread(str(SAMPLE_512 / f"{SAMPLE_512_ID}_{c}.png"), cv2.IMREAD_UNCHANGED) for c in COLORS]
+
+
+# --- 5. upper-case extensions --------------------------------------------------------------------
+
+@pytest.mark.parametrize("exts", [(".TIF", ".PNG", ".Png", ".JPG"), (".tiff", ".TIFF", ".PNG", ".TIF")])
+def test_upper_case_extensions_are_indexed_read_and_sized(tmp_path, exts):
+    planes = _planes()
+    for c, p, ext in zip(COLORS, planes, exts):
+        path = tmp_path / f"a_{c}{ext}"
+        if ext.lower().startswith(".tif"):
+            tifffile.imwrite(path, p)
+        else:
+            cv2.imwrite(str(path.with_suffix(ext.lower())), p, [cv2.IMWRITE_JPEG_QUALITY, 100])
+            path.with_suffix(ext.lower()).rename(path)
+    assert scan_image_ids(str(tmp_path)) == ["a"]
+    image = read_image(str(tmp_path), "a")
+    assert image.shape == (512, 512, 4)
+    assert np.array_equal(image[..., 0], planes[0])  # lossless formats read exactly
+    assert probe_size(str(tmp_path), "a") == (512, 512)
+
+
+# --- 6. channel files that are not one grey plane ------------------------------------------------
+
+def _png(arr: np.ndarray) -> bytes:
+    return cv2.imencode(".png", arr)[1].tobytes()
+
+
+def _palette_png(index: np.ndarray, palette: np.ndarray) -> bytes:
+    img = Image.fromarray(index, mode="P")
+    img.putpalette(palette.astype(np.uint8).ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_colour_files_one_hue_is_reduced_to_its_plane_other_colourings_are_refused():
+    green = _planes()[1]
+    # HPA's codings (yellow = red + green planes) and grey RGB: the plane that carries the signal.
+    yellow = np.dstack([np.zeros_like(green), green, green])  # BGR
+    assert np.array_equal(decode_channel(_png(yellow), "a_yellow.png"), green)
+    assert np.array_equal(decode_channel(_png(np.dstack([green] * 3)), "a_green.png"), green)
+    # An opaque alpha is dropped; a varying one (an overlay) is refused.
+    opaque = np.dstack([yellow, np.full_like(green, 255)])
+    assert np.array_equal(decode_channel(_png(opaque), "a_yellow.png"), green)
+    with pytest.raises(ImageReadError, match="a_red.png: has a varying alpha"):
+        decode_channel(_png(np.dstack([yellow, green])), "a_red.png")
+    # A colour map saved by a plotting library (plt.imsave spreads the data over the map): not an intensity.
+    for name in ("viridis", "jet", "Greens", "cividis"):
+        rgb = (matplotlib.colormaps[name](green / green.max())[..., :3] * 255).astype(np.uint8)[..., ::-1]
+        with pytest.raises(ImageReadError, match="a_green.png: a colour image that is neither grey nor one of HPA"):
+            decode_channel(_png(np.ascontiguousarray(rgb)), "a_green.png")
+
+
+def test_palette_png_grey_or_one_hue_gives_its_values_a_colour_map_is_refused():
+    blue = _planes()[2]
+    ramp = np.arange(256)
+    grey = np.stack([ramp] * 3, -1)
+    assert np.array_equal(decode_channel(_palette_png(blue, grey), "a_blue.png"), blue)
+    green_ramp = np.stack([0 * ramp, ramp, 0 * ramp], -1)
+    assert np.array_equal(decode_channel(_palette_png(blue, green_ramp), "a_blue.png"), blue)
+    viridis = (matplotlib.colormaps["viridis"](ramp / 255.0)[:, :3] * 255).round()
+    with pytest.raises(ImageReadError, match="a_blue.png: a colour image"):
+        decode_channel(_palette_png(blue, viridis), "a_blue.png")
+
+
+def test_multi_page_tiffs_stacks_and_animated_png_are_refused_in_one_line(tmp_path):
+    blue = _planes()[2]
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf) as tif:  # two pages, written one by one
+        tif.write(blue)
+        tif.write(blue // 2)
+    with pytest.raises(ImageReadError, match=r"a_blue.tif: a TIFF of 2 pages/planes .*maximum projection"):
+        decode_channel(buf.getvalue(), "a_blue.tif")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.stack([blue] * 5), metadata={"axes": "ZYX"})  # a z-stack
+    with pytest.raises(ImageReadError, match="a_blue.tif: a TIFF of 5 pages/planes"):
+        decode_channel(buf.getvalue(), "a_blue.tif")
+    frames = [Image.fromarray(blue), Image.fromarray(blue // 2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="PNG", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageReadError, match="a_blue.png: an animated PNG of 2 frames"):
+        decode_channel(buf.getvalue(), "a_blue.png")
+    # One page of colour samples (RGB TIFF) follows the colour rule.
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.dstack([np.zeros_like(blue), np.zeros_like(blue), blue]), photometric="rgb")
+    assert np.array_equal(decode_channel(buf.getvalue(), "a_blue.tif"), blue)
+
+
+def test_a_file_is_decoded_by_its_content_not_its_name():
+    red = _planes()[0]
+    jpeg = cv2.imencode(".jpg", np.dstack([np.zeros_like(red), np.zeros_like(red), red]),
+                        [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
+    plane = decode_channel(jpeg, "a_red.png")  # the HPA website's colour "PNGs" are JPEGs
+    assert np.abs(plane.astype(int) - red).mean() < 2
