@@ -112,4 +112,4 @@ def test_a_file_is_decoded_by_its_content_not_its_name():
     jpeg = cv2.imencode(".jpg", np.dstack([np.zeros_like(red), np.zeros_like(red), red]),
                         [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
     plane = decode_channel(jpeg, "a_red.png")  # the HPA website's colour "PNGs" are JPEGs
-    assert np.abs(plane.astype(int) - red).mean() < 2
+    assert np.abs(plane.astype(int) - red).mean() < 4  # JPEG (chroma subsampling) keeps it close
