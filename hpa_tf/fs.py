@@ -72,8 +72,8 @@ def read_bytes(path: str) -> bytes:
 
 
 def read_text(path: str) -> str:
-    """The whole file as text. ``read_text("train.csv")``"""
-    return read_bytes(path).decode("utf-8")
+    """The whole file as text (UTF-8; a byte-order mark, as Excel writes, is dropped). ``read_text("train.csv")``"""
+    return read_bytes(path).decode("utf-8-sig")
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -113,3 +113,50 @@ def test_a_file_is_decoded_by_its_content_not_its_name():
                         [cv2.IMWRITE_JPEG_QUALITY, 100])[1].tobytes()
     plane = decode_channel(jpeg, "a_red.png")  # the HPA website's colour "PNGs" are JPEGs
     assert np.abs(plane.astype(int) - red).mean() < 4  # JPEG (chroma subsampling) keeps it close
+
+
+# --- 7. gzip records, BOM, swapped sizes ---------------------------------------------------------
+
+def test_readme_one_liner_reads_gzip_shards(synth_dir, tmp_path):
+    import re
+    from pathlib import Path
+
+    import tensorflow as tf
+
+    from hpa_tf.data.schema import parse_image_record, record_dataset
+    from tfrecord_builder.__main__ import main as build
+
+    out = str(tmp_path / "gz")
+    assert build(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", out,
+                  "--image-size", "32", "--cell-size", "16", "--folds", "2", "--compression", "gzip"]) == 0
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    line = re.search(r"`([^`]*map\(parse_image_record\))`", readme).group(1)
+    ds = eval(line, {"tf": tf, "OUT": out, "record_dataset": record_dataset, "parse_image_record": parse_image_record})
+    first = next(iter(ds))
+    assert first["image"].shape == (32, 32, 4)
+
+
+def _cells(h: int, w: int) -> np.ndarray:
+    lab = np.zeros((h, w), np.uint16)
+    cv2.circle(lab, (w // 3, h // 2), min(h, w) // 5, 1, -1)
+    cv2.ellipse(lab, (2 * w // 3, h // 3), (w // 8, h // 6), 30, 0, 360, 2, -1)
+    return lab
+
+
+def test_read_submission_accepts_a_bom_and_refuses_swapped_sizes(tmp_path):
+    from hpa_tf.submission import ImagePrediction, SubmissionError, format_submission, parse_row, read_submission
+
+    pred = ImagePrediction.from_label_image("a", _cells(60, 100), {1: np.eye(19)[3], 2: np.eye(19)[5]})
+    text = format_submission([pred])
+    path = tmp_path / "sub.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's UTF-8 with a byte-order mark
+    assert read_submission(str(path))[0].width == 100
+    assert read_submission(str(path), sizes={"a": (100, 60)})[0].height == 60
+    with pytest.raises(SubmissionError, match="swapped: the sample submission's 60x100"):
+        read_submission(str(path), sizes={"a": (60, 100)})
+    with pytest.raises(SubmissionError, match="differ from the sample submission's 200x120"):
+        read_submission(str(path), sizes={"a": (200, 120)})
+    row = text.splitlines()[1].split(",")
+    with pytest.raises(SubmissionError, match="ImageWidth and ImageHeight \\(60x100\\) are swapped"):
+        parse_row([row[0], row[2], row[1], row[3]], "line 2")  # no sample submission: the masks tell
+    assert parse_row(row, "line 2").width == 100

@@ -133,6 +133,19 @@ def cell_example(image_id: str, labels: np.ndarray, height: int, width: int, fol
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
+def record_dataset(files, compression: str = "auto"):
+    """A ``tf.data.TFRecordDataset`` of record shards; ``compression="auto"`` tells a ``--compression
+    gzip`` build from its first bytes. ``record_dataset(glob("recs/images-*")).map(parse_image_record)``"""
+    tf = _tf()
+    files = [files] if isinstance(files, str) else list(files)
+    if compression == "auto":
+        compression = ""
+        if files:
+            with tf.io.gfile.GFile(files[0], "rb") as f:
+                compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
+    return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
 def parse_image_record(serialized):
     """Parse and decode one image record in-graph: ``{"id", "labels", "image" (HxWx4 uint8), "mask"
     (HxW uint16), "height", "width", "fold", "n_cells"}``. Usable in ``tf.data.Dataset.map``."""
