@@ -40,7 +40,7 @@ from scipy import ndimage as ndi
 from skimage import filters, measure, segmentation
 from skimage.morphology import disk
 
-from hpa_tf.io.images import to_uint8
+from hpa_tf.io.images import to_8bit_view
 from hpa_tf.segmentation.base import Segmentation
 
 INSTALL = 'pip install "hpa-tf[hpacellseg]" (PyTorch, CPU or CUDA build)'
@@ -200,7 +200,7 @@ class HPACellSegSegmenter:
 
         prepared = []
         for image in images:
-            rgby = to_uint8(image)
+            rgby = to_8bit_view(image)  # 8-bit as is; a dim 16-bit channel stretched to its own range
             small = rescale(rgby[..., [0, 3, 2]], self.scale_factor, channel_axis=-1)  # red, yellow, blue in [0, 1]
             cell_in, rows, cols = _pad32(small)
             nuc_in, _, _ = _pad32(np.dstack([small[..., 2]] * 3))
