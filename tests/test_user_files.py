@@ -233,3 +233,46 @@ def test_a_16bit_record_set_keeps_the_precision_and_its_contract_says_so(tmp_pat
     assert np.abs(model_in["16"] - model_in["8"]).max() <= 1 / 255  # the same pixels, finer steps
     config = {"data": {"records": out["16"], "image_size": 64, "cell_size": 32}, "model": {"kind": "cell"}}
     assert InputContract.from_config(config).bit_depth == 16
+
+
+# --- 4. the official segmenter's size rules on downsized fields ------------------------------------
+
+def _disc_field(side: int) -> np.ndarray:
+    """16 separate cells of a 2048 px field (cell radius 180, nucleus 60 px there) drawn at ``side`` px."""
+    z = side / 2048
+    cell, nucleus = np.zeros((side, side), np.uint8), np.zeros((side, side), np.uint8)
+    for y in range(4):
+        for x in range(4):
+            centre = (int((256 + 512 * x) * z), int((256 + 512 * y) * z))
+            cv2.circle(cell, centre, int(180 * z), 200, -1)  # microtubules and ER: the cell
+            cv2.circle(nucleus, centre, int(60 * z), 200, -1)
+    return np.dstack([cell, np.zeros_like(cell), nucleus, cell])
+
+
+def _fake_forward(kind: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Network outputs without the networks: the interior class where the input channel is bright."""
+    out = []
+    for x in inputs:  # the networks' inputs in [0, 1] (they normalise them themselves)
+        interior = (x[..., 0] > 0.4).astype(np.float32)
+        out.append(np.dstack([1 - interior, np.zeros_like(interior), interior]))
+    return out
+
+
+@pytest.mark.parametrize("side", [512, 1024, 2048])
+def test_official_post_processing_keeps_the_cells_of_a_downsized_field(side, monkeypatch):
+    """The official rules are pixel counts for ~2048 px fields: a 512 px copy kept 0 of the cells and a
+    1024 px one lost some. The networks now see the field at their resolution and the rules scale with it."""
+    from hpa_tf.segmentation.hpacellseg import HPACellSegSegmenter
+
+    seg = HPACellSegSegmenter("n.pth", "c.pth", device="cpu")
+    monkeypatch.setattr(seg, "_forward", _fake_forward)
+    out = seg.segment([_disc_field(side)])[0]
+    assert out.cells.shape == (side, side)
+    assert out.n_cells == 16 and int(out.nuclei.max()) == 16
+    z = side / 2048
+    areas = np.bincount(out.cells.ravel())[1:]
+    assert np.all(np.abs(areas / (np.pi * (180 * z) ** 2) - 1) < 0.15)  # whole cells, not fragments
+    # saying the field's full size explicitly gives the same cells
+    explicit = HPACellSegSegmenter("n.pth", "c.pth", device="cpu", field_side=2048)
+    monkeypatch.setattr(explicit, "_forward", _fake_forward)
+    assert explicit.segment([_disc_field(side)])[0].n_cells == 16

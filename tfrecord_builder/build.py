@@ -91,7 +91,7 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
         return out
     t = _tick(out, "segment", t)
     if seg.n_cells == 0:
-        out.error = "no cells found"
+        out.error = f"no cells found by {config.segmenter} in this {image.shape[1]}x{image.shape[0]} image"
         return out
     h, w = image.shape[:2]
     image = to_record_depth(image, config.bit_depth)
