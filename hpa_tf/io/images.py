@@ -55,11 +55,11 @@ class ImageReadError(IOError):
     """A channel file that is missing, empty, truncated, undecodable or inconsistent."""
 
 
-def _listing(data_dir: str) -> dict[str, str]:
-    """Lower-case name -> name of the files of a folder, listed at most every few seconds."""
+def _listing(data_dir: str, max_age_s: float = _LISTING_TTL_S) -> dict[str, str]:
+    """Lower-case name -> name of the files of a folder, listed again when older than ``max_age_s``."""
     now = time.monotonic()
     cached = _listings.get(data_dir)
-    if cached is None or now - cached[0] > _LISTING_TTL_S:
+    if cached is None or now - cached[0] > max_age_s:
         try:
             names = fs.listdir(data_dir)
         except Exception:  # noqa: BLE001 - a missing folder has no files
@@ -98,12 +98,13 @@ def find_channel(data_dir: str, image_id: str, color: str) -> str | None:
         if fs.exists(path):
             _last_ext[data_dir] = candidate
             return path
-    listing = _listing(data_dir)
-    for ext in EXTENSIONS:  # upper- or mixed-case extensions, as some imagers write them
-        name = listing.get((stem + ext).lower())
-        if name is not None and name.startswith(stem):
-            _last_ext[data_dir] = name[len(stem):]
-            return fs.join(data_dir, name)
+    for max_age in (_LISTING_TTL_S, 1.0):  # a miss in an older listing: list again (files may be new)
+        listing = _listing(data_dir, max_age)
+        for ext in EXTENSIONS:  # upper- or mixed-case extensions, as some imagers write them
+            name = listing.get((stem + ext).lower())
+            if name is not None and name.startswith(stem):
+                _last_ext[data_dir] = name[len(stem):]
+                return fs.join(data_dir, name)
     return None
 
 
