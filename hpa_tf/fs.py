@@ -93,8 +93,8 @@ def absolute(path: str) -> str:
 
 
 def read_text(path: str) -> str:
-    """The whole file as text. ``read_text("train.csv")``"""
-    return read_bytes(path).decode("utf-8")
+    """The whole file as text (UTF-8; a byte-order mark, as Excel writes, is dropped). ``read_text("train.csv")``"""
+    return read_bytes(path).decode("utf-8-sig")
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -99,8 +99,44 @@ def write_submission(path: str, predictions: Iterable[ImagePrediction]) -> None:
     fs.write_text(path, format_submission(predictions))
 
 
-def parse_row(row: Sequence[str], where: str) -> ImagePrediction:
-    """One CSV row -> :class:`ImagePrediction`, with every field and mask checked."""
+def _column_linked_share(starts: np.ndarray, lengths: np.ndarray, height: int) -> float | None:
+    """Of a mask's runs (column-major, columns ``height`` long), the share that touch a run of the
+    column before: about 1 for a cell read at its true size, about 0 when width and height are
+    swapped (each column is then shifted against the last). None when the mask is too small to say."""
+    col, r0 = starts // height, starts % height
+    r1 = r0 + lengths - 1
+    inside = r1 < height
+    col, r0, r1 = col[inside], r0[inside], r1[inside]
+    later = col > col.min(initial=0)
+    if col.size < 8 or later.sum() < 4:
+        return None
+    keys = col * height + r0
+    j = np.searchsorted(keys, (col - 1) * height + r1, side="right") - 1
+    j = np.clip(j, 0, None)
+    linked = (col[j] == col - 1) & (r1[j] >= r0)
+    return float(linked[later].mean())
+
+
+def looks_transposed(encoded: str, height: int, width: int) -> bool | None:
+    """Whether a mask of a ``width`` x ``height`` row reads as a cell only with width and height
+    swapped; None when it cannot tell (a square image, a mask of a few pixels)."""
+    if height == width:
+        return None
+    here = _column_linked_share(*mask_runs(encoded, height, width), height)
+    swapped = _column_linked_share(*mask_runs(encoded, width, height), width)
+    if here is None or swapped is None:
+        return None
+    return here < 0.5 and swapped >= 0.9
+
+
+def parse_row(row: Sequence[str], where: str, size: tuple[int, int] | None = None) -> ImagePrediction:
+    """One CSV row -> :class:`ImagePrediction`, with every field and mask checked. ``size``:
+    the (width, height) the row must have (the sample submission's). A row whose width and height
+    are swapped (against ``size``, or against its masks' shapes) is refused.
+
+    >>> parse_row(["a", "4", "4", ""], "line 2").width
+    4
+    """
     if len(row) != 4:
         raise SubmissionError(f"{where}: expected 4 fields {HEADER}, got {len(row)}")
     image_id, w_str, h_str, pred = row
@@ -113,6 +149,11 @@ def parse_row(row: Sequence[str], where: str) -> ImagePrediction:
         raise SubmissionError(f"{where}: ImageWidth/ImageHeight {w_str!r}/{h_str!r} are not integers") from None
     if width <= 0 or height <= 0:
         raise SubmissionError(f"{where}: image size {width}x{height} must be positive")
+    if size is not None and (width, height) != tuple(size):
+        swapped = (height, width) == tuple(size)
+        raise SubmissionError(f"{where}: ImageWidth x ImageHeight {width}x{height}"
+                              + (" are swapped:" if swapped else " differ from") + f" the sample submission's "
+                              f"{size[0]}x{size[1]}")
     tokens = pred.split()
     if len(tokens) % 3:
         raise SubmissionError(
@@ -121,6 +162,7 @@ def parse_row(row: Sequence[str], where: str) -> ImagePrediction:
         )
     masks: dict[str, int] = {}
     classes, confs, index = [], [], []
+    oriented = width == height  # one mask that can tell is enough
     for k in range(0, len(tokens), 3):
         lab, conf, mask = tokens[k : k + 3]
         det = f"{where}, detection {k // 3 + 1}"
@@ -141,6 +183,12 @@ def parse_row(row: Sequence[str], where: str) -> ImagePrediction:
                 mask_runs(mask, height, width)
             except MaskDecodeError as err:
                 raise SubmissionError(f"{det}: bad EncodedMask ({err})") from None
+            if not oriented:
+                verdict = looks_transposed(mask, height, width)
+                if verdict:
+                    raise SubmissionError(f"{det}: the mask reads as a cell only as {height}x{width}: ImageWidth "
+                                          f"and ImageHeight ({width}x{height}) are swapped")
+                oriented = verdict is not None
             masks[mask] = len(masks)
         classes.append(c)
         confs.append(s)
@@ -151,8 +199,10 @@ def parse_row(row: Sequence[str], where: str) -> ImagePrediction:
     )
 
 
-def read_submission(path: str, expected_ids: Iterable[str] | None = None) -> list[ImagePrediction]:
-    """Read and validate a submission CSV; with ``expected_ids`` also check the ID set.
+def read_submission(path: str, expected_ids: Iterable[str] | None = None,
+                    sizes: dict[str, tuple[int, int]] | None = None) -> list[ImagePrediction]:
+    """Read and validate a submission CSV (a UTF-8 byte-order mark is fine); with ``expected_ids``
+    also check the ID set, with ``sizes`` (ID -> (width, height), the sample submission's) each size.
 
     >>> preds = read_submission("submission.csv")  # doctest: +SKIP
     """
@@ -168,7 +218,7 @@ def read_submission(path: str, expected_ids: Iterable[str] | None = None) -> lis
     for line, row in enumerate(reader, start=2):
         if not row:
             continue
-        pred = parse_row(row, f"{path} line {line}")
+        pred = parse_row(row, f"{path} line {line}", (sizes or {}).get(row[0]) if row else None)
         if pred.image_id in seen:
             raise SubmissionError(f"{path} line {line}: ID {pred.image_id} appears more than once")
         seen.add(pred.image_id)

@@ -141,3 +141,38 @@ def test_fingerprints_tell_fields_apart_and_survive_jpeg(synth_dir):
     for img, f in zip(images, prints):
         jpg = np.stack([cv2.imdecode(np.frombuffer(_jpeg(img[..., k], 75), np.uint8), 0) for k in range(4)], -1)
         assert float(fingerprint(cv2.resize(jpg, (300, 300))) @ f) > MIN_CORRELATION + 0.03
+
+
+def test_the_published_list_reads_as_is_and_failures_mean_a_non_zero_exit(hpa_server, tmp_path, capsys):
+    """kaggle_2021.tsv as published: comma-separated despite its name, rows with no 2021 class
+    (empty Label_idx) skipped and counted (issue 22, item 2); a partial download exits 1, a rerun with
+    another --size is refused, --size and --limit are range-checked (issue 23, item 16)."""
+    from hpa_tf.download.__main__ import main
+
+    server, rows, _ = hpa_server
+    lines = ["Image,Gene,Cellline,Label,in_trainset,Label_idx"]
+    for url, line, trainset, label in rows[:3]:
+        lines.append(f"{url},ENSG0001,{line},Nucleoplasm,{trainset},{label}")
+    lines.append(f"{server.url}/9/Z1_1,ENSG0002,U-2 OS,Cytokinetic bridge,False,")  # no 2021 class
+    for name in ("kaggle_2021.tsv", "tab_copy.tsv"):
+        path = tmp_path / name
+        text = "\n".join(lines) + "\n"
+        path.write_text(text if name == "kaggle_2021.tsv" else text.replace(",", "\t"))
+        table = read_label_table(str(path))
+        assert table["ID"].tolist() == ["1_A0_1", "1_A1_1", "1_A2_1"]
+        assert "1 of 4 rows have no 2021 class (empty Label_idx) and are skipped" in table.attrs["label_report"]
+    out = tmp_path / "ext"
+    args = ["--list", str(tmp_path / "kaggle_2021.tsv"), "--out", str(out), "--size", "128", "--workers", "2",
+            "--retries", "2", "--timeout", "0.5", "--backoff", "0.01"]
+    assert main(args) == 1  # 1_A1_1's red file always fails
+    err = capsys.readouterr()
+    assert "1 of 4 rows have no 2021 class" in err.out
+    assert "error: 1 of 3 images failed to download" in err.err
+    assert read_label_table(str(out / "train.csv"))["ID"].tolist() == ["1_A0_1", "1_A2_1"]
+    # another size into the same folder: refused in one line, nothing written
+    with pytest.raises(ValueError, match="--size 128 \\(now 256\\)"):
+        main([*args[:4], "--size", "256"])
+    assert read_image(str(out / "train"), "1_A0_1").shape == (128, 128, 4)
+    for bad in (["--size", "-5"], ["--size", "8"], ["--limit", "-1"]):
+        with pytest.raises(SystemExit):
+            main([*args[:4], *bad])

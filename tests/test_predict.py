@@ -2,6 +2,8 @@
 
 import shutil
 
+import cv2
+
 import keras
 import numpy as np
 import pandas as pd
@@ -262,3 +264,61 @@ def test_prediction_under_a_mirrored_strategy_equals_one_device(built_records, s
         other = outs["two"][image_id]
         for a, b in zip(entry[4], other[4]):
             assert np.abs(a.image - b.image).max() < 1e-5 and np.abs(a.cells - b.cells).max() < 1e-5
+
+
+def test_downsized_test_images_get_rows_and_masks_at_the_sample_submissions_size(synth_dir, saved_models, tmp_path):
+    """Issue 22, item 1: test images downsized to save time (256 -> 128 px); the sample submission
+    keeps 256: rows and masks at 256 (masks scaled by nearest neighbour); another shape stops."""
+    from hpa_tf.io import scan_image_ids
+
+    small = tmp_path / "small"
+    small.mkdir()
+    ids = scan_image_ids(str(synth_dir / "test"))[:2]
+    for i in ids:
+        for c in ("red", "green", "blue", "yellow"):
+            plane = cv2.imread(str(synth_dir / "test" / f"{i}_{c}.png"), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(small / f"{i}_{c}.png"), cv2.resize(plane, (128, 128), interpolation=cv2.INTER_AREA))
+    sample = pd.read_csv(synth_dir / "sample_submission.csv").set_index("ID").loc[ids].reset_index()
+    sample.to_csv(tmp_path / "sample.csv", index=False)
+    out = tmp_path / "sub.csv"
+    assert predict_main(["--data", str(small), "--models", *saved_models, "--out", str(out), "--workers", "0",
+                         "--sample-submission", str(tmp_path / "sample.csv"), "--overlays", "1"]) == 0
+    rows = read_submission(str(out), sizes={i: (256, 256) for i in ids})
+    assert all(r.masks for r in rows)
+    run(RunConfig(data=str(small), models=saved_models, out=str(tmp_path / "native.csv"), workers=0, overlays=0))
+    small_rows = {r.image_id: r for r in read_submission(str(tmp_path / "native.csv"))}
+    for row in rows:  # without a sample submission the files' size is right
+        other = small_rows[row.image_id]
+        assert (other.width, other.height) == (128, 128) and len(other.masks) >= len(row.masks)
+        big = decode_mask(row.masks[0], 256, 256)
+        want = cv2.resize(decode_mask(other.masks[0], 128, 128).astype(np.uint8), (256, 256),
+                          interpolation=cv2.INTER_NEAREST)
+        assert np.array_equal(big, want.astype(bool))
+    sample.loc[0, "ImageWidth"] = 300  # another shape than the files'
+    sample.to_csv(tmp_path / "sample.csv", index=False)
+    with pytest.raises(ValueError, match=f"image {ids[0]}: its files are 128x128 px, the sample submission says 300x256"):
+        run(RunConfig(data=str(small), models=saved_models, out=str(tmp_path / "x.csv"), workers=0, overlays=0,
+                      sample_submission=str(tmp_path / "sample.csv")))
+
+
+def test_a_sample_submission_whose_images_are_missing_is_an_error_naming_them(synth_dir, saved_models, tmp_path):
+    """Issue 22, item 5: upper-case extensions are found; images that are not there are named."""
+    from hpa_tf.io import scan_image_ids
+
+    data = tmp_path / "upper"
+    data.mkdir()
+    ids = scan_image_ids(str(synth_dir / "test"))[:2]
+    for i in ids:
+        for c, ext in zip(("red", "green", "blue", "yellow"), (".PNG", ".Png", ".PNG", ".PNG")):
+            shutil.copy(synth_dir / "test" / f"{i}_{c}.png", data / f"{i}_{c}{ext}")
+    sample = pd.read_csv(synth_dir / "sample_submission.csv").set_index("ID").loc[ids].reset_index()
+    sample.to_csv(tmp_path / "sample.csv", index=False)
+    out = tmp_path / "sub.csv"
+    args = ["--data", str(data), "--models", *saved_models, "--out", str(out), "--workers", "0", "--overlays", "0"]
+    assert predict_main([*args, "--sample-submission", str(tmp_path / "sample.csv")]) == 0
+    assert all(r.masks for r in read_submission(str(out)))  # every image found and segmented
+    sample = pd.concat([sample, pd.DataFrame({"ID": ["gone-1"], "ImageWidth": [256], "ImageHeight": [256],
+                                              "PredictionString": [""]})])
+    sample.to_csv(tmp_path / "sample.csv", index=False)
+    with pytest.raises(FileNotFoundError, match=r"1 of 3 images of .*sample.csv have no file in .*\(gone-1;"):
+        predict_main([*args, "--sample-submission", str(tmp_path / "sample.csv"), "--out", str(tmp_path / "b.csv")])

@@ -169,7 +169,7 @@ def _jobs(config: BuildConfig, classes: str) -> list[ImageJob]:
 def build(args: argparse.Namespace) -> int:
     compression = {"none": "", "gzip": "GZIP"}[args.compression]
     config = BuildConfig(_sources(args), args.segmenter, args.image_size, args.cell_size, args.shard_mb,
-                         compression, args.seed)
+                         compression, args.seed, args.bit_depth)
     check_segmenter(args.segmenter)
     jobs = _jobs(config, args.classes)
     if len(jobs) < args.folds:
@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--folds", type=at_least(1), default=5, help="1 = no validation folds")
     b.add_argument("--seed", type=int, default=0, help="seeds the shard shuffle and the folds")
     b.add_argument("--compression", choices=("none", "gzip"), default="none")
+    b.add_argument("--bit-depth", type=int, choices=(8, 16), default=8,
+                   help="stored pixels: 8 (default) or 16 (keeps the precision of 16-bit files; the models "
+                   "trained on them carry it in their input contract)")
     b.add_argument("--runner", choices=("local", "beam"), default="local")
     b.add_argument("--beam-options", default="", help='Beam pipeline options, written with "=": --beam-options="--runner=DataflowRunner --project=P ..."')
     b.add_argument("--overwrite", action="store_true", help="delete what a previous build left and start over")

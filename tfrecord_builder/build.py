@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from hpa_tf.data import schema
-from hpa_tf.data.contract import record_views
+from hpa_tf.data.contract import record_views, to_record_depth
 from hpa_tf.io import read_image
 from hpa_tf.labels import to_multi_hot
 from hpa_tf.segmentation import cell_segmenter
@@ -32,10 +32,13 @@ class BuildConfig:
     shard_mb: float = 150.0
     compression: str = ""  # "" or "GZIP"
     seed: int = 0  # the shard shuffle
+    bit_depth: int = 8  # of the stored pixels: 8, or 16 for the full precision of 16-bit files
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["sources"] = [list(src) for src in self.sources]  # the JSON form, so a saved config compares equal
+        if out["bit_depth"] == 8:
+            del out["bit_depth"]  # the default: configs of earlier builds compare equal
         return out
 
     def data_dir(self, source: str) -> str:
@@ -76,7 +79,7 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
     out = Built(job.image_id, job.labels, job.source)
     t = time.perf_counter()
     try:
-        image = read_image(config.data_dir(job.source), job.image_id)
+        image = read_image(config.data_dir(job.source), job.image_id, dtype="native")  # full precision
     except Exception as err:  # a bad file is reported, the build goes on
         out.error = f"read: {err}"
         return out
@@ -88,9 +91,10 @@ def build_example(config: BuildConfig, job: ImageJob) -> Built:
         return out
     t = _tick(out, "segment", t)
     if seg.n_cells == 0:
-        out.error = "no cells found"
+        out.error = f"no cells found by {config.segmenter} in this {image.shape[1]}x{image.shape[0]} image"
         return out
     h, w = image.shape[:2]
+    image = to_record_depth(image, config.bit_depth)
     views = record_views(image, seg.cells, config.image_size, config.cell_size)  # what prediction cuts too
     crops = views["crops"]
     t = _tick(out, "resize_crop", t)

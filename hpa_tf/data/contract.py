@@ -27,7 +27,8 @@ import numpy as np
 from hpa_tf.data.crops import cell_crops
 
 CONTRACT_VERSION = 1
-RULES = ("channels red, green, blue, yellow; intensity value / max(dtype) as uint8, then / 255; "
+RULES = ("channels red, green, blue, yellow; intensity value / max(dtype) as uint8 (bit_depth 8) or uint16 "
+         "(bit_depth 16), then / 255 or / 65535; "
          "image: OpenCV area to the records' size, then bilinear with antialiasing to the model's; cells: bounding "
          "box padded to a square about its centre, other cells zeroed, area to the records' cell size, then bilinear "
          "with antialiasing to the model's")
@@ -44,6 +45,7 @@ class InputContract:
     record_cell_size: int
     segmenter: str  # that made the training masks
     rules: str = RULES
+    bit_depth: int = 8  # of the records' pixels: 8, or 16 (``--bit-depth 16``: full precision of 16-bit files)
     version: int = CONTRACT_VERSION
 
     @classmethod
@@ -53,7 +55,7 @@ class InputContract:
 
         built = read_manifest(config["data"]["records"])
         return cls(config["model"]["kind"], int(config["data"]["image_size"]), int(config["data"]["cell_size"]),
-                   built.image_size, built.cell_size, built.segmenter)
+                   built.image_size, built.cell_size, built.segmenter, bit_depth=built.bit_depth)
 
     @classmethod
     def for_model(cls, kind: str, size: int, segmenter: str = "") -> InputContract:
@@ -86,6 +88,20 @@ def segmenter_kind(spec: str) -> str:
     return spec.split(":", 1)[0] if spec else ""
 
 
+def to_record_depth(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """An image (any dtype, read with ``dtype="native"``) as the records' pixels: uint8 (bit depth 8)
+    or uint16 (16), by the one rule ``value / max(dtype)``. The builder and prediction both call it.
+
+    >>> to_record_depth(np.array([[1020]], np.uint16), 8).tolist(), to_record_depth(np.array([[4]], np.uint8), 16).tolist()
+    ([[4]], [[1028]])
+    """
+    from hpa_tf.io import to_uint8, to_uint16
+
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit depth must be 8 or 16, not {bit_depth}")
+    return to_uint8(image) if bit_depth == 8 else to_uint16(image)
+
+
 def record_views(image: np.ndarray, cells: np.ndarray, image_size: int | None,
                  cell_size: int | None) -> dict:
     """The builder's view of a segmented (H, W, 4) uint8 image: ``image`` and ``mask`` at
@@ -109,12 +125,13 @@ def record_views(image: np.ndarray, cells: np.ndarray, image_size: int | None,
 
 
 def to_model_size(x, size: int):
-    """uint8 or float images (..., S, S, C) -> float32 in [0, 1] at ``size`` x ``size``: bilinear
+    """uint8, uint16 or float images (..., S, S, C) -> float32 in [0, 1] at ``size`` x ``size``: bilinear
     with antialiasing when the side differs. The training pipelines and the predictor both call it."""
     import tensorflow as tf
 
     x = tf.convert_to_tensor(x)
-    x = tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
+    scale = {tf.uint8: 255.0, tf.uint16: 65535.0}.get(x.dtype)
+    x = tf.cast(x, tf.float32) / scale if scale else tf.cast(x, tf.float32)
     if x.shape[-2] == size:
         return x
     if x.shape.rank <= 4:

@@ -79,6 +79,11 @@ class Manifest:
         return str(self.config["segmenter"])
 
     @property
+    def bit_depth(self) -> int:
+        """Of the stored pixels: 8, or 16 for a ``--bit-depth 16`` build."""
+        return int(self.config.get("bit_depth", 8))
+
+    @property
     def n_images(self) -> int:
         return int(self.counts["images"])
 

@@ -182,8 +182,13 @@ def _examples(data, kind: str, spec: dict, training: bool, folds: Sequence[int] 
     return ds.enumerate()
 
 
-def _decode_image(ex: dict, size: int, stored: int) -> tf.Tensor:
-    image = tf.ensure_shape(tf.io.decode_png(ex["image"], channels=4), [stored, stored, 4])
+def _pixel_dtype(records: str) -> tf.DType:
+    """The records' pixel type: uint8, or uint16 for a ``--bit-depth 16`` build."""
+    return tf.uint16 if read_manifest(records).bit_depth == 16 else tf.uint8
+
+
+def _decode_image(ex: dict, size: int, stored: int, dtype: tf.DType = tf.uint8) -> tf.Tensor:
+    image = tf.ensure_shape(tf.io.decode_png(ex["image"], channels=4, dtype=dtype), [stored, stored, 4])
     return tf.ensure_shape(to_model_size(image, size), [size, size, 4])  # the predictor's step too
 
 
@@ -191,9 +196,10 @@ def _image_elements(data, aug, training: bool, seed: int, examples: tf.data.Data
     """``(image, labels)`` of each record."""
     size = data["image_size"]
     stored = read_manifest(data["records"]).image_size
+    dtype = _pixel_dtype(data["records"])
 
     def prepare(index, ex):
-        image = _decode_image(ex, size, stored)
+        image = _decode_image(ex, size, stored, dtype)
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
             image, labels = augment.augment_image(image, labels, aug, tf.stack([tf.constant(seed, tf.int64), index]))
@@ -219,6 +225,7 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
     bag = data["cells_per_bag"] if training else data["max_eval_cells"]
     size = data["cell_size"]
     stored = read_manifest(data["records"]).cell_size
+    dtype = _pixel_dtype(data["records"])
 
     def prepare(index, ex):
         pngs = tf.sparse.to_dense(ex["cells"])
@@ -226,8 +233,8 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
         s_pick, s_aug = tf.unstack(tf.random.experimental.stateless_split(element_seed, 2))
         idx, valid = _pick_cells(tf.cast(ex["n_cells"], tf.int32), bag, s_pick if training else None)
         picked = tf.gather(pngs, idx)
-        crops = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_png(s, channels=4), [stored, stored, 4]), picked,
-                          fn_output_signature=tf.TensorSpec([stored, stored, 4], tf.uint8))
+        crops = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_png(s, channels=4, dtype=dtype), [stored, stored, 4]),
+                          picked, fn_output_signature=tf.TensorSpec([stored, stored, 4], dtype))
         cells = to_model_size(crops, size) * valid[:, None, None, None]  # the predictor's step too
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
@@ -250,6 +257,7 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
 
     size = data["cell_size"]
     stored = read_manifest(data["records"]).cell_size
+    dtype = _pixel_dtype(data["records"])
     table = label_table(data["cell_labels"], data["records"], data["cell_label_source"]) if data["cell_labels"] else None
 
     def labelled(ex):
@@ -272,7 +280,7 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
         return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(positions), index), positions, pngs, soft))
 
     def prepare(index, position, png, soft):
-        cell = to_model_size(tf.ensure_shape(tf.io.decode_png(png, channels=4), [stored, stored, 4]), size)
+        cell = to_model_size(tf.ensure_shape(tf.io.decode_png(png, channels=4, dtype=dtype), [stored, stored, 4]), size)
         if aug is not None:
             cell, soft = augment.augment_image(cell, soft, aug, tf.stack([tf.constant(seed, tf.int64), index * 1024 + position]))
         return tf.ensure_shape(cell, [size, size, 4]), tf.ensure_shape(soft, [NUM_CLASSES])

@@ -133,12 +133,26 @@ def cell_example(image_id: str, labels: np.ndarray, height: int, width: int, fol
     return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
-def parse_image_record(serialized):
-    """Parse and decode one image record in-graph: ``{"id", "labels", "image" (HxWx4 uint8), "mask"
-    (HxW uint16), "height", "width", "fold", "n_cells"}``. Usable in ``tf.data.Dataset.map``."""
+def record_dataset(files, compression: str = "auto"):
+    """A ``tf.data.TFRecordDataset`` of record shards; ``compression="auto"`` tells a ``--compression
+    gzip`` build from its first bytes. ``record_dataset(glob("recs/images-*")).map(parse_image_record)``"""
+    tf = _tf()
+    files = [files] if isinstance(files, str) else list(files)
+    if compression == "auto":
+        compression = ""
+        if files:
+            with tf.io.gfile.GFile(files[0], "rb") as f:
+                compression = "GZIP" if f.read(2) == b"\x1f\x8b" else ""
+    return tf.data.TFRecordDataset(files, compression_type=compression)
+
+
+def parse_image_record(serialized, dtype=None):
+    """Parse and decode one image record in-graph: ``{"id", "labels", "image" (HxWx4 uint8, or
+    ``dtype``: ``tf.uint16`` for a ``--bit-depth 16`` record set), "mask" (HxW uint16), "height",
+    "width", "fold", "n_cells"}``. Usable in ``tf.data.Dataset.map``."""
     tf = _tf()
     ex = tf.io.parse_single_example(serialized, image_features())
-    ex["image"] = tf.io.decode_png(ex["image"], channels=4)
+    ex["image"] = tf.io.decode_png(ex["image"], channels=4, dtype=dtype or tf.uint8)
     ex["mask"] = tf.io.decode_png(ex["mask"], channels=1, dtype=tf.uint16)[..., 0]
     return ex
 

@@ -4,13 +4,16 @@
         [--cell-lines "U-2 OS,A-431"] [--include-in-trainset] [--dedup-against train/] \\
         [--source jpg|tif] [--size 1024] [--keep-tif] [--workers 16] [--limit N]
 
-Writes ``OUT/train/{ID}_{red,green,blue,yellow}.png`` (8-bit, by hpa-tf's one intensity rule,
-resized to ``--size`` if given; or the 16-bit ``.tif`` as served with ``--keep-tif``), then
+Writes ``OUT/train/{ID}_{red,green,blue,yellow}.png`` (at the served bit depth: 8-bit from the
+JPEGs, 16-bit from the TIFFs, resized to ``--size`` if given; or the 16-bit ``.tif`` as served with
+``--keep-tif``), then
 ``OUT/train.csv`` (``ID,Label`` in the 2021 form plus ``Cellline``, ``in_trainset``, ``Image``),
 ``OUT/errors.csv`` and ``OUT/duplicates.csv``. Each image is fetched in parallel with the others,
 every file retried with backoff, checked (it decodes, its four channels agree in size), and written
 under a temporary name then renamed; a per-image state file written last marks it done, so a killed
-download resumes where it stopped and a rerun retries only the failures.
+download resumes where it stopped and a rerun retries only the failures. The exit status is 1 when
+any image failed. ``OUT/download.json`` keeps ``--size``, ``--source`` and ``--keep-tif``: a rerun
+with other values is refused (the folder would mix sizes).
 
 De-duplication: rows with ``in_trainset`` true are skipped (``--include-in-trainset`` keeps them), and
 with ``--dedup-against DIR`` (the competition's ``train/``) an image whose content matches a training
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import io as _io
 import json
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +40,7 @@ from hpa_tf import fs
 from hpa_tf.cli import require_writable
 from hpa_tf.download.dedup import FingerprintIndex, fingerprint
 from hpa_tf.download.fetch import FetchError, RetryPolicy, fetch
-from hpa_tf.io import read_image, read_label_table, scan_image_ids, to_uint8
+from hpa_tf.io import read_image, read_label_table, scan_image_ids, to_uint16
 from hpa_tf.io.images import CHANNELS, decode_channel
 from hpa_tf.io.png import encode_png
 from hpa_tf.lock import FolderLock
@@ -146,7 +150,8 @@ class _Downloader:
 
             fs.write_bytes(fs.join(self.images_dir, f"{image_id}_{color}.tif"), gzip.decompress(body))
             return
-        plane = to_uint8(plane)
+        if plane.dtype not in (np.uint8, np.uint16):  # 8- and 16-bit files keep their precision
+            plane = to_uint16(plane)
         if self.cfg.size and max(plane.shape) != self.cfg.size:
             h, w = plane.shape
             scale = self.cfg.size / max(h, w)
@@ -191,7 +196,13 @@ def download(cfg: DownloadConfig) -> dict:
         raise ValueError(f"--source must be one of {', '.join(TEMPLATES)}, not {cfg.source!r}")
     if cfg.keep_tif and cfg.source != "tif":
         raise ValueError("--keep-tif needs --source tif (the JPEG images are 8-bit)")
+    if cfg.size < 0 or 0 < cfg.size < MIN_SIDE:
+        raise ValueError(f"--size {cfg.size}: give 0 (keep the served size) or a side of at least {MIN_SIDE} px")
+    if cfg.limit < 0:
+        raise ValueError(f"--limit {cfg.limit}: give 0 (all images) or a positive number")
     table = read_label_table(cfg.table)
+    if table.attrs.get("label_report"):
+        print(table.attrs["label_report"])
     if "Image" not in table:
         raise ValueError(f"{cfg.table}: no Image column (expected the kaggle_2021.tsv layout: Image, Label_idx, ...)")
     rows = select_rows(table, cfg)
@@ -200,7 +211,28 @@ def download(cfg: DownloadConfig) -> dict:
         return _download(cfg, rows)
 
 
+SETTINGS = "download.json"
+
+
+def _check_settings(cfg: DownloadConfig) -> None:
+    """A folder holds images of one size, source and bit depth: a rerun with other settings is
+    refused (the earlier images would stay as they are: a mixed folder)."""
+    path = fs.join(cfg.out, SETTINGS)
+    now = {"size": cfg.size, "source": cfg.source, "keep_tif": cfg.keep_tif}
+    if fs.exists(path):
+        before = json.loads(fs.read_text(path))
+        if before != now:
+            changed = ", ".join(f"--{k.replace('_', '-')} {before.get(k)} (now {v})" for k, v in now.items()
+                                if before.get(k) != v)
+            raise ValueError(f"{cfg.out} holds images downloaded with {changed}: rerun with the same settings, "
+                             "or give another --out (a folder of mixed sizes would train on mixed scales)")
+    elif fs.exists(fs.join(cfg.out, "state")) and fs.listdir(fs.join(cfg.out, "state")):
+        raise ValueError(f"{cfg.out} holds a download of unknown settings (no {SETTINGS}): give another --out")
+    fs.write_text(path, json.dumps(now))
+
+
 def _download(cfg: DownloadConfig, rows: pd.DataFrame) -> dict:
+    _check_settings(cfg)
     fs.makedirs(fs.join(cfg.out, "train"))
     fs.makedirs(fs.join(cfg.out, "state"))
     train_index = train_fingerprints(cfg.dedup_against, fs.join(cfg.out, "train_fingerprints.npz"), cfg.workers) \
@@ -248,4 +280,7 @@ def _write_tables(cfg: DownloadConfig, rows: pd.DataFrame, states: dict[str, dic
               "skipped_done": skipped}
     print(f"{cfg.out}: {counts['ok']} images in train/ and train.csv, {counts['duplicate']} duplicates "
           f"(duplicates.csv), {counts['error']} failed (errors.csv; a rerun retries them)")
+    if counts["error"]:
+        print(f"error: {counts['error']} of {len(rows)} images failed to download; see "
+              f"{fs.join(cfg.out, 'errors.csv')} and rerun the same command to retry them", file=sys.stderr)
     return counts

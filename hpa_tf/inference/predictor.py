@@ -28,7 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hpa_tf.data.contract import InputContract, to_model_size
+from hpa_tf.data.contract import InputContract, to_model_size, to_record_depth
 from hpa_tf.inference.combine import CELL_VIEWS, ModelScores, combine
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
@@ -133,7 +133,12 @@ class Predictor:
         """What the CPU side must cut for these models: their records' sizes."""
         image_sizes = tuple(sorted({m.contract.record_image_size for m in self.models if m.kind == "image"}))
         cell_sizes = tuple(sorted({m.contract.record_cell_size for m in self.models if m.kind in ("cells", "cell")}))
-        return PrepareSpec(data_dir, self.segmenter, image_sizes, cell_sizes)
+        depths = {m.contract.bit_depth for m in self.models}
+        if len(depths) > 1:
+            raise ValueError("the models were trained on records of different bit depths ("
+                             + ", ".join(f"{m.name}: {m.contract.bit_depth}" for m in self.models)
+                             + "): predict each depth in its own run")
+        return PrepareSpec(data_dir, self.segmenter, image_sizes, cell_sizes, depths.pop() if depths else 8)
 
     # --- model calls ----------------------------------------------------------------------------
     def _make_call(self, m: ScoringModel):
@@ -222,7 +227,7 @@ class Predictor:
         size = max(-(-n // BAG_SIZE), 1) * BAG_SIZE
         image_sum, cell_sum = np.zeros(NUM_CLASSES), np.zeros((n, NUM_CLASSES))
         for t in self._transforms:
-            bag = np.zeros((self.replicas, size, *crops.shape[1:]), np.uint8)  # one bag per replica, the others empty
+            bag = np.zeros((self.replicas, size, *crops.shape[1:]), crops.dtype)  # one bag per replica, the others empty
             bag[0, :n] = t(crops)
             valid = np.zeros((self.replicas, size), np.float32)
             valid[0, :n] = 1.0
@@ -299,9 +304,11 @@ class Predictor:
         return combine(scores, n_cells, self.rule, self.weights)
 
     def predict_image(self, image: np.ndarray, image_id: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Segment and score one (H, W, 4) uint8 image: ``(cell mask, cell_ids, probs (n, 19))``."""
+        """Segment and score one (H, W, 4) image (uint8, uint16 or float in [0, 1]): ``(cell mask,
+        cell_ids, probs (n, 19))``."""
         seg = cell_segmenter(self.segmenter).segment([image], [image_id])[0]
-        prepared = prepare_array(image, seg, self.prepare_spec(""), image_id)
+        spec = self.prepare_spec("")
+        prepared = prepare_array(to_record_depth(image, spec.bit_depth), seg, spec, image_id)
         return seg.cells, prepared.cell_ids, self.combine(self.score(prepared), prepared.n_cells)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hpa_tf.data.contract import record_views
+from hpa_tf.data.contract import record_views, to_record_depth
 from hpa_tf.io import read_image
 from hpa_tf.rle import encode_label_image
 from hpa_tf.segmentation import Segmentation, cell_segmenter
@@ -30,6 +30,7 @@ class PrepareSpec:
     segmenter: str = "classical"
     image_sizes: tuple[int, ...] = ()
     cell_sizes: tuple[int, ...] = ()
+    bit_depth: int = 8  # of the models' records (their input contracts)
 
 
 @dataclass
@@ -91,10 +92,10 @@ def prepare_image(spec: PrepareSpec, image_id: str) -> Prepared:
     timings: dict[str, float] = {}
     t = time.perf_counter()
     try:
-        image = read_image(spec.data_dir, image_id)
+        image = read_image(spec.data_dir, image_id, dtype="native")  # full precision to the segmenter
         t = _tick(timings, "read", t)
         seg = cell_segmenter(spec.segmenter).segment([image], [image_id])[0]
         _tick(timings, "segment", t)
-        return prepare_array(image, seg, spec, image_id, timings)
+        return prepare_array(to_record_depth(image, spec.bit_depth), seg, spec, image_id, timings)
     except Exception as err:  # noqa: BLE001 - a bad image gets an empty row, the run goes on
         return Prepared(image_id, timings=timings, error=f"{type(err).__name__}: {err}")

@@ -32,10 +32,10 @@ from hpa_tf.inference import cache
 from hpa_tf.inference.combine import combine
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
-from hpa_tf.io import probe_size, read_image, scan_image_ids
+from hpa_tf.io import has_any_channel, probe_size, read_image, scan_image_ids, to_8bit_view
 from hpa_tf.lock import FolderLock
 from hpa_tf.models import read_contract
-from hpa_tf.rle import decode_mask
+from hpa_tf.rle import decode_mask, encode_label_image
 from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
 from hpa_tf.segmentation.runner import segment_folder
 from hpa_tf.submission import ImagePrediction, write_submission
@@ -79,15 +79,28 @@ class RunConfig:
         return self.cache or f"{self.out}.cache"
 
 
-def image_order(data: str, sample_submission: str | None) -> tuple[list[str], dict[str, tuple[int, int]]]:
-    """IDs in the sample submission's order (with its sizes), else every complete image of ``data``."""
+def image_order(data: str, sample_submission: str | None,
+                check_files: bool = False) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """IDs in the sample submission's order (with its sizes), else every complete image of ``data``.
+    ``check_files``: an ID of the sample submission with no file in ``data`` is an error naming it
+    (an all-empty submission would otherwise look like a success)."""
     if sample_submission:
         df = pd.read_csv(_io.StringIO(fs.read_text(sample_submission)), dtype={"ID": str})
         missing = {"ID", "ImageWidth", "ImageHeight"} - set(df.columns)
         if missing:
             raise ValueError(f"{sample_submission}: no column(s) {sorted(missing)}; expected the competition's "
                              "ID,ImageWidth,ImageHeight,PredictionString")
-        return list(df["ID"]), {i: (int(w), int(h)) for i, w, h in zip(df["ID"], df["ImageWidth"], df["ImageHeight"])}
+        ids = list(df["ID"])
+        if check_files:
+            if not fs.exists(data):
+                raise FileNotFoundError(f"--data {data}: no such folder")
+            absent = [i for i in ids if not has_any_channel(data, i)]
+            if absent:
+                shown = ", ".join(absent[:3]) + (", ..." if len(absent) > 3 else "")
+                raise FileNotFoundError(f"{len(absent)} of {len(ids)} images of {sample_submission} have no file in "
+                                        f"{data} ({shown}; looked for {{ID}}_red/green/blue/yellow.png/.tif/.jpg, "
+                                        "any letter case): is --data the folder of the test images?")
+        return ids, {i: (int(w), int(h)) for i, w, h in zip(df["ID"], df["ImageWidth"], df["ImageHeight"])}
     if not fs.exists(data):
         raise FileNotFoundError(f"--data {data}: no such folder")
     ids = scan_image_ids(data, complete=False)  # an image missing a channel still gets its row and an error
@@ -214,8 +227,36 @@ def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[st
         w, h, _, masks, scores = entries[image_id]
         picked = range(len(scores)) if use is None else use
         probs = combine([scores[k] for k in picked], len(masks), rule, [weights[k] for k in picked])
+        if image_id in sizes and sizes[image_id] != (w, h):
+            masks, kept = rescale_masks(image_id, masks, (w, h), sizes[image_id])
+            w, h, probs = *sizes[image_id], probs[kept]
         rows.append(ImagePrediction.from_scores(image_id, w, h, masks, probs))
     return rows
+
+
+def rescale_masks(image_id: str, masks: Sequence[str], size: tuple[int, int],
+                  target: tuple[int, int]) -> tuple[list[str], np.ndarray]:
+    """Encoded masks of a ``size`` (width, height) image at the ``target`` size (nearest neighbour):
+    test images downsized to save time get their rows at the sample submission's size. Returns the
+    masks and the indices of the cells kept (a cell can vanish when shrunk). Another aspect ratio
+    is refused in one line naming both sizes.
+
+    >>> lab = np.zeros((4, 4), np.uint16); lab[1:3, 1:3] = 1
+    >>> masks, kept = rescale_masks("a", [encode_label_image(lab)[1]], (4, 4), (8, 8))
+    >>> int(decode_mask(masks[0], 8, 8).sum()), kept.tolist()
+    (16, [0])
+    """
+    (w, h), (tw, th) = size, target
+    if abs(w * th - h * tw) > 0.01 * max(w * th, h * tw):
+        raise ValueError(f"image {image_id}: its files are {w}x{h} px, the sample submission says {tw}x{th} "
+                         "(another shape): give the test images at their original size or keep their aspect ratio")
+    labels = np.zeros((h, w), np.uint16)
+    for k, enc in enumerate(masks):
+        labels[decode_mask(enc, h, w)] = k + 1
+    big = cv2.resize(labels, (tw, th), interpolation=cv2.INTER_NEAREST)
+    encoded = encode_label_image(big)
+    kept = np.array([k for k in range(len(masks)) if k + 1 in encoded], np.int64)
+    return [encoded[int(k) + 1] for k in kept], kept
 
 
 def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: dict[int, int] | None = None,
@@ -228,10 +269,10 @@ def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: 
     (16, 16, 3)
     """
     h, w = image.shape[:2]
-    labels = np.zeros((h, w), np.uint16)
+    labels = np.zeros((rows.height, rows.width), np.uint16)  # the row's size: the sample submission's
     top: dict[int, int] = {}
     for k, enc in enumerate(rows.masks):
-        labels[decode_mask(enc, h, w)] = k + 1
+        labels[decode_mask(enc, rows.height, rows.width)] = k + 1
         mine = rows.mask_index == k
         if mine.any():
             top[k + 1] = int(rows.classes[mine][np.argmax(rows.confidences[mine])])
@@ -251,7 +292,7 @@ def run(cfg: RunConfig) -> dict:
     configure_logical_cpus(cfg.logical_cpus)
     cfg.segmenter = resolve_segmenter(cfg.segmenter, {m: read_contract(m) for m in cfg.models}, cfg.force)
     check_segmenter(cfg.segmenter)
-    ids, sizes = image_order(cfg.data, cfg.sample_submission)
+    ids, sizes = image_order(cfg.data, cfg.sample_submission, check_files=True)
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
     segmenter = cfg.segmenter
     if runs_on_accelerator(segmenter):  # its models in this process alone, batched, before TensorFlow's
@@ -330,7 +371,7 @@ def _write_overlays(data: str, rows: list[ImagePrediction], stem: str, truth: Tr
     for row in rows:
         if not row.masks:
             continue
-        image = read_image(data, row.image_id)
+        image = to_8bit_view(read_image(data, row.image_id, dtype="native"))
         true_classes = truth_mask = None
         if truth is not None and row.image_id in truth.cell_labels:
             truth_mask = truth.mask(row.image_id)

@@ -9,7 +9,12 @@ Three table layouts are recognised by their header:
 - external HPA data ``kaggle_2021.tsv``: ``Image`` (a URL base such as
   ``https://images.proteinatlas.org/10005/921_B9_1``), ``Label_idx``, and optionally
   ``Cellline``, ``in_trainset``. The ID is the URL's last two path parts joined by ``_``
-  (``10005_921_B9_1``), the name the usual download scripts give the files.
+  (``10005_921_B9_1``), the name the usual download scripts give the files. As published, the
+  file is comma-separated despite its name (header ``Image,Gene,Cellline,Label,in_trainset,Label_idx``)
+  and rows whose locations have no 2021 class have an empty ``Label_idx``: those rows are skipped and
+  counted in ``table.attrs["label_report"]``.
+
+The separator (comma or tab) is read from the header line, whatever the file's extension.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import io as _io
 import pandas as pd
 
 from hpa_tf import fs
-from hpa_tf.io.images import CHANNELS, EXTENSIONS
+from hpa_tf.io.images import CHANNELS, image_extension
 from hpa_tf.labels import CLASSES_2018, convert_2018, format_labels, parse_labels
 
 
@@ -30,6 +35,17 @@ class LabelTableError(ValueError):
 def _external_id(url: str) -> str:
     parts = [p for p in str(url).rstrip("/").split("/") if p]
     return "_".join(parts[-2:]) if len(parts) >= 2 else parts[-1]
+
+
+def _separator(text: str) -> str:
+    """The column separator of a table, from its header line: the published ``kaggle_2021.tsv`` is
+    comma-separated despite its name, and a tab-separated copy must read too.
+
+    >>> _separator("Image,Gene,Label_idx"), _separator(chr(9).join(["Image", "Label_idx"])) == chr(9)
+    (',', True)
+    """
+    header = text.split("\n", 1)[0]
+    return "\t" if header.count("\t") > header.count(",") else ","
 
 
 def read_label_table(path: str, classes: str = "auto") -> pd.DataFrame:
@@ -43,12 +59,13 @@ def read_label_table(path: str, classes: str = "auto") -> pd.DataFrame:
     ('0|5', [0, 5])
     """
     text = fs.read_text(path)
-    sep = "\t" if path.lower().endswith(".tsv") or ("\t" in text.split("\n", 1)[0]) else ","
+    sep = _separator(text)
     try:
         df = pd.read_csv(_io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except Exception as err:
         raise LabelTableError(f"{path}: cannot be read as a table ({err})") from err
     cols = set(df.columns)
+    external_report = ""
     if {"ID", "Label"} <= cols:
         id_col, label_col = "ID", "Label"
     elif {"Id", "Target"} <= cols:
@@ -56,6 +73,11 @@ def read_label_table(path: str, classes: str = "auto") -> pd.DataFrame:
     elif {"Image", "Label_idx"} <= cols:
         df["ID"] = df["Image"].map(_external_id)
         id_col, label_col = "ID", "Label_idx"
+        unlabelled = df["Label_idx"].str.strip() == ""
+        if unlabelled.any():  # locations with no 2021 class: the published list has many
+            external_report = (f"{path}: {int(unlabelled.sum())} of {len(df)} rows have no 2021 class (empty "
+                               "Label_idx) and are skipped")
+            df = df[~unlabelled.to_numpy()].reset_index(drop=True)
     else:
         raise LabelTableError(
             f"{path}: unknown header {list(df.columns)}; expected 'ID,Label' (2021), "
@@ -73,7 +95,7 @@ def read_label_table(path: str, classes: str = "auto") -> pd.DataFrame:
     is_2018 = classes == "2018" or (classes == "auto" and label_col == "Target")
     if not is_2018:
         labels = [parse_labels(v, row=f"{path} ID {i}") for i, v in zip(ids, df[label_col])]
-        report = ""
+        report = external_report
     else:
         labels, report = _from_2018(path, ids, df[label_col])
     out = df.drop(columns=[c for c in (id_col, label_col, "ID", "Label") if c in df.columns])
@@ -117,13 +139,12 @@ def scan_image_ids(data_dir: str, complete: bool = True) -> list[str]:
     """
     seen: dict[str, set[str]] = {}
     for name in fs.listdir(data_dir):
-        for ext in EXTENSIONS:
-            if name.endswith(ext):
-                stem = name[: -len(ext)]
-                image_id, _, color = stem.rpartition("_")
-                if color in CHANNELS and image_id:
-                    seen.setdefault(image_id, set()).add(color)
-                break
+        ext = image_extension(name)  # any letter case: .png, .TIF, .Png
+        if ext is None:
+            continue
+        image_id, _, color = name[: -len(ext)].rpartition("_")
+        if color in CHANNELS and image_id:
+            seen.setdefault(image_id, set()).add(color)
     return sorted(i for i, colors in seen.items() if len(colors) == len(CHANNELS) or not complete)
 
 

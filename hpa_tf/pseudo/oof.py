@@ -130,6 +130,7 @@ def read_record_pairs(records: str, shard: int, ids: set[str] | None = None) -> 
     from hpa_tf.data.schema import parse_cell_record, parse_image_record
 
     m = read_manifest(records)  # not shard_files: it checks every shard's size, on each call
+    dtype = tf.uint16 if m.bit_depth == 16 else tf.uint8  # the records' own precision, as the pipelines read it
     pairs = tf.data.Dataset.zip(tuple(tf.data.TFRecordDataset(m.shard_paths(kind)[shard], compression_type=m.compression)
                                       for kind in ("images", "cells")))
     if ids is not None:
@@ -142,9 +143,9 @@ def read_record_pairs(records: str, shard: int, ids: set[str] | None = None) -> 
 
     def decode(a, b):
         cell_set = parse_cell_record(b)
-        cell_set["crops"] = tf.map_fn(lambda s: tf.io.decode_png(s, channels=4), cell_set["cells"],
-                                      fn_output_signature=tf.uint8)
-        return parse_image_record(a), cell_set
+        cell_set["crops"] = tf.map_fn(lambda s: tf.io.decode_png(s, channels=4, dtype=dtype), cell_set["cells"],
+                                      fn_output_signature=dtype)
+        return parse_image_record(a, dtype), cell_set
 
     for a, b in pairs.map(decode).as_numpy_iterator():
         if a["id"] != b["id"]:

@@ -68,7 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     if not fs.exists(args.data):
         raise FileNotFoundError(f"--data {args.data}: no such folder")
     check_segmenter(args.backend, **dict(options))
-    ids = list(read_label_table(args.labels)["ID"]) if args.labels else scan_image_ids(args.data)
+    if args.labels:
+        table = read_label_table(args.labels)
+        if table.attrs.get("label_report"):
+            print(table.attrs["label_report"])
+        ids = list(table["ID"])
+    else:
+        ids = scan_image_ids(args.data)
     partial = [] if args.labels else sorted(set(scan_image_ids(args.data, complete=False)) - set(ids))
     if partial:
         shown = ", ".join(partial[:5]) + (", ..." if len(partial) > 5 else "")

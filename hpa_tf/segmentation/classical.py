@@ -27,6 +27,8 @@ Explicit rules:
   the border) is debris and dropped; one larger than ``max_nucleus_frac`` is not a nucleus
   (a saturated or flooded channel) and dropped;
 - each cell keeps only its connected piece that holds its nucleus; holes in a cell are filled;
+- each channel's offset (its 0.1th percentile: a camera's black level, a 16-bit file stored from
+  3000 up) is subtracted first, so an offset field segments as its 0-based copy;
 - an image whose blue channel has no contrast (black, saturated, constant, or noise only: its
   spread from median to 99.5th percentile under ``min_snr`` times the background noise, measured
   in the file's own intensity steps) has no cells; a dim 16-bit image with real nuclei does.
@@ -48,6 +50,9 @@ from skimage.segmentation import watershed
 
 from hpa_tf.io.images import to_unit_float
 from hpa_tf.segmentation.base import Segmentation, empty_segmentation
+
+
+OFFSET_PERCENTILE = 0.1  # each channel's offset (its darkest pixels' level) is subtracted first
 
 
 @dataclass
@@ -106,6 +111,7 @@ class ClassicalSegmenter:
         planes = {}
         for name, k in (("red", 0), ("blue", 2), ("yellow", 3)):
             p = _unit(image[..., k])
+            p = np.maximum(p - np.float32(np.percentile(p[::4, ::4], OFFSET_PERCENTILE)), 0)  # a camera's offset
             planes[name] = cv2.resize(p, size, interpolation=cv2.INTER_AREA) if scale < 1 else p
         t = self._tick("resize", t)
         side = max(size)

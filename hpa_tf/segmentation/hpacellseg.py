@@ -6,7 +6,16 @@ competition's truth came from), run inside hpa-tf with current numpy, scikit-ima
 The two model files (from the official release; nothing is downloaded) are PyTorch modules pickled
 whole: they load with ``torch.load(path, weights_only=False)``, so load only files you trust.
 Options after the paths: ``scale=0.25`` (as the official tool), ``device=auto|cpu|cuda|cuda:1``,
-``batch=8`` (images per forward pass), ``post=fast|full``.
+``batch=8`` (images per forward pass), ``post=fast|full``, ``field=N`` (the side the images would have
+at full resolution; default: 1728 px and larger are full resolution, smaller images are downsized
+2048 px fields).
+
+**Downsized fields.** The official size rules (smallest seed, nucleus and cell, closing radius) are
+pixel counts for fields of about 2048 px, and its networks saw nuclei of that size x 0.25. A 512 px
+copy of a field (``python -m hpa_tf.download --size 512``, a Kaggle notebook's resized test set) kept
+0 of 38 cells under them. Here an image smaller than 1728 px is taken as a downsized 2048 px field:
+the networks see it at the resolution they would see the full field (``scale / zoom``, zoom = side /
+2048), and the rules shrink with it (lengths by the zoom, areas by its square).
 
 The steps are the official tool's, re-implemented here:
 
@@ -40,13 +49,15 @@ from scipy import ndimage as ndi
 from skimage import filters, measure, segmentation
 from skimage.morphology import disk
 
-from hpa_tf.io.images import to_uint8
+from hpa_tf.io.images import to_8bit_view
 from hpa_tf.segmentation.base import Segmentation
 
 INSTALL = 'pip install "hpa-tf[hpacellseg]" (PyTorch, CPU or CUDA build)'
 MEAN = np.array([124, 117, 104], np.float32) / 255
 STD = np.array([1 / (0.0167 * 255)] * 3, np.float32)
-# The official rule sizes, in pixels of the input image (their images: 2048 px).
+# The official rule sizes, in pixels of the input image (their images: 2048 px). An image smaller than
+# FULL_RESOLUTION_MIN is taken as a downsized field: the rules and the network input scale with it.
+FULL_RESOLUTION_MIN = 1728
 NUCLEUS_SEED_MIN, NUCLEUS_HOLE_MAX, MASK_SPECK_MIN = 500, 1000, 8
 NUCLEUS_MIN, CELL_MIN, CLOSING_RADIUS = 2500, 5500, 6
 
@@ -164,6 +175,7 @@ class HPACellSegSegmenter:
     device: str = "auto"
     batch_size: int = 8
     post: str = "fast"  # fast: label at the network's resolution; full: at the input resolution
+    field_side: int = 0  # this image's side at the official resolution; 0 = auto (see field_zoom)
     name: str = "hpacellseg"
     _models: dict = field(default_factory=dict, repr=False)
 
@@ -172,6 +184,21 @@ class HPACellSegSegmenter:
             raise ValueError("hpacellseg needs both model files: hpacellseg:nuclei=PATH,cell=PATH (nothing is downloaded)")
         if self.post not in ("fast", "full"):
             raise ValueError(f"hpacellseg post must be 'fast' or 'full', not {self.post!r}")
+
+    def field_zoom(self, height: int, width: int) -> float:
+        """Image pixels per pixel of the official tool's fields (~2048 px, where its size rules are
+        pixel counts): 1 for a full-resolution field (1728, 2048, 3072 px: the competition's own,
+        labelled by the official rules as they are); for a smaller image, taken as a downsized copy of
+        a 2048 px field, its side / 2048 (a 512 px copy: 0.25). ``field=N`` says the side the image
+        would have at full resolution instead.
+
+        >>> HPACellSegSegmenter("n.pth", "c.pth").field_zoom(512, 512), HPACellSegSegmenter("n.pth", "c.pth").field_zoom(1728, 1728)
+        (0.25, 1.0)
+        """
+        side = max(height, width)
+        if self.field_side:
+            return side / self.field_side
+        return 1.0 if side >= FULL_RESOLUTION_MIN else side / 2048
 
     def _device(self) -> str:
         if self.device != "auto":
@@ -200,8 +227,10 @@ class HPACellSegSegmenter:
 
         prepared = []
         for image in images:
-            rgby = to_uint8(image)
-            small = rescale(rgby[..., [0, 3, 2]], self.scale_factor, channel_axis=-1)  # red, yellow, blue in [0, 1]
+            rgby = to_8bit_view(image)  # 8-bit as is; a dim 16-bit channel stretched to its own range
+            # the networks see a field at the official resolution x scale_factor, whatever its size here
+            scale = self.scale_factor / self.field_zoom(*image.shape[:2])
+            small = rescale(rgby[..., [0, 3, 2]], scale, channel_axis=-1)  # red, yellow, blue in [0, 1]
             cell_in, rows, cols = _pad32(small)
             nuc_in, _, _ = _pad32(np.dstack([small[..., 2]] * 3))
             prepared.append((nuc_in, cell_in, rows, cols))
@@ -227,12 +256,13 @@ class HPACellSegSegmenter:
         results = []
         for image, (nuc, cell) in zip(images, self.predict(images)):
             h, w = image.shape[:2]
+            zoom = self.field_zoom(h, w)  # the size rules scale with the field: areas by its square
             if self.post == "full":  # enlarged as the official tool does, labelled at full size
                 nuc = cv2.resize(nuc, (w, h), interpolation=cv2.INTER_AREA)
                 cell = cv2.resize(cell, (w, h), interpolation=cv2.INTER_AREA)
-                nuclei, cells = label_cells(nuc, cell, 1.0)
+                nuclei, cells = label_cells(nuc, cell, zoom)
             else:
-                nuclei, cells = label_cells(nuc, cell, nuc.shape[0] / h)
+                nuclei, cells = label_cells(nuc, cell, nuc.shape[0] / h * zoom)
                 nuclei = cv2.resize(nuclei, (w, h), interpolation=cv2.INTER_NEAREST)
                 cells = cv2.resize(cells, (w, h), interpolation=cv2.INTER_NEAREST)
             results.append(Segmentation(nuclei, cells))
@@ -240,7 +270,7 @@ class HPACellSegSegmenter:
 
 
 _KEYS = {"nuclei": "nuclei_model", "cell": "cell_model", "scale": "scale_factor", "device": "device",
-         "batch": "batch_size", "post": "post"}
+         "batch": "batch_size", "post": "post", "field": "field_side"}
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
@@ -255,5 +285,5 @@ def parse_spec(spec: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or key not in _KEYS:
             raise ValueError(f"segmenter {spec!r}: {item!r} is not one of {', '.join(k + '=...' for k in _KEYS)}")
-        out[_KEYS[key]] = {"scale": float, "batch": int}.get(key, str)(value)
+        out[_KEYS[key]] = {"scale": float, "batch": int, "field": int}.get(key, str)(value)
     return out

@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs, viz
-from hpa_tf.io import read_image, to_uint8
+from hpa_tf.io import read_image, to_8bit_view
 from hpa_tf.segmentation import (
     Segmentation,
     Segmenter,
@@ -50,7 +50,7 @@ def overlay(image: np.ndarray, seg: Segmentation, side: int = OVERLAY_SIDE) -> n
     scale = min(side / max(h, w), 1.0)
     size = (max(int(w * scale), 1), max(int(h * scale), 1))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
-    small = to_uint8(small)
+    small = to_8bit_view(small)
     cells = cv2.resize(seg.cells, size, interpolation=cv2.INTER_NEAREST) if scale < 1 else seg.cells
     nuclei = cv2.resize(seg.nuclei, size, interpolation=cv2.INTER_NEAREST) if scale < 1 else seg.nuclei
     out = viz.draw_cells(viz.composite(small), cells, None, 1, False)
@@ -72,7 +72,7 @@ def run_chunk(job: tuple[str, tuple, str, str, list[str], bool]) -> list[dict]:
     for image_id in ids:
         t = time.perf_counter()
         try:
-            images.append(read_image(data_dir, image_id))
+            images.append(read_image(data_dir, image_id, dtype="native"))  # full precision to the segmenter
             good.append(image_id)
             rows[image_id] = {"ID": image_id, "ok": True, "error": "", "read_s": time.perf_counter() - t}
         except Exception as err:  # one unreadable image must not stop the run
