@@ -106,7 +106,7 @@ def assign_weights(model: keras.Model, tensors: dict[str, np.ndarray], path: str
 def network_from_tensors(tensors: dict[str, np.ndarray], path: str = "the file") -> keras.Model:
     """The Keras network of a DPNUnet's torch tensors (configuration read off them)."""
     tensors = strip_prefix(tensors)
-    model = build_network(config_from_tensors(tensors, path))
+    model = build_network(config_from_tensors(tensors, path), random_init=False)
     assign_weights(model, tensors, path)
     return model
 
@@ -161,7 +161,7 @@ def _load_converted(path: str) -> keras.Model:
             return keras.saving.load_model(local, compile=False)
         config = _config_path(path)
         cfg = DPNUnetConfig.from_dict(json.loads(fs.read_text(config))) if fs.exists(config) else DPNUnetConfig()
-        model = build_network(cfg)
+        model = build_network(cfg, random_init=False)
         model.load_weights(local)
         return model
     finally:

@@ -76,28 +76,30 @@ class ChannelSlice(keras.layers.Layer):
         return {**super().get_config(), "start": self.start, "stop": self.stop}
 
 
-def _conv(x, filters: int, kernel: int, stride: int, name: str, groups: int = 1, bias: bool = False):
+def _conv(x, filters: int, kernel: int, stride: int, name: str, groups: int = 1, bias: bool = False, init: str = "glorot_uniform"):
     """torch's Conv2d(padding=kernel // 2): symmetric zero padding, then a valid convolution."""
     pad = kernel // 2
     if pad and stride == 1:
-        return keras.layers.Conv2D(filters, kernel, padding="same", groups=groups, use_bias=bias, name=name)(x)
+        return keras.layers.Conv2D(filters, kernel, padding="same", groups=groups, use_bias=bias, kernel_initializer=init,
+                                   name=name)(x)
     if pad:
         x = keras.layers.ZeroPadding2D(pad, name=name + ".pad")(x)
-    return keras.layers.Conv2D(filters, kernel, strides=stride, groups=groups, use_bias=bias, name=name)(x)
+    return keras.layers.Conv2D(filters, kernel, strides=stride, groups=groups, use_bias=bias, kernel_initializer=init,
+                               name=name)(x)
 
 
-def _bn_act_conv(x, filters: int, kernel: int, stride: int, name: str, groups: int = 1):
+def _bn_act_conv(x, filters: int, kernel: int, stride: int, name: str, init: str, groups: int = 1):
     """pytorch_zoo's BnActConv2d: batch norm, ReLU, convolution without bias."""
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=name + ".bn")(x)
     x = keras.layers.ReLU(name=name + ".act")(x)
-    return _conv(x, filters, kernel, stride, name + ".conv", groups)
+    return _conv(x, filters, kernel, stride, name + ".conv", groups, init=init)
 
 
 def _join(x, name: str):
     return x if not isinstance(x, tuple) else keras.layers.Concatenate(name=name)(list(x))
 
 
-def _dual_path_block(x, cfg: DPNUnetConfig, stage: int, kind: str, name: str):
+def _dual_path_block(x, cfg: DPNUnetConfig, stage: int, kind: str, name: str, init: str):
     """One DualPathBlock: ``kind`` 'proj' (first block of stage 1), 'down' (first of the others,
     stride 2) or 'normal'. ``x``: a tensor or the (residual, dense) pair; returns the pair."""
     width, inc, r = cfg.widths[stage], cfg.inc_sec[stage], cfg.bottleneck(stage)
@@ -106,19 +108,19 @@ def _dual_path_block(x, cfg: DPNUnetConfig, stage: int, kind: str, name: str):
     if kind == "normal":
         resid, dense = x
     else:
-        proj = _bn_act_conv(x_in, width + 2 * inc, 1, stride, f"{name}.c1x1_w_s{stride}")
+        proj = _bn_act_conv(x_in, width + 2 * inc, 1, stride, f"{name}.c1x1_w_s{stride}", init)
         resid, dense = ChannelSlice(0, width, name=name + ".s1")(proj), ChannelSlice(width, None, name=name + ".s2")(proj)
-    y = _bn_act_conv(x_in, r, 1, 1, name + ".c1x1_a")
-    y = _bn_act_conv(y, r, 3, stride, name + ".c3x3_b", groups=cfg.groups)
-    y = _bn_act_conv(y, width + inc, 1, 1, name + ".c1x1_c")
+    y = _bn_act_conv(x_in, r, 1, 1, name + ".c1x1_a", init)
+    y = _bn_act_conv(y, r, 3, stride, name + ".c3x3_b", init, groups=cfg.groups)
+    y = _bn_act_conv(y, width + inc, 1, 1, name + ".c1x1_c", init)
     out1, out2 = ChannelSlice(0, width, name=name + ".out1")(y), ChannelSlice(width, None, name=name + ".out2")(y)
     return (keras.layers.Add(name=name + ".resid")([resid, out1]),
             keras.layers.Concatenate(name=name + ".dense")([dense, out2]))
 
 
-def _encoder(x, cfg: DPNUnetConfig) -> list:
+def _encoder(x, cfg: DPNUnetConfig, init: str) -> list:
     """The five encoder outputs (strides 2, 4, 8, 16, 32), as tensors."""
-    x = _conv(x, cfg.num_init_features, 7, 2, "encoder_stages.0.0")
+    x = _conv(x, cfg.num_init_features, 7, 2, "encoder_stages.0.0", init=init)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name="encoder_stages.0.1")(x)
     x = keras.layers.ReLU(name="encoder_stages.0.2")(x)
     outputs = [x]
@@ -129,7 +131,7 @@ def _encoder(x, cfg: DPNUnetConfig) -> list:
         first = 1 if stage == 0 else 0  # stage 1 starts with the pool
         for i in range(blocks):
             kind = "normal" if i else ("proj" if stage == 0 else "down")
-            x = _dual_path_block(x, cfg, stage, kind, f"encoder_stages.{stage + 1}.{first + i}")
+            x = _dual_path_block(x, cfg, stage, kind, f"encoder_stages.{stage + 1}.{first + i}", init)
         if stage == len(cfg.k_sec) - 1:  # CatBnAct
             name = f"encoder_stages.{stage + 1}.{first + blocks}"
             x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=name + ".bn")(_join(x, name + ".in"))
@@ -140,29 +142,31 @@ def _encoder(x, cfg: DPNUnetConfig) -> list:
     return outputs
 
 
-def _up_conv(x, filters: int, name: str):
+def _up_conv(x, filters: int, name: str, init: str):
     """UnetDecoderBlock: nearest 2x upsampling, 3 x 3 convolution with bias, ReLU."""
     x = keras.layers.UpSampling2D(2, interpolation="nearest", name=name + ".layer.0")(x)
-    x = _conv(x, filters, 3, 1, name + ".layer.1", bias=True)
+    x = _conv(x, filters, 3, 1, name + ".layer.1", bias=True, init=init)
     return keras.layers.ReLU(name=name + ".layer.2")(x)
 
 
-def build_network(cfg: DPNUnetConfig | None = None, name: str = "dpn_unet") -> keras.Model:
-    """The network with random weights: (B, H, W, input_channels) float32, H and W multiples of 32,
-    normalised as the official code does -> softmax (B, H, W, classes). ``cfg``: the official by default."""
+def build_network(cfg: DPNUnetConfig | None = None, name: str = "dpn_unet", random_init: bool = True) -> keras.Model:
+    """The network: (B, H, W, input_channels) float32, H and W multiples of 32, normalised as the
+    official code does -> softmax (B, H, W, classes). ``cfg``: the official by default. Random
+    weights, or zeros with ``random_init=False`` (faster, for weights about to be loaded)."""
     cfg = cfg or DPNUnetConfig()
+    init = "glorot_uniform" if random_init else "zeros"
     filters = cfg.filters()
     inputs = keras.Input((None, None, cfg.input_channels), name="image")
-    enc = _encoder(inputs, cfg)
+    enc = _encoder(inputs, cfg, init)
     x = enc[-1]
     levels = len(filters) - 1
     for i in range(levels):  # decoder_stages[-1] first; bottlenecks[0] first
         level = levels - i
-        x = _up_conv(x, filters[level - 1], f"decoder_stages.{level - 1}")
+        x = _up_conv(x, filters[level - 1], f"decoder_stages.{level - 1}", init)
         x = keras.layers.Concatenate(name=f"bottlenecks.{i}.cat")([x, enc[level - 1]])
-        x = _conv(x, filters[level - 1], 3, 1, f"bottlenecks.{i}.seq.0", bias=True)
+        x = _conv(x, filters[level - 1], 3, 1, f"bottlenecks.{i}.seq.0", bias=True, init=init)
         x = keras.layers.ReLU(name=f"bottlenecks.{i}.seq.1")(x)
-    x = _up_conv(x, filters[0], "last_upsample")
-    x = _conv(x, cfg.classes, 3, 1, "final.0", bias=True)
+    x = _up_conv(x, filters[0], "last_upsample", init)
+    x = _conv(x, cfg.classes, 3, 1, "final.0", bias=True, init=init)
     out = keras.layers.Activation("softmax", dtype="float32", name="softmax")(x)
     return keras.Model(inputs, out, name=name)
