@@ -177,6 +177,7 @@ def test_the_xla_compiled_network_equals_the_network():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
 @pytest.mark.parametrize("legacy", [False, True])
 def test_keras_equals_pytorch_on_a_larger_network_and_the_torch_path(tmp_path, legacy):
     torch = pytest.importorskip("torch")
@@ -201,3 +202,23 @@ def test_keras_equals_pytorch_on_a_larger_network_and_the_torch_path(tmp_path, l
     torch_out = get_segmenter(f"hpacellseg:nuclei={path},cell={path},device=cpu,backend=torch").predict(images)
     for (kn, kc), (tn, tc) in zip(keras_out, torch_out):
         assert np.abs(kn.astype(int) - tn).max() <= 1 and np.abs(kc.astype(int) - tc).max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Couldn't retrieve source code")
+def test_the_full_size_keras_network_equals_pytorch(tmp_path):
+    """The official size, written as the official files are (legacy serialisation, module whole)."""
+    torch = pytest.importorskip("torch")
+    from torch_dpn_unet import DPNUnet, as_official_classes, calibrate, randomise
+
+    as_official_classes()
+    net = calibrate(randomise(DPNUnet(3, 3), seed=5))  # activations at a trained network's scale
+    path = str(tmp_path / "dpn_unet_cell_3ch_v1.pth")
+    torch.save(net, path, _use_new_zipfile_serialization=False)
+    x = np.random.default_rng(6).normal(0, 1, (1, 96, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(x.transpose(0, 3, 1, 2))), 1).numpy().transpose(0, 2, 3, 1)
+    f = read_torch_file(path)
+    assert f.format == "legacy" and f.classes["pytorch_zoo.dpn.DualPathBlock"] == 30 and len(f.tensors) == 595
+    out = np.asarray(load_network(path)(x))
+    assert np.abs(out - expected).max() < 1e-3 and expected.std() > 0.05

@@ -138,6 +138,20 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def calibrate(model: nn.Module, size: int = 128, seed: int = 0) -> nn.Module:
+    """Batch-norm statistics set to those of one random batch (as training would leave them), so that
+    activations keep a trained network's scale through the 30 blocks instead of growing; eval mode."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn((2, model.encoder_stages[0][0].in_channels, size, size), generator=g))
+    return model.eval()
+
+
 OFFICIAL_PATHS = {"DPNUnet": "pytorch_zoo.unet", "DualPathBlock": "pytorch_zoo.dpn", "BnActConv2d": "pytorch_zoo.dpn",
                   "CatBnAct": "pytorch_zoo.dpn", "UnetDecoderBlock": "pytorch_zoo.abstract_model",
                   "ConvBottleneck": "pytorch_zoo.abstract_model"}

@@ -141,11 +141,10 @@ class _Unpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{self.path}: refused: storage type {storage_type!r} is not a tensor type")
         dtype = _STORAGE_DTYPES[storage_type]
         view = pid[5] if len(pid) > 5 else None
+        root = self.storages.setdefault(key, _Storage(key, dtype))
         if view is not None:  # legacy storage view: (view key, offset, size) into the root storage
-            storage = _Storage(key, dtype, int(view[1]))
-            self.storages.setdefault(str(view[0]), storage)
-            return storage
-        return self.storages.setdefault(key, _Storage(key, dtype))
+            return _Storage(key, dtype, int(view[1]))
+        return root
 
 
 def _load_pickle(f: Any, path: str, classes: Counter, storages: dict) -> Any:
@@ -205,7 +204,7 @@ def _array(ref: _TensorRef, raw: dict[str, bytes], path: str) -> np.ndarray:
     flat = np.frombuffer(raw[storage.key], dtype=storage.dtype)
     start = storage.offset + ref.offset
     if not ref.shape:
-        return flat[start].copy()
+        return np.array(flat[start])
     itemsize = flat.dtype.itemsize
     end = start + 1 + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
     if end > flat.size:
