@@ -222,3 +222,11 @@ def test_the_full_size_keras_network_equals_pytorch(tmp_path):
     assert f.format == "legacy" and f.classes["pytorch_zoo.dpn.DualPathBlock"] == 30 and len(f.tensors) == 595
     out = np.asarray(load_network(path)(x))
     assert np.abs(out - expected).max() < 1e-3 and expected.std() > 0.05
+
+
+def test_a_tensor_must_come_from_the_files_storages(tmp_path):
+    # torch._utils._rebuild_parameter called on a string instead of a tensor of the file
+    payload = pickle.dumps({"w": _Runs(eval, "x")}, protocol=2).replace(b"__builtin__\neval", b"torch._utils\n_rebuild_parameter")
+    path = _zip_file(tmp_path / "odd.pth", payload)
+    with pytest.raises(UnsafePickleError, match=r"odd.pth: refused: a parameter rebuilt from str"):
+        read_torch_file(path)

@@ -98,10 +98,14 @@ def _placeholder(path: str, counts: Counter) -> type:
 
 
 def _rebuild_tensor(storage: _Storage, offset: int, shape: tuple, stride: tuple, *_: Any) -> _TensorRef:
+    if not isinstance(storage, _Storage):
+        raise UnsafePickleError(f"a tensor rebuilt from {type(storage).__name__}, not from a storage of the file")
     return _TensorRef(storage, int(offset), tuple(int(s) for s in shape), tuple(int(s) for s in stride))
 
 
 def _rebuild_parameter(data: _TensorRef, *_: Any) -> _TensorRef:
+    if not isinstance(data, _TensorRef):
+        raise UnsafePickleError(f"a parameter rebuilt from {type(data).__name__}, not from a tensor")
     return data
 
 
@@ -150,8 +154,9 @@ class _Unpickler(pickle.Unpickler):
 def _load_pickle(f: Any, path: str, classes: Counter, storages: dict) -> Any:
     try:
         return _Unpickler(f, path, classes, storages).load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as err:
+        message = str(err)
+        raise UnsafePickleError(message if message.startswith(path) else f"{path}: refused: {message}") from None
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, IndexError, KeyError) as err:
         raise ValueError(f"{path}: not a readable PyTorch file ({type(err).__name__}: {err})") from None
 
