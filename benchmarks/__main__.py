@@ -22,6 +22,7 @@ BENCHES = {
     "baselines": "benchmarks.bench_baselines",
     "segmentation": "benchmarks.bench_segmentation",
     "hpacellseg": "benchmarks.bench_hpacellseg",
+    "hpacellseg_networks": "benchmarks.bench_hpacellseg_networks",
     "builder": "benchmarks.bench_builder",
     "pipeline": "benchmarks.bench_pipeline",
     "training": "benchmarks.bench_training",

@@ -141,8 +141,10 @@ def test_hpacellseg_needs_model_files_and_torch_and_says_how(monkeypatch, tmp_pa
         get_segmenter("hpacellseg")
     with pytest.raises(ValueError, match="'weights=x' is not one of nuclei="):
         get_segmenter("hpacellseg:weights=x")
-    monkeypatch.setitem(sys.modules, "torch", None)  # PyTorch absent
+    monkeypatch.setitem(sys.modules, "torch", None)  # PyTorch absent: needed only by backend=torch
     with pytest.raises(ImportError, match=r'pip install "hpa-tf\[hpacellseg\]"'):
+        check_segmenter(f"hpacellseg:nuclei={tmp_path}/n.pth,cell={tmp_path}/c.pth,backend=torch")
+    with pytest.raises(FileNotFoundError, match="n.pth not found"):
         check_segmenter(f"hpacellseg:nuclei={tmp_path}/n.pth,cell={tmp_path}/c.pth")
 
 
@@ -168,7 +170,7 @@ def test_hpacellseg_runs_the_official_files_batched_and_pads_1728(tmp_path):
     from standin_torch import save_standins
 
     nuclei, cell = save_standins(tmp_path)
-    seg = get_segmenter(f"hpacellseg:nuclei={nuclei},cell={cell},device=cpu,batch=2")
+    seg = get_segmenter(f"hpacellseg:nuclei={nuclei},cell={cell},device=cpu,batch=2,backend=torch")
     images = [generate(5, "test", i, s).image for i, s in enumerate((1024, 1728, 1024, 1024))]
     out = seg.segment(images)
     assert [o.cells.shape for o in out] == [(s, s) for s in (1024, 1728, 1024, 1024)]
@@ -188,7 +190,7 @@ def test_hpacellseg_everywhere_a_segmenter_is_named(tmp_path):
     from tfrecord_builder.__main__ import main as build
 
     nuclei, cell = save_standins(tmp_path)
-    spec = f"hpacellseg:nuclei={nuclei},cell={cell},device=cpu"
+    spec = f"hpacellseg:nuclei={nuclei},cell={cell},device=cpu,backend=torch"  # stand-ins: PyTorch code
     data = tmp_path / "synth"  # 1024 px: the official size rules are pixel counts made for 2048 px images
     assert synth(["--out", str(data), "--n-train", "3", "--n-test", "2", "--size", "1024", "--seed", "8"]) == 0
     assert main(["--data", str(data / "test"), "--out", str(tmp_path / "masks"), "--backend", spec]) == 0

@@ -1,7 +1,7 @@
 """Cell segmentation: nuclei and cell instance masks for 4-channel HPA images.
 
 Backends by name: ``classical`` (built in, default), ``hpacellseg:nuclei=PATH,cell=PATH`` (the
-official models, with PyTorch), ``precomputed:DIR`` (masks saved earlier).
+official models, in Keras; PyTorch with ``backend=torch``), ``precomputed:DIR`` (masks saved earlier).
 
 >>> import numpy as np
 >>> seg = get_segmenter("classical")
@@ -63,7 +63,12 @@ def check_segmenter(spec: str, **options: Any) -> None:
         from hpa_tf import fs
         from hpa_tf.segmentation.hpacellseg import _torch
 
-        _torch()
+        if segmenter.backend == "torch":
+            _torch()
+        else:
+            from hpa_tf.segmentation.official.runtime import tf_device
+
+            tf_device(segmenter.device)
         for path in (segmenter.nuclei_model, segmenter.cell_model):
             if not fs.exists(path):
                 raise FileNotFoundError(f"segmenter {spec}: model file {path} not found (nothing is downloaded)")

@@ -1,14 +1,18 @@
 """The official HPA segmentation models (CellProfiling's HPA-Cell-Segmentation, the tool the
-competition's truth came from), run inside hpa-tf with current numpy, scikit-image and PyTorch.
+competition's truth came from), run inside hpa-tf: the networks in Keras, the labelling re-implemented.
 
     --segmenter hpacellseg:nuclei=/models/dpn_unet_nuclei_v1.pth,cell=/models/dpn_unet_cell_3ch_v1.pth
 
-The two model files (from the official release; nothing is downloaded) are PyTorch modules pickled
-whole: they load with ``torch.load(path, weights_only=False)``, so load only files you trust.
-Options after the paths: ``scale=0.25`` (as the official tool), ``device=auto|cpu|cuda|cuda:1``,
-``batch=8`` (images per forward pass), ``post=fast|full``, ``field=N`` (the side the images would have
-at full resolution; default: 1728 px and larger are full resolution, smaller images are downsized
-2048 px fields).
+The two model files come from the official release (nothing is downloaded): PyTorch modules pickled
+whole. By default (``backend=keras``) they are read as data, without PyTorch and without running the
+pickles, into the Keras network (:mod:`hpa_tf.segmentation.official`), called batched under XLA, one
+copy per process; converted copies (``.keras``, ``.weights.h5``) load the same way.
+``backend=torch`` runs the files with ``torch.load(path, weights_only=False)`` instead (it needs the
+classes of ``haoxusci/pytorch_zoo`` importable, and runs the pickle: only files you trust).
+Options after the paths: ``scale=0.25`` (as the official tool), ``device=auto|cpu|cuda|cuda:1|gpu:1``,
+``batch=8`` (images per forward pass), ``post=fast|full``, ``backend=keras|torch``, ``xla=1|0``,
+``field=N`` (the side the images would have at full resolution; default: 1728 px and larger are
+full resolution, smaller images are downsized 2048 px fields).
 
 **Downsized fields.** The official size rules (smallest seed, nucleus and cell, closing radius) are
 pixel counts for fields of about 2048 px, and its networks saw nuclei of that size x 0.25. A 512 px
@@ -176,6 +180,8 @@ class HPACellSegSegmenter:
     batch_size: int = 8
     post: str = "fast"  # fast: label at the network's resolution; full: at the input resolution
     field_side: int = 0  # this image's side at the official resolution; 0 = auto (see field_zoom)
+    backend: str = "keras"  # keras: the files read as data into the Keras network; torch: torch.load
+    xla: bool = True  # keras: compile the networks with XLA (jit_compile)
     name: str = "hpacellseg"
     _models: dict = field(default_factory=dict, repr=False)
 
@@ -184,6 +190,12 @@ class HPACellSegSegmenter:
             raise ValueError("hpacellseg needs both model files: hpacellseg:nuclei=PATH,cell=PATH (nothing is downloaded)")
         if self.post not in ("fast", "full"):
             raise ValueError(f"hpacellseg post must be 'fast' or 'full', not {self.post!r}")
+        if self.backend not in ("keras", "torch"):
+            raise ValueError(f"hpacellseg backend must be 'keras' or 'torch', not {self.backend!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise ValueError(f"hpacellseg batch must be a whole number >= 1, not {self.batch_size!r}")
+        if not self.scale_factor > 0:
+            raise ValueError(f"hpacellseg scale must be > 0, not {self.scale_factor!r}")
 
     def field_zoom(self, height: int, width: int) -> float:
         """Image pixels per pixel of the official tool's fields (~2048 px, where its size rules are
@@ -208,13 +220,21 @@ class HPACellSegSegmenter:
     def _net(self, kind: str) -> Any:
         if kind not in self._models:
             path = self.nuclei_model if kind == "nuclei" else self.cell_model
-            self._models[kind] = load_model(path, self._device())
+            if self.backend == "keras":
+                from hpa_tf.segmentation.official.runtime import compiled_network
+
+                self._models[kind] = compiled_network(path, self.device, self.xla)  # one per process
+            else:
+                self._models[kind] = load_model(path, self._device())
         return self._models[kind]
 
     def _forward(self, kind: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """Softmax outputs (H x W x 3 float) of a batch of same-shaped H x W x 3 inputs."""
+        batch = np.stack([(x - MEAN) / STD for x in inputs]).astype(np.float32)
+        if self.backend == "keras":
+            return list(self._net(kind)(batch))
         torch = _torch()
-        batch = np.stack([(x - MEAN) / STD for x in inputs]).transpose(0, 3, 1, 2)
+        batch = batch.transpose(0, 3, 1, 2)
         with torch.no_grad():
             out = self._net(kind)(torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self._device()))
             out = torch.softmax(out, dim=1).cpu().numpy()
@@ -270,7 +290,30 @@ class HPACellSegSegmenter:
 
 
 _KEYS = {"nuclei": "nuclei_model", "cell": "cell_model", "scale": "scale_factor", "device": "device",
-         "batch": "batch_size", "post": "post", "field": "field_side"}
+         "batch": "batch_size", "post": "post", "backend": "backend", "xla": "xla", "field": "field_side"}
+
+
+def _whole(value: str) -> int:
+    if not value.strip().lstrip("+").isdigit() or int(value) < 1:
+        raise ValueError("a whole number >= 1")
+    return int(value)
+
+
+def _positive(value: str) -> float:
+    number = float(value)  # ValueError for "abc"
+    if not np.isfinite(number) or number <= 0:
+        raise ValueError("a number > 0")
+    return number
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("1 or 0")
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+_CASTS: dict[str, Any] = {"scale": (_positive, "a number > 0"), "batch": (_whole, "a whole number >= 1"),
+                          "xla": (_flag, "1 or 0"), "field": (_whole, "a whole number >= 1")}
 
 
 def parse_spec(spec: str) -> dict[str, Any]:
@@ -285,5 +328,9 @@ def parse_spec(spec: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or key not in _KEYS:
             raise ValueError(f"segmenter {spec!r}: {item!r} is not one of {', '.join(k + '=...' for k in _KEYS)}")
-        out[_KEYS[key]] = {"scale": float, "batch": int, "field": int}.get(key, str)(value)
+        cast, what = _CASTS.get(key, (str, ""))
+        try:
+            out[_KEYS[key]] = cast(value)
+        except ValueError:
+            raise ValueError(f"segmenter {spec!r}: {key}={value!r} must be {what}") from None
     return out
