@@ -67,6 +67,7 @@ class Job:
     cells_config: str = "demo_cpu_cells"
     cell_config: str = "demo_cpu_cell"
     sets: list[str] = field(default_factory=list)  # --set overrides for every training
+    bit_depth: int = 8  # of the records: 16 keeps the precision of dim 16-bit files
     label_source: str = "cells"  # what round 1's single-cell models learn from (round 2 on: the cell models')
     cell_view: str = "masked"
     timings: dict[str, float] = field(default_factory=dict)
@@ -174,7 +175,8 @@ def run_job(job: Job) -> dict:
     data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
     _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
                                          fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
-                                         "--shard-mb", "20", "--folds", str(job.folds), "--replace-changed"))
+                                         "--shard-mb", "20", "--folds", str(job.folds), "--bit-depth", str(job.bit_depth),
+                                         "--replace-changed"))
     sample = fs.join(data, "sample_submission.csv")
     sample_args = ["--sample-submission", sample] if fs.exists(sample) else []
     references = {}
@@ -289,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-config", default="demo_cpu")
     parser.add_argument("--cells-config", default="demo_cpu_cells")
     parser.add_argument("--cell-config", default="demo_cpu_cell")
+    parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8,
+                        help="of the records (16: the full precision of dim 16-bit files; see the builder)")
     parser.add_argument("--label-source", default="cells", choices=("combined", "cells", "cam"),
                         help="round 1's labels: the cell-bag models' cell heads (best on SynthHPA), the image models' "
                         "CAM x cell, or their mean; later rounds use the previous round's single-cell models")
@@ -298,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.splits > args.folds:
         parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
-    job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size, args.seed, args.workers, args.folds, args.splits,
-              args.rounds, args.image_config, args.cells_config, args.cell_config, args.set, args.label_source,
-              args.cell_view)
+    job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size,
+              args.seed, args.workers, args.folds, args.splits, args.rounds, args.image_config, args.cells_config,
+              args.cell_config, args.set, bit_depth=args.bit_depth, label_source=args.label_source,
+              cell_view=args.cell_view)
     run_job(job)
     return 0
 

@@ -72,6 +72,20 @@ def test_colour_files_one_hue_is_reduced_to_its_plane_other_colourings_are_refus
             decode_channel(_png(np.ascontiguousarray(rgb)), "a_green.png")
 
 
+def test_a_dense_one_hue_field_reads_and_float_files_outside_0_1_are_refused(tmp_path):
+    """A confluent field's colour file has a bright median, on its own hue: it is still one hue on
+    black. A float file of raw counts (an ImageJ 32-bit export) is refused, not clipped."""
+    rng = np.random.default_rng(0)
+    dense = np.clip(rng.normal(90, 30, (64, 64)), 0, 255).astype(np.uint8)
+    assert np.median(dense) > 0.1 * 255
+    yellow = np.dstack([np.zeros_like(dense), dense, dense])  # BGR
+    assert np.array_equal(decode_channel(_png(yellow), "a_yellow.png"), dense)
+    path = tmp_path / "f_red.tif"
+    tifffile.imwrite(path, dense.astype(np.float32) * 100)
+    with pytest.raises(ImageReadError, match="f_red.tif: floating-point values from .* must hold intensities in"):
+        decode_channel(path.read_bytes(), str(path))
+
+
 def test_palette_png_grey_or_one_hue_gives_its_values_a_colour_map_is_refused():
     blue = _planes()[2]
     ramp = np.arange(256)

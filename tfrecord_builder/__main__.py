@@ -26,6 +26,8 @@ import dataclasses
 import json
 import sys
 
+import numpy as np
+
 from hpa_tf import fs, provenance
 from hpa_tf.data.manifest import Manifest
 from hpa_tf.cli import at_least, require_writable, run
@@ -155,6 +157,7 @@ def _jobs(config: BuildConfig, classes: str) -> list[ImageJob]:
         if probe and not any(has_any_channel(data, i) for i in probe):
             raise BuildError(f"none of the first {len(probe)} images of {labels_path} has a file in {data} (looked for "
                              f"{probe[0]}_red.png and other formats): is --data the image folder of that table?")
+        _warn_dim_16bit(data, [i for i in probe if has_any_channel(data, i)][:1], config.bit_depth)
         for image_id, lab in zip(table["ID"], table["labels"]):
             if image_id in seen:
                 raise BuildError(f"image {image_id} is listed by source {seen[image_id]!r} and by {name!r} "
@@ -164,6 +167,22 @@ def _jobs(config: BuildConfig, classes: str) -> list[ImageJob]:
     if not jobs:
         raise BuildError(f"the label tables {[s[2] for s in config.sources]} list no images")
     return jobs
+
+
+def _warn_dim_16bit(data: str, ids: list[str], bit_depth: int) -> None:
+    """Say so when 16-bit files use so little of their range that 8-bit records would be near black."""
+    from hpa_tf.io import read_image
+
+    if bit_depth != 8 or not ids:
+        return
+    try:
+        image = read_image(data, ids[0], dtype="native")
+    except (OSError, ValueError):
+        return  # the build reports unreadable images itself
+    if image.dtype == np.uint16 and int(image.max()) < 4096:
+        print(f"warning: the 16-bit files of {data} use 0..{int(image.max())} of 0..65535 (e.g. {ids[0]}): 8-bit records "
+              f"keep about {int(image.max()) // 257 + 1} grey levels of them; build with --bit-depth 16 (the job: "
+              "--bit-depth 16) to keep their precision")
 
 
 def build(args: argparse.Namespace) -> int:

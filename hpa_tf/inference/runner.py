@@ -47,6 +47,10 @@ STAGES = ("read", "segment", "crop", "infer", "encode")
 OVERLAY_SIDE = 768  # overlay pictures are shrunk to this side
 
 
+class PredictionError(RuntimeError):
+    """A prediction run whose output would be useless (every image failed); the message says where to look."""
+
+
 @dataclass
 class RunConfig:
     """The settings of one prediction run (``predict.py``'s flags)."""
@@ -343,9 +347,13 @@ def run(cfg: RunConfig) -> dict:
     _write_overlays(cfg.data, rows[: cfg.overlays], stem, truth)
     fs.write_text(f"{stem}.summary.json", json.dumps(summary, indent=2))
     per = summary["seconds_per_image"]
-    timing = ", ".join(f"{s} {per[s]:.3f} s" for s in STAGES) if totals["images"] else "all scores from the cache"
+    timing = (", ".join(f"{s} {per[s]:.3f} s" for s in STAGES) if totals["images"]
+              else "nothing scored" if errors else "all scores from the cache")
     print(f"wrote {cfg.out}: {len(rows)} images, {summary['cells']} cells; per image: {timing}"
           + (f"; mAP {summary['map']:.4f}" if cfg.truth else ""))
+    if ids and len({e["ID"] for e in errors}) == len(ids):
+        raise PredictionError(f"every one of the {len(ids)} images failed (their rows are empty); {stem}.errors.csv says "
+                              "why for each")
     return summary
 
 

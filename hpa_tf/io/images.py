@@ -212,6 +212,9 @@ def decode_channel(data: bytes, path: str) -> np.ndarray:
         raise ImageReadError(f"{path}: expected a single-channel 2-D image, got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ImageReadError(f"{path}: contains NaN or infinite values")
+    if arr.dtype.kind == "f" and (float(arr.min()) < -1e-6 or float(arr.max()) > 1.0 + 1e-6):
+        raise ImageReadError(f"{path}: floating-point values from {float(arr.min()):g} to {float(arr.max()):g}; float "
+                             "files must hold intensities in [0, 1] (save raw counts as 16-bit integers instead)")
     if arr.dtype.kind not in "uf":
         raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
     return arr
@@ -275,7 +278,11 @@ def one_plane(arr: np.ndarray, path: str) -> np.ndarray:
     background = np.median(colours[::4, ::4].reshape(-1, colours.shape[-1]), axis=0)
     deviation = _hue_deviation(colours, signal)
     why = ""
-    if float(background.max()) > BACKGROUND_MAX * top:
+    saturated = float(background.max() - background.min()) > 0.5 * float(background.max())
+    on_hue = saturated and _angle(background, _brightest(colours, signal)) <= HUE_TOLERANCE
+    if float(background.max()) > BACKGROUND_MAX * top and not on_hue:
+        # a dense field of one hue has a bright median of that same, saturated hue; a grey or other-hue
+        # background (an inverted map, a colour map's base) is refused
         why = f"its background is {tuple(int(v) for v in background)}, not black"
     elif deviation > HUE_TOLERANCE:
         why = f"its colours turn {deviation:.0f} degrees with brightness"
@@ -285,6 +292,19 @@ def one_plane(arr: np.ndarray, path: str) -> np.ndarray:
             f"yellow on black; {why}): a colour map (e.g. a plot saved with viridis) or a composite? save the "
             "channel's raw intensities as one grey plane")
     return signal
+
+
+def _brightest(colours: np.ndarray, signal: np.ndarray) -> np.ndarray:
+    """The mean colour of the brightest 0.1 % of pixels."""
+    flat, m = colours.reshape(-1, colours.shape[-1]).astype(np.float64), signal.reshape(-1)
+    return flat[m >= np.percentile(m, 99.9)].mean(axis=0)
+
+
+def _angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Degrees between two colours (as vectors from black)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
 def _hue_deviation(colours: np.ndarray, signal: np.ndarray) -> float:

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 
+import numpy as np
 from tqdm import tqdm
 
 from hpa_tf import fs
@@ -29,16 +30,31 @@ from hpa_tf.segmentation.runner import is_done, segment_folder
 from hpa_tf.truth import mask_path, nuclei_path, read_cell_mask
 
 
+def _at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A label image at the truth's size (nearest neighbour): downsized test images score against
+    full-size truth, as their submission rows are written at the full size.
+
+    >>> _at(np.array([[1, 2], [3, 4]]), (4, 4))[:, 0].tolist()
+    [1, 1, 3, 3]
+    """
+    if labels.shape == tuple(shape):
+        return labels
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0], labels.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1], labels.shape[1] - 1).astype(int)
+    return labels[rows][:, cols]
+
+
 def _score(truth_dir: str, out: str, ids: list[str]) -> dict:
     cells, nuclei = MatchQuality(0, 0, 0), MatchQuality(0, 0, 0)
     for image_id in tqdm(ids, desc="scoring", unit="img"):
         if not fs.exists(mask_path(truth_dir, image_id)) or not is_done(out, image_id):
             continue
         seg = read_masks(out, image_id)
-        cells = cells + match_quality(read_cell_mask(truth_dir, image_id), seg.cells)
+        true_cells = read_cell_mask(truth_dir, image_id)
+        cells = cells + match_quality(true_cells, _at(seg.cells, true_cells.shape))
         nuc_path = nuclei_path(truth_dir, image_id)
         if fs.exists(nuc_path):
-            nuclei = nuclei + match_quality(read_label_png(nuc_path), seg.nuclei)
+            nuclei = nuclei + match_quality(read_label_png(nuc_path), _at(seg.nuclei, true_cells.shape))
     return {
         "cells": {"n_true": cells.n_true, "n_pred": cells.n_pred, "recall": cells.recall, "precision": cells.precision},
         "nuclei": {"n_true": nuclei.n_true, "n_pred": nuclei.n_pred, "recall": nuclei.recall, "precision": nuclei.precision},
