@@ -153,7 +153,8 @@ def test_the_spec_checks_its_numbers_in_one_line(tmp_path):
 def test_hpacellseg_runs_the_keras_networks_batched_and_pads_1728():
     from hpa_tf.synthetic.generator import generate
 
-    seg = get_segmenter(f"hpacellseg:nuclei={ZIP},cell={LEGACY},batch=2,device=cpu,xla=0")  # XLA: one compile a shape
+    # field=864: every image is a copy of an 864 px field, seen at 216 px (not a multiple of 32: padded)
+    seg = get_segmenter(f"hpacellseg:nuclei={ZIP},cell={LEGACY},batch=2,device=cpu,xla=0,field=864")
     net = seg._net("cell")
     calls, fn = [], net._fn
     net._fn = lambda x: calls.append(tuple(x.shape)) or fn(x)
@@ -163,8 +164,8 @@ def test_hpacellseg_runs_the_keras_networks_batched_and_pads_1728():
     finally:
         net._fn = fn
     assert [o.cells.shape for o in out] == [(s, s) for s in (512, 864, 512, 512)]
-    # three 512 px images in two forward passes of <= 2; the 864 px one (216 px in) padded to 32k
-    assert sorted(c[0] for c in calls) == [1, 1, 2] and any(c[1] % 32 == 0 and c[1] != 128 for c in calls)
+    # four images in two forward passes of 2, each 216 px padded to a multiple of 32
+    assert sorted(c[0] for c in calls) == [2, 2] and all(c[1] % 32 == 0 and c[1] > 216 for c in calls), calls
     assert get_segmenter(f"hpacellseg:nuclei={ZIP},cell={LEGACY},device=cpu,xla=0")._net("cell") is net  # one per process
 
 
@@ -230,3 +231,49 @@ def test_a_tensor_must_come_from_the_files_storages(tmp_path):
     path = _zip_file(tmp_path / "odd.pth", payload)
     with pytest.raises(UnsafePickleError, match=r"odd.pth: refused: a parameter rebuilt from str"):
         read_torch_file(path)
+
+
+def _one_tensor_file(path: Path, shape: tuple, stride: tuple, offset: int = 0) -> str:
+    """A zip .pth holding one 4-float storage and one tensor over it of the given geometry."""
+    import struct
+
+    def text(x):
+        b = x.encode()
+        return b"X" + struct.pack("<I", len(b)) + b
+
+    def glob(module, name):
+        return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+    def ints(values):
+        return b"(" + b"".join(b"J" + struct.pack("<i", v) for v in values) + b"t"
+
+    pkl = (b"\x80\x02" + glob("collections", "OrderedDict") + b")R" + text("w") + glob("torch._utils", "_rebuild_tensor_v2")
+           + b"((" + text("storage") + glob("torch", "FloatStorage") + text("0") + text("cpu") + b"J"
+           + struct.pack("<i", 4) + b"tQ" + b"J" + struct.pack("<i", offset) + ints(shape) + ints(stride) + b"\x89"
+           + glob("collections", "OrderedDict") + b")RtRs.")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+    return str(path)
+
+
+@pytest.mark.parametrize("shape, stride, offset", [((4096,), (-100000,), 0), ((8,), (-1,), 0), ((2,), (1,), -3),
+                                                   ((1 << 20, 1 << 20), (0, 0), 0), ((5,), (1,), 0)])
+def test_a_tensor_may_not_reach_outside_its_storage(tmp_path, shape, stride, offset):
+    """Negative strides or offsets, a view larger than its storage: refused in one line, never read
+    (as_strided would read the process's memory, or crash it)."""
+    path = _one_tensor_file(tmp_path / "oob.pth", shape, stride, offset)
+    with pytest.raises(ValueError, match=r"oob.pth: a tensor of shape"):
+        read_torch_file(path)
+    assert read_torch_file(_one_tensor_file(tmp_path / "ok.pth", (2, 2), (2, 1))).tensors["w"].tolist() == [[1, 2], [3, 4]]
+
+
+def test_a_damaged_file_is_one_line_naming_it(tmp_path):
+    data = Path(_one_tensor_file(tmp_path / "ok.pth", (4,), (1,))).read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cut.pth: not a readable PyTorch file"):
+        read_torch_file(str(tmp_path / "cut.pth"))
+    # Named by its key before any image is read, as every command checks its segmenter first.
+    good = str(FIXTURES / "tiny_dpn_unet_zip.pth")
+    with pytest.raises(ValueError, match=r"segmenter cell=.*cut.pth: not a readable PyTorch file"):
+        check_segmenter(f"hpacellseg:nuclei={good},cell={tmp_path / 'cut.pth'}")

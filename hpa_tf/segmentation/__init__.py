@@ -69,9 +69,16 @@ def check_segmenter(spec: str, **options: Any) -> None:
             from hpa_tf.segmentation.official.runtime import tf_device
 
             tf_device(segmenter.device)
-        for path in (segmenter.nuclei_model, segmenter.cell_model):
+        for key, path in (("nuclei", segmenter.nuclei_model), ("cell", segmenter.cell_model)):
             if not fs.exists(path):
                 raise FileNotFoundError(f"segmenter {spec}: model file {path} not found (nothing is downloaded)")
+            if segmenter.backend == "keras":  # read now (cached for the run): a bad file stops it before any image
+                from hpa_tf.segmentation.official.runtime import compiled_network
+
+                try:
+                    compiled_network(path, segmenter.device, segmenter.xla)
+                except (ValueError, OSError, KeyError) as err:
+                    raise ValueError(f"segmenter {key}={path}: {err}") from err
     if spec.startswith("precomputed:"):
         from hpa_tf import fs
 

@@ -206,19 +206,32 @@ def _read_legacy(data: bytes, path: str, classes: Counter) -> tuple[Any, dict[st
 
 def _array(ref: _TensorRef, raw: dict[str, bytes], path: str) -> np.ndarray:
     storage = ref.storage
+    if storage.key not in raw:
+        raise ValueError(f"{path}: a tensor's storage {storage.key!r} is not in the file")
     flat = np.frombuffer(raw[storage.key], dtype=storage.dtype)
     start = storage.offset + ref.offset
-    if not ref.shape:
+    shape, stride = tuple(int(n) for n in ref.shape), tuple(int(s) for s in ref.stride)
+    # Every element must lie inside the file's own storage: as_strided reads whatever memory it is told to.
+    if start < 0 or len(shape) != len(stride) or any(n < 0 for n in shape) or any(s < 0 for s in stride):
+        raise ValueError(f"{path}: a tensor of shape {shape}, stride {stride} at offset {start}: negative values")
+    if int(np.prod(shape, dtype=np.int64)) > max(flat.size - start, 0):
+        raise ValueError(f"{path}: a tensor of shape {shape} holds more elements than its storage ({flat.size})")
+    if not shape:
+        if start >= flat.size:
+            raise ValueError(f"{path}: a scalar at offset {start} lies past its storage ({flat.size} elements)")
         return np.array(flat[start])
     itemsize = flat.dtype.itemsize
-    end = start + 1 + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
-    if end > flat.size:
-        raise ValueError(f"{path}: a tensor of shape {ref.shape} reaches past its storage ({flat.size} elements)")
-    view = np.lib.stride_tricks.as_strided(flat[start:], ref.shape, tuple(s * itemsize for s in ref.stride))
+    end = start + 1 + sum((n - 1) * s for n, s in zip(shape, stride))
+    if 0 not in shape and end > flat.size:
+        raise ValueError(f"{path}: a tensor of shape {shape} reaches past its storage ({flat.size} elements)")
+    view = np.lib.stride_tricks.as_strided(flat[start:], shape, tuple(s * itemsize for s in stride))
     return np.ascontiguousarray(view)
 
 
-def _walk(obj: Any, prefix: str, out: dict[str, _TensorRef]) -> None:
+def _walk(obj: Any, prefix: str, out: dict[str, _TensorRef], seen: frozenset = frozenset()) -> None:
+    if id(obj) in seen:
+        raise ValueError(f"the module tree holds a cycle at {prefix.rstrip('.') or 'its root'}")
+    seen = seen | {id(obj)}
     if isinstance(obj, _TensorRef):
         out[prefix.rstrip(".")] = obj
     elif isinstance(obj, ModuleRecord):
@@ -230,7 +243,7 @@ def _walk(obj: Any, prefix: str, out: dict[str, _TensorRef]) -> None:
                     out[prefix + name] = value
         for name, child in (state.get("_modules") or {}).items():
             if child is not None:
-                _walk(child, f"{prefix}{name}.", out)
+                _walk(child, f"{prefix}{name}.", out, seen)
     elif isinstance(obj, dict):
         if any(isinstance(v, _TensorRef) for v in obj.values()):  # a state_dict
             for name, value in obj.items():
@@ -246,15 +259,22 @@ def _walk(obj: Any, prefix: str, out: dict[str, _TensorRef]) -> None:
 def read_torch_bytes(data: bytes, path: str = "<bytes>") -> TorchFile:
     """:func:`read_torch_file` on the file's bytes (``path`` only names it in errors)."""
     classes: Counter = Counter()
-    if data[:4] == b"PK\x03\x04":
-        obj, raw, fmt = *_read_zip(data, path, classes), "zip"
-    else:
-        obj, raw, fmt = *_read_legacy(data, path, classes), "legacy"
-    refs: dict[str, _TensorRef] = {}
-    _walk(obj, "", refs)
-    if not refs:
-        raise ValueError(f"{path}: no tensors found (expected a pickled nn.Module or a state_dict)")
-    tensors = {name: _array(ref, raw, path) for name, ref in refs.items()}
+    try:
+        if data[:4] == b"PK\x03\x04":
+            obj, raw, fmt = *_read_zip(data, path, classes), "zip"
+        else:
+            obj, raw, fmt = *_read_legacy(data, path, classes), "legacy"
+        refs: dict[str, _TensorRef] = {}
+        _walk(obj, "", refs)
+        if not refs:
+            raise ValueError(f"{path}: no tensors found (expected a pickled nn.Module or a state_dict)")
+        tensors = {name: _array(ref, raw, path) for name, ref in refs.items()}
+    except UnsafePickleError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any malformed content: one line naming the file
+        message = str(err)
+        raise ValueError(message if message.startswith(path) else
+                         f"{path}: not a readable PyTorch file ({type(err).__name__}: {message})") from err
     return TorchFile(tensors, dict(classes), fmt)
 
 
