@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-# A helper module, not tests; it imports PyTorch, which only the slow run has.
-collect_ignore = ["standin_torch.py"]
+# Helper modules, not tests; they import PyTorch, which only the slow run has.
+collect_ignore = ["standin_torch.py", "torch_dpn_unet.py", "data/official_segmenter/make_fixtures.py"]
 
 SAMPLES = Path(__file__).parent / "data" / "hpa_samples"
 SAMPLE_512 = SAMPLES / "hpa2018_512"
