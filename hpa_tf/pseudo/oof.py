@@ -104,10 +104,11 @@ def check_trained_on(splits: Sequence[Split], records: str) -> str:
 
 
 def labels_made_from(records: str, models: Sequence[str], source: str, normalise: bool = True,
-                     truth: bool = False) -> dict:
+                     truth: bool = False, splits: Sequence[Split] | None = None) -> dict:
     """What the labels of ``records`` by ``models`` are made from: the records' and each model
-    file's content, the source and rule. The job compares it with the stored record to skip labelling."""
-    splits = plan_splits(models)
+    file's content, the source and rule. The job compares it with the stored record to skip labelling.
+    ``splits``: :func:`plan_splits` of ``models`` when the caller has them already."""
+    splits = plan_splits(models) if splits is None else splits
     return {"records": check_trained_on(splits, records), "source": source, "normalise": normalise, "truth": truth,
             "splits": {f"split{k}": {"folds": list(s.folds), "sources": list(s.sources),
                                      **{f"model{i}": file_digest(m) for i, m in enumerate(s.models)}}
@@ -226,7 +227,7 @@ def label(records: str, models: Sequence[str], out: str, source: str = "combined
     from hpa_tf.truth import Truth
 
     splits = plan_splits(models)
-    made_from = labels_made_from(records, models, source, normalise, bool(truth_dir))
+    made_from = labels_made_from(records, models, source, normalise, bool(truth_dir), splits)
     manifest = read_manifest(records)
     folds = _read_folds(records)
     sizes = (manifest.image_size, manifest.cell_size)
