@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logical-cpus", type=at_least(0), default=0, help="with cpu_mirrored: replicas on the CPU")
     parser.add_argument("--jit", action="store_true", help="XLA-compile the model calls (GPU; TPUs always compile)")
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_float16", "mixed_bfloat16", "keep"),
-                        help="compute dtype of the models (keep: as trained)")
+                        help="compute dtype of the models, whatever they were trained in (outputs stay float32); keep: as trained")
     parser.add_argument("--group", type=at_least(1), default=8, help="images scored together (their cells share batches)")
     parser.add_argument("--tta", choices=TTA_MODES, default="none")
     parser.add_argument("--combine", choices=RULES, default="image_x_cell")

@@ -177,15 +177,18 @@ def test_notebook_use_on_the_real_sample(tmp_path):
     assert (tmp_path / "cells.png").stat().st_size > 1000
 
 
-def _trained_pair(records, tmp_path):
-    """An image model (48 px from 64 px records) and a cell-bag model (24 px from 32 px crops),
-    built from their configs as train_tpu.py builds them: each carries its input contract."""
+def _trained_pair(records, tmp_path, kinds=("image", "cells")):
+    """An image model (48 px from 64 px records) and a cell-bag model (24 px from 32 px crops) (and a
+    single-cell model, 24 px, if asked), built from their configs as train_tpu.py builds them: each
+    carries its input contract."""
     from hpa_tf.config import load_config
     from hpa_tf.data.contract import InputContract
     from hpa_tf.models import build_model
 
     paths = []
-    for kind, extra in (("image", ["data.image_size=48"]), ("cells", ["data.cell_size=24", "model.pooling=gem"])):
+    sizes = {"image": ["data.image_size=48"], "cells": ["data.cell_size=24", "model.pooling=gem"],
+             "cell": ["data.cell_size=24"]}
+    for kind, extra in ((k, sizes[k]) for k in kinds):
         keras.utils.set_random_seed(2)
         config = load_config(None, [f"data.records={records}", f"model.kind={kind}", *extra])
         path = tmp_path / f"{kind}.keras"
@@ -225,6 +228,31 @@ def test_training_and_prediction_feed_a_model_the_same_pixels(built_records, syn
     assert n == prepared.n_cells > 5
     predicted_cells = to_model_size(prepared.crops[32], 24).numpy()
     assert np.abs(x["cells"].numpy()[0, :n] - predicted_cells).max() <= 1 / 255
+
+
+def test_prediction_compiles_with_xla_for_every_model_kind_and_precision(built_records, synth_dir, tmp_path):
+    """``--jit`` (and a TPU, which compiles every call): each model kind, its inputs resized from the
+    records' size inside the call, gives the uncompiled scores; ``--precision mixed_float16`` makes a
+    float32-trained model compute in float16 (outputs float32, close to float32's)."""
+    from hpa_tf.inference.prepare import prepare_image
+
+    paths = [str(p) for p in _trained_pair(built_records, tmp_path, ("image", "cells", "cell"))]
+    image_id = pd.read_csv(synth_dir / "sample_submission.csv")["ID"].iloc[0]
+    scores = {}
+    for name, options in (("eager", {}), ("xla", {"jit": True}), ("half", {"jit": True, "dtype": "mixed_float16"})):
+        for view in ("cam", "masked"):
+            predictor = Predictor.from_models(paths, cell_view=view, tta="flip", batch=4, **options)
+            prepared = prepare_image(predictor.prepare_spec(str(synth_dir / "test")), image_id)
+            assert prepared.n_cells > 3, prepared.error
+            scores[name, view] = predictor.score(prepared)
+        if name == "half":
+            convs = [layer for m in predictor.models for layer in m.model._flatten_layers()
+                     if isinstance(layer, keras.layers.Conv2D)]
+            assert convs and {layer.compute_dtype for layer in convs} == {"float16"}
+    for view in ("cam", "masked"):
+        for eager, xla, half in zip(scores["eager", view], scores["xla", view], scores["half", view]):
+            assert np.abs(eager.image - xla.image).max() < 1e-4 and np.abs(eager.cells - xla.cells).max() < 1e-4
+            assert 0 < np.abs(eager.cells - half.cells).max() < 2e-2  # half precision: close, not the same
 
 
 def test_a_model_refuses_another_segmenter_than_its_training(built_records, synth_dir, tmp_path):

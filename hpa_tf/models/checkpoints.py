@@ -2,7 +2,8 @@
 
 - :func:`load_model`: a ``.keras`` file in the compute dtype asked for. A model trained in mixed
   precision (``mixed_bfloat16`` on a TPU) stores float32 variables but bfloat16 layers; on a CPU or
-  GPU it loads in float32 by default (bfloat16 is slow or unsupported there).
+  GPU it loads in float32 by default (bfloat16 is slow or unsupported there). Asked for a mixed
+  policy, a model trained in float32 computes in half precision too (its output layers stay float32).
 - :func:`init_from`: copy a four-channel hpa-tf checkpoint (``.keras``, or ``.weights.h5`` of a
   whole model or of its backbone) into a new model: the backbone always (it does not depend on
   the input size, so a model trained at 256 px starts one at 512 px), and the class head when both
@@ -28,18 +29,32 @@ _MIXED = ("mixed_bfloat16", "mixed_float16", "bfloat16", "float16")
 _HEADS = ("cam", "cell_logits")
 
 
-def _set_policies(node: Any, dtype: str) -> int:
-    """Rewrite every reduced-precision dtype policy in a serialised model config; returns how many."""
+def _output_names(outputs: Any) -> set[str]:
+    """The layer names in a functional config's ``output_layers`` (a [name, node, tensor] triple, or
+    a list or dict of them)."""
+    if isinstance(outputs, list) and len(outputs) == 3 and isinstance(outputs[0], str):
+        return {outputs[0]}
+    values = outputs.values() if isinstance(outputs, dict) else outputs if isinstance(outputs, list) else []
+    return set().union(*(_output_names(v) for v in values))
+
+
+def _set_policies(node: Any, dtype: str, keep: frozenset[str] = frozenset()) -> int:
+    """Rewrite the dtype policies in a serialised model config to compute in ``dtype``; returns how
+    many. To float32: every reduced-precision policy. To a mixed policy: every float32 one too (a
+    model trained in float32 then computes in half precision), except the layers named in ``keep``
+    (the model's outputs, float32 as in mixed-precision training)."""
     changed = 0
     if isinstance(node, dict):
         policy = node.get("dtype")
         if isinstance(policy, dict) and policy.get("class_name", "").endswith("DTypePolicy"):
-            if policy.get("config", {}).get("name") in _MIXED and policy["config"]["name"] != dtype:
+            name = policy.get("config", {}).get("name")
+            rewrite = name in _MIXED or (dtype in _MIXED and name == "float32" and node.get("name") not in keep)
+            if rewrite and name != dtype:
                 policy["config"]["name"] = dtype
                 changed += 1
-        changed += sum(_set_policies(v, dtype) for k, v in node.items() if k != "dtype")
+        changed += sum(_set_policies(v, dtype, keep) for k, v in node.items() if k != "dtype")
     elif isinstance(node, list):
-        changed += sum(_set_policies(v, dtype) for v in node)
+        changed += sum(_set_policies(v, dtype, keep) for v in node)
     return changed
 
 
@@ -60,8 +75,10 @@ def load_model(path: str, dtype: str = "float32") -> keras.Model:
     except Exception as err:
         raise ValueError(f"cannot load model {path}: {type(err).__name__}: {err} "
                          "(expected a .keras file written by train_tpu.py)") from err
+    if dtype not in ("keep", "float32", *_MIXED):
+        raise ValueError(f"dtype must be float32, mixed_float16, mixed_bfloat16 or keep, not {dtype!r}")
     if dtype != "keep":
-        _set_policies(config, dtype)
+        _set_policies(config, dtype, frozenset(_output_names(config.get("config", {}).get("output_layers", []))))
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "model.keras")
         with zipfile.ZipFile(local, "w") as out:

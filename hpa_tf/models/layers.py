@@ -22,8 +22,10 @@ class GeM(keras.layers.Layer):
         self.p = self.add_weight(name="p", shape=(), initializer=keras.initializers.Constant(self.p_init))
 
     def call(self, x):
-        x = ops.maximum(x, self.eps)
-        return ops.power(ops.mean(ops.power(x, self.p), axis=(1, 2)), 1.0 / self.p)
+        # In float32 whatever the policy: x ** 3 of features above ~40 overflows float16.
+        p = ops.cast(self.p, "float32")
+        x = ops.maximum(ops.cast(x, "float32"), self.eps)
+        return ops.cast(ops.power(ops.mean(ops.power(x, p), axis=(1, 2)), 1.0 / p), self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "p": self.p_init, "eps": self.eps}
