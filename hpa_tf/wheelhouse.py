@@ -1,7 +1,7 @@
 """A folder of wheels ("wheelhouse") that installs hpa-tf on a Kaggle notebook with the internet off.
 
     python -m hpa_tf.wheelhouse wheelhouse/ [--python-version 3.12] [--platform manylinux_2_35_x86_64] \\
-        [--source . | --source dist/hpa_tf-0.1.0-py3-none-any.whl]
+        [--source . | --source dist/hpa_tf-0.1.0-py3-none-any.whl] [--ship PACKAGE]...
 
 It holds hpa-tf's wheel and every dependency a Kaggle image does not bring; upload the folder as a
 Kaggle dataset and install from it in the notebook:
@@ -11,9 +11,9 @@ Kaggle dataset and install from it in the notebook:
 The Kaggle images already bring TensorFlow, Keras, NumPy, SciPy, pandas, OpenCV, matplotlib,
 scikit-learn, tqdm and PyYAML (KAGGLE_BRINGS below): those, and everything they depend on, are not
 shipped, and pip keeps the image's copies (it never upgrades an installed package that satisfies a
-requirement). The rest is resolved by pip for the Kaggle Python version and platform (wheels only),
-so pip needs a package index here (PyPI, or pip's own settings: PIP_INDEX_URL, PIP_FIND_LINKS,
-pip.conf). Wheels already in the folder are replaced; its other files (a dataset-metadata.json) are
+requirement). The rest is resolved by pip for the Kaggle Python version and platform (wheels only;
+on the image's Python, with its packages pinned at the image's versions), so pip needs a package
+index here (PyPI, or pip's own settings: PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf). Wheels already in the folder are replaced; its other files (a dataset-metadata.json) are
 kept. ``wheelhouse.json`` in the folder records the Python version and platform it was built for.
 """
 
@@ -133,10 +133,11 @@ def _closure(roots: dict[str, set[str]], dists: dict[str, Dist], env: dict[str, 
     return set(seen)
 
 
-def split(resolved: Iterable[Dist], wanted: str, env: dict[str, str],
-          brought: Iterable[str] = KAGGLE_BRINGS) -> tuple[list[Dist], list[Dist]]:
+def split(resolved: Iterable[Dist], wanted: str, env: dict[str, str], brought: Iterable[str] = KAGGLE_BRINGS,
+          ship: Iterable[str] = ()) -> tuple[list[Dist], list[Dist]]:
     """Split a resolution of ``wanted`` into what to ship and what the image brings: the image's
-    packages and all they depend on are there already; everything else ``wanted`` needs is shipped.
+    packages and all they depend on are there already; everything else ``wanted`` needs is shipped,
+    and so is ``ship`` (packages an image no longer brings) where ``wanted`` needs it.
 
     >>> env = marker_environment("3.12", "manylinux_2_35_x86_64")
     >>> dists = [Dist("hpa-tf", "1", ("numpy", "networkx")), Dist("numpy", "2"), Dist("networkx", "3")]
@@ -144,8 +145,9 @@ def split(resolved: Iterable[Dist], wanted: str, env: dict[str, str],
     ['hpa-tf', 'networkx']
     """
     dists = {d.key: d for d in resolved}
+    shipped_anyway = {canonicalize_name(s) for s in ship}
     roots = {canonicalize_name(b): set() for b in brought if canonicalize_name(b) in dists}
-    there = _closure(roots, dists, env)
+    there = _closure(roots, dists, env, stop=shipped_anyway)
     shipped = _closure({canonicalize_name(wanted): set()}, dists, env, stop=there)
     return sorted((dists[k] for k in shipped), key=lambda d: d.key), sorted((dists[k] for k in there), key=lambda d: d.key)
 
@@ -195,8 +197,33 @@ def _hpa_tf_wheel(source: str | None, tmp: Path) -> str:
     return str(next(tmp.glob("hpa_tf-*.whl")))
 
 
+def resolve(requirement: str, python_version: str, platform: str, tmp: Path) -> list[Dist]:
+    """pip's resolution of ``requirement`` for the target (wheels only), on the Kaggle image's Python
+    with its packages pinned at the image's versions: what is shipped must work with them.
+
+    >>> [d.name for d in resolve("hpa-tf", "3.12", KAGGLE_PLATFORM, Path("/tmp"))][:2]  # doctest: +SKIP
+    ['hpa-tf', 'iterative-stratification']
+    """
+    pins = []
+    if python_version == KAGGLE_PYTHON:
+        (tmp / "kaggle.txt").write_text("".join(f"{n}=={v}\n" for n, v in KAGGLE_BRINGS.items()))
+        pins = ["--constraint", str(tmp / "kaggle.txt")]
+    step = (f"resolving hpa-tf's dependencies for Python {python_version} on {platform}"
+            + (" against the Kaggle image's versions" if pins else ""))
+    print(f"{step} ...", flush=True)
+    _pip(step, "install", "--dry-run", "--ignore-installed", "-q", "--report", str(tmp / "report.json"),
+         "--target", str(tmp / "target"), *_target(python_version, platform), *pins, requirement)
+    return [Dist(i["metadata"]["name"], i["metadata"]["version"], tuple(i["metadata"].get("requires_dist", [])))
+            for i in json.loads((tmp / "report.json").read_text())["install"]]
+
+
+def _target(python_version: str, platform: str) -> list[str]:
+    return ["--only-binary=:all:", "--python-version", python_version,
+            *(arg for tag in platform_tags(platform) for arg in ("--platform", tag))]
+
+
 def build(out: str, python_version: str = KAGGLE_PYTHON, platform: str = KAGGLE_PLATFORM,
-          source: str | None = None) -> dict:
+          source: str | None = None, also_ship: Iterable[str] = ()) -> dict:
     """Write the wheelhouse into ``out`` and return its manifest (also ``out/wheelhouse.json``).
 
     >>> build("wheelhouse", python_version="3.12")["wheels"]  # doctest: +SKIP
@@ -205,19 +232,15 @@ def build(out: str, python_version: str = KAGGLE_PYTHON, platform: str = KAGGLE_
     # Local folders only: pip reads and writes nothing else, and the folder is uploaded from here.
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    target = ["--only-binary=:all:", "--python-version", python_version,
-              *(arg for tag in platform_tags(platform) for arg in ("--platform", tag))]
     with tempfile.TemporaryDirectory() as tmp:
         hpa_tf = _hpa_tf_wheel(source, Path(tmp))
-        print(f"resolving hpa-tf's dependencies for Python {python_version} on {platform} ...", flush=True)
-        report = Path(tmp) / "report.json"
-        _pip(f"resolving hpa-tf's dependencies for Python {python_version} on {platform}", "install", "--dry-run",
-             "--ignore-installed", "-q", "--report", str(report), "--target", str(Path(tmp) / "target"), *target, hpa_tf)
-        items = json.loads(report.read_text())["install"]
-        resolved = [Dist(i["metadata"]["name"], i["metadata"]["version"], tuple(i["metadata"].get("requires_dist", [])))
-                    for i in items]
+        resolved = resolve(hpa_tf, python_version, platform, Path(tmp))
+        unknown = sorted({canonicalize_name(s) for s in also_ship} - {d.key for d in resolved})
+        if unknown:
+            raise WheelhouseError(f"--ship {' '.join(unknown)}: hpa-tf does not depend on it on Python {python_version} "
+                                  "(--ship takes packages that hpa-tf needs and a Kaggle image used to bring)")
         env = marker_environment(python_version, platform)
-        ship, there = split(resolved, "hpa-tf", env)
+        ship, there = split(resolved, "hpa-tf", env, ship=also_ship)
         print(f"brought by the Kaggle image, not shipped: {', '.join(d.name for d in there)}")
         print(f"shipped: {', '.join(f'{d.name} {d.version}' for d in ship)}", flush=True)
         for line in conflicts(ship, env):
@@ -229,10 +252,10 @@ def build(out: str, python_version: str = KAGGLE_PYTHON, platform: str = KAGGLE_
             print(f"removed {len(stale)} wheels of an earlier build from {folder}")
         if hpa_tf.endswith(".whl"):
             shutil.copy(hpa_tf, folder)
-        pins = [f"{d.name}=={d.version}" for d in ship if d.key != "hpa-tf" or not hpa_tf.endswith(".whl")]
-        print(f"downloading {len(pins)} wheels into {folder} ...", flush=True)
-        _pip(f"downloading {', '.join(pins)} for Python {python_version} on {platform}", "download", "--no-deps", "-q",
-             "-d", str(folder), *target, *pins)
+        wanted = [f"{d.name}=={d.version}" for d in ship if d.key != "hpa-tf" or not hpa_tf.endswith(".whl")]
+        print(f"downloading {len(wanted)} wheels into {folder} ...", flush=True)
+        _pip(f"downloading {', '.join(wanted)} for Python {python_version} on {platform}", "download", "--no-deps", "-q",
+             "-d", str(folder), *_target(python_version, platform), *wanted)
     wheels = sorted(p.name for p in folder.glob("*.whl"))
     manifest = {"python_version": python_version, "platform": platform, "wheels": wheels,
                 "shipped": {d.name: d.version for d in ship}, "brought_by_kaggle": [d.name for d in there]}
@@ -252,12 +275,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", default=KAGGLE_PLATFORM,
                         help=f"the notebook machine's platform tag (default {KAGGLE_PLATFORM}; older manylinux "
                         "wheels are accepted too)")
+    parser.add_argument("--ship", action="append", default=[], metavar="PACKAGE",
+                        help="ship this too although a Kaggle image used to bring it (an image that dropped it); "
+                        "may be repeated")
     parser.add_argument("--source", help="hpa-tf's project folder or a built hpa_tf-*.whl (default: this checkout; "
                         "an installed hpa-tf without a checkout: its version from the package index)")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         parser.error(f"--python-version {args.python_version}: give major.minor, such as 3.12")
-    build(args.out, args.python_version, args.platform, args.source)
+    build(args.out, args.python_version, args.platform, args.source, args.ship)
     return 0
 
 

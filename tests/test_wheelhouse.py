@@ -59,6 +59,8 @@ def test_the_split_ships_what_the_image_lacks_and_its_extras_needs():
     ship, there = split(resolved, "hpa-tf", env, brought=["keras", "numpy"])
     assert [d.name for d in ship] == ["extra-user", "hpa-tf", "networkx", "scikit-image", "speedup"]
     assert [d.name for d in there] == ["keras", "numpy", "packaging"]  # keras's own dependency is there too
+    ship, there = split(resolved, "hpa-tf", env, brought=["keras", "numpy"], ship=["packaging"])  # an image without it
+    assert "packaging" in [d.name for d in ship] and "packaging" not in [d.name for d in there]
 
 
 def test_a_requirement_newer_than_the_image_is_named():
@@ -90,23 +92,29 @@ def _dist_info(dist: metadata.Distribution) -> str:
     return next(f.parts[0] for f in dist.files if f.parts[0].endswith(".dist-info"))
 
 
-def _repack(dist: metadata.Distribution, tmp: Path, out: Path, whole: bool) -> None:
-    """A wheel of an installed distribution: all its files (``whole``) or its metadata alone."""
+def _repack(dist: metadata.Distribution, tmp: Path, out: Path) -> None:
+    """A wheel of an installed distribution, all its files."""
     unpacked = tmp / f"unpacked-{canonicalize_name(dist.metadata['Name'])}"
     info = _dist_info(dist)
-    (unpacked / info).mkdir(parents=True)
-    if whole:
-        skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
-        for f in dist.files:
-            if f.parts[0] == ".." or f.suffix == ".pyc" or (f.parts[0] == info and f.name in skip):
-                continue
-            (unpacked / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(dist.locate_file(f), unpacked / f)
-    else:
-        shutil.copy(dist.locate_file(f"{info}/METADATA"), unpacked / info / "METADATA")
-        (unpacked / info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: hpa-tf tests\nRoot-Is-Purelib: true\n"
-                                               "Tag: py3-none-any\n")
+    skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+    for f in dist.files:
+        if f.parts[0] == ".." or f.suffix == ".pyc" or (f.parts[0] == info and f.name in skip):
+            continue
+        (unpacked / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(dist.locate_file(f), unpacked / f)
     subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(out), str(unpacked)], check=True,
+                   capture_output=True, timeout=300)
+
+
+def _metadata_only(dist: metadata.Distribution, version: str, tmp: Path, out: Path) -> None:
+    """A wheel holding an installed distribution's metadata alone, as ``version``."""
+    name = dist.metadata["Name"]
+    info = tmp / f"stub-{canonicalize_name(name)}" / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    lines = dist.locate_file(f"{_dist_info(dist)}/METADATA").read_text().splitlines(keepends=True)
+    (info / "METADATA").write_text("".join(f"Version: {version}\n" if ln.startswith("Version:") else ln for ln in lines))
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nGenerator: hpa-tf tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    subprocess.run([sys.executable, "-m", "wheel", "pack", "-d", str(out), str(info.parent)], check=True,
                    capture_output=True, timeout=300)
 
 
@@ -143,7 +151,10 @@ def kaggle_like(tmp_path_factory) -> dict:
     index = tmp / "index"
     index.mkdir()
     for name, dist in needed.items():
-        _repack(dist, tmp, index, whole=name not in brought)
+        if name in brought:  # at the image's version where known: the command pins them on Kaggle's Python
+            _metadata_only(dist, KAGGLE_BRINGS.get(name, dist.version), tmp, index)
+        else:
+            _repack(dist, tmp, index)
 
     wheelhouse = tmp / "wheelhouse"
     platform = next(t.platform for t in sys_tags() if t.platform.startswith("manylinux_2_"))
