@@ -13,13 +13,13 @@ scikit-learn, tqdm and PyYAML (KAGGLE_BRINGS below): those, and everything they 
 shipped, and pip keeps the image's copies (it never upgrades an installed package that satisfies a
 requirement). The rest is resolved by pip for the Kaggle Python version and platform (wheels only;
 on the image's Python, with its packages pinned at the image's versions), so pip needs a package
-index here (PyPI, or pip's own settings: PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf). Wheels already in the folder are replaced; its other files (a dataset-metadata.json) are
-kept. ``wheelhouse.json`` in the folder records the Python version and platform it was built for.
+index here (PyPI, or pip's own settings: PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf). Wheels already
+in the folder are replaced; its other files (a dataset-metadata.json) are kept. ``wheelhouse.json``
+in the folder records the Python version and platform it was built for.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
 
@@ -117,7 +116,7 @@ def _needs(dist: Dist, extras: Iterable[str], env: dict[str, str]) -> list[Requi
 
 
 def _closure(roots: dict[str, set[str]], dists: dict[str, Dist], env: dict[str, str],
-             stop: set[str] = frozenset()) -> set[str]:
+             stop: frozenset[str] | set[str] = frozenset()) -> set[str]:
     """The names reachable from ``roots`` (name -> extras asked) through requirements, not entering ``stop``."""
     seen: dict[str, set[str]] = {}
     todo = [(name, extras) for name, extras in roots.items() if name not in stop]
