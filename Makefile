@@ -9,8 +9,10 @@ N_TRAIN ?= 400
 N_TEST ?= 32
 TRAIN_SET ?=
 DATA ?=
+WHEELHOUSE ?= wheelhouse
+KAGGLE_PYTHON ?= 3.12
 
-.PHONY: install demo demo-long test test-all bench clean
+.PHONY: install demo demo-long test test-all bench wheelhouse clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +46,11 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks --out runs/bench
+
+# The wheels that install hpa-tf in a Kaggle notebook with the internet off (docs/kaggle.md): hpa-tf
+# built from this checkout and what the Kaggle image lacks, for the notebook's Python (KAGGLE_PYTHON).
+wheelhouse: $(STAMP)
+	$(PY) -m hpa_tf.wheelhouse $(WHEELHOUSE) --python-version $(KAGGLE_PYTHON) --source .
 
 clean:
 	rm -rf runs .pytest_cache
