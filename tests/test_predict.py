@@ -15,7 +15,7 @@ from hpa_tf.inference.predictor import Predictor, ScoringModel, top_class_overla
 from hpa_tf.inference.report import TRUE_IMAGE_ROW, report
 from hpa_tf.inference.runner import RunConfig, run
 from hpa_tf.io import read_image
-from hpa_tf.models import cell_bag_model, image_classifier
+from hpa_tf.models import cell_bag_model
 from hpa_tf.rle import decode_mask
 from hpa_tf.segmentation import Segmentation
 from hpa_tf.submission import read_submission
@@ -108,15 +108,6 @@ def test_rules_and_weights():
         combine([a], 2, "cell")
     with pytest.raises(ValueError, match="rule"):
         combine([a], 2, "vote")
-
-
-@pytest.fixture(scope="module")
-def saved_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    keras.utils.set_random_seed(0)
-    image_classifier("small_cnn", 64).save(root / "image.keras")
-    cell_bag_model("small_cnn", 32).save(root / "cells.keras")
-    return [str(root / "image.keras"), str(root / "cells.keras")]
 
 
 def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, saved_models, tmp_path):
