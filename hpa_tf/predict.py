@@ -5,7 +5,7 @@
         [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|cam|none] \\
         [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
         [--sample-submission sample_submission.csv] [--truth synth/truth] \\
-        [--time-budget 8h30m [--budget-drop tta,cell_view,models]]
+        [--time-budget 8h30m] [--budget-drop tta,cell_view,models]
 
 Each model's input contract (saved inside it by train_tpu.py) says how its inputs are cut and which
 segmenter made its training masks; that segmenter is used unless --segmenter names one (another kind is

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from hpa_tf import fs
 from hpa_tf.inference.plan import CELL_VIEW, TTA, Plan, model_piece
 
@@ -37,9 +39,10 @@ def parse_duration(text: str) -> float:
     (30600.0, 5400.0, 3600.0, 5400.0)
     """
     spec = text.strip().lower()
+    units = re.findall("[hms]", spec)
     if re.fullmatch(r"\d+(\.\d+)?", spec):
         seconds = float(spec)
-    elif re.fullmatch(r"(\d+(\.\d+)?[hms])+", spec) and len(re.findall("[hms]", spec)) == len(set(re.findall("[hms]", spec))):
+    elif re.fullmatch(r"(\d+(\.\d+)?[hms])+", spec) and len(units) == len(set(units)):  # 1h1h is a typo
         seconds = sum(float(n) * _UNIT[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)([hms])", spec))
     else:
         raise ValueError(f"{text!r} is not a duration: give e.g. 8h30m, 90m, 2h, 3600s or 3600 (seconds)")
@@ -59,44 +62,49 @@ def format_duration(seconds: float) -> str:
 
 @dataclass
 class Estimates:
-    """Seconds measured so far, per piece: ``totals[key] = [seconds, images, pixels]``.
-
-    Keys: ``prepare`` (the models waiting for the CPU side), ``cpu`` (the CPU side's own seconds,
-    in the worker processes), ``model:N`` / ``model:N/tta`` / ``model:N/view`` / ``model:N/view_tta``
-    (model N's calls on the images, TTA, cell views), ``other`` (caching) and ``finish`` (reading the
-    cache and writing the submission at the end).
+    """Seconds measured so far. ``totals[key] = [seconds, images]``: the work done once per image,
+    whatever its size: ``model:N`` (model N's calls), ``model:N/tta``, ``model:N/view`` (its cell
+    views), ``model:N/view_tta``, ``other`` (caching) and ``finish`` (reading the cache back and
+    writing the submission at the end). ``images[key] = [[seconds, pixels], ...]``: the CPU side,
+    which grows with the pixels, per image: ``prepare`` (the models waiting for it) and ``cpu`` (its
+    own seconds, in the worker processes).
     """
 
     totals: dict[str, list[float]] = field(default_factory=dict)
+    images: dict[str, list[list[float]]] = field(default_factory=dict)
 
-    def add(self, key: str, seconds: float, images: int, pixels: float = 0.0) -> None:
-        row = self.totals.setdefault(key, [0.0, 0.0, 0.0])
+    def add(self, key: str, seconds: float, images: int) -> None:
+        row = self.totals.setdefault(key, [0.0, 0.0])
         row[0] += seconds
         row[1] += images
-        row[2] += pixels
+
+    def add_image(self, key: str, seconds: float, pixels: float) -> None:
+        self.images.setdefault(key, []).append([seconds, pixels])
 
     def per_image(self, key: str) -> float:
-        seconds, images, _ = self.totals.get(key, (0.0, 0.0, 0.0))
+        seconds, images = self.totals.get(key, (0.0, 0.0))
         return seconds / images if images else 0.0
 
     def per_pixel(self, key: str) -> float:
-        seconds, _, pixels = self.totals.get(key, (0.0, 0.0, 0.0))
-        return seconds / pixels if pixels else 0.0
+        """The median seconds per pixel: the first image a process prepares also loads its
+        libraries, an outlier a mean would spread over the whole run."""
+        rates = [s / p for s, p in self.images.get(key, []) if p > 0]
+        return float(np.median(rates)) if rates else 0.0
 
     def mean_pixels(self) -> float:
-        _, images, pixels = self.totals.get("cpu", (0.0, 0.0, 0.0))
-        return pixels / images if images else 0.0
+        sizes = [p for _, p in self.images.get("cpu", [])]
+        return sum(sizes) / len(sizes) if sizes else 0.0
 
     @property
     def measured(self) -> bool:
-        return self.totals.get("other", [0.0, 0.0])[1] > 0
+        return "other" in self.totals
 
 
 def model_seconds(est: Estimates, plan: Plan, n_models: int) -> float:
     """Seconds per image of the models' work ``plan`` keeps (without cell views an image model scores
     cells from its CAM, in about the time of its image call).
 
-    >>> est = Estimates({"model:1": [2.0, 1, 0], "model:1/tta": [2.0, 1, 0], "model:2": [1.0, 1, 0]})
+    >>> est = Estimates({"model:1": [2.0, 1], "model:1/tta": [2.0, 1], "model:2": [1.0, 1]})
     >>> model_seconds(est, Plan(), 2), model_seconds(est, Plan(("tta", "model:2")), 2)
     (5.0, 2.0)
     """
@@ -117,9 +125,9 @@ def project(est: Estimates, plan: Plan, pixels: Sequence[float], n_models: int, 
     are cut to fixed sizes). With ``workers`` the CPU side runs beside the models: an image takes
     at least its CPU seconds shared among the workers.
 
-    >>> est = Estimates({"prepare": [4.0, 2, 2 * 1728**2], "model:1": [2.0, 2, 0], "other": [0.0, 2, 0]})
-    >>> project(est, Plan(), [1728**2], 1), project(est, Plan(), [3072**2], 1)
-    (3.0, 7.320987654320987)
+    >>> est = Estimates({"model:1": [2.0, 2]}, {"prepare": [[2.0, 1728**2], [2.0, 1728**2]]})
+    >>> project(est, Plan(), [1728**2], 1), round(project(est, Plan(), [3072**2], 1), 3)
+    (3.0, 7.321)
     """
     models = model_seconds(est, plan, n_models) + est.per_image("other")
     prepare, cpu = est.per_pixel("prepare"), est.per_pixel("cpu")
@@ -133,8 +141,11 @@ def project(est: Estimates, plan: Plan, pixels: Sequence[float], n_models: int, 
 class TimeBudget:
     """The budget of one prediction run: measurements, the plan, and what was dropped when.
 
-    >>> budget = TimeBudget(8 * 3600, ["tta", "model:2"], n_models=2)  # doctest: +SKIP
-    >>> budget.decide(remaining_pixels)  # after each group: the pieces dropped now  # doctest: +SKIP
+    >>> budget = TimeBudget(3600, ["tta"], 1, clock=lambda: 0.0, say=lambda text: None)
+    >>> parts = {(0, "base"): 1.0, (0, "tta"): 7.0}  # one image: 1 s waiting for the CPU, 1 s of model, 7 s of TTA
+    >>> budget.record([2048**2], [1.0], [1.0], parts, 8.0, Plan())
+    >>> budget.decide([2048**2] * 600, 601)  # 600 x 9 s is over the hour; without TTA, 600 x 2 s fits
+    ['tta']
     """
 
     def __init__(self, seconds: float, order: Sequence[str], n_models: int, *, labels: Mapping[str, str] | None = None,
@@ -157,7 +168,7 @@ class TimeBudget:
             state = json.loads(fs.read_text(ledger))
             self.spent_before = float(state["spent_s"])
             self.plan = Plan(tuple(state["dropped"]))
-            self.est = Estimates({k: list(v) for k, v in state["estimates"].items()})
+            self.est = Estimates(state["estimates"]["totals"], state["estimates"]["images"])
             self.events = list(state["events"])
 
     # --- time -----------------------------------------------------------------------------------
@@ -177,8 +188,8 @@ class TimeBudget:
         n = len(pixels)
         for wait, c, p in zip(waits, cpu, pixels):
             if wait is not None:
-                self.est.add("prepare", wait, 1, p)
-            self.est.add("cpu", c, 1, p)
+                self.est.add_image("prepare", wait, p)
+            self.est.add_image("cpu", c, p)
         measured = {"base": True, "tta": plan.tta, "view": plan.cell_view, "view_tta": plan.tta and plan.cell_view}
         for k in range(self.n_models):
             if not plan.uses(k):
@@ -199,7 +210,8 @@ class TimeBudget:
         their pixels (0: unknown size, taken as the mean measured), the final assembly of all ``n_images``."""
         mean = self.est.mean_pixels()
         pixels = [p or mean for p in remaining]
-        return ((self.elapsed() if elapsed is None else elapsed) + project(self.est, plan, pixels, self.n_models, self.workers)
+        spent = self.elapsed() if elapsed is None else elapsed
+        return (spent + project(self.est, plan, pixels, self.n_models, self.workers)
                 + self.est.per_image("finish") * n_images)
 
     def ladder(self, remaining: Sequence[float], n_images: int, elapsed: float) -> list[tuple[Plan, float, str]]:
@@ -248,9 +260,11 @@ class TimeBudget:
     # --- saying ---------------------------------------------------------------------------------
     def piece_rows(self) -> list[tuple[str, float]]:
         """(what, seconds per image) of every piece measured, as the plan shows them."""
-        rows = [("read + segment + prepare: models waiting for the CPU", self.est.per_image("prepare"))]
+        mean = self.est.mean_pixels()
+        rows = [("read + segment + prepare: models waiting for the CPU", self.est.per_pixel("prepare") * mean)]
         if self.workers > 0:
-            rows.append((f"  CPU seconds of one image ({self.workers} workers share them)", self.est.per_image("cpu")))
+            shared = f"{self.workers} workers share them" if self.workers > 1 else "1 worker"
+            rows.append((f"  CPU seconds of one image ({shared})", self.est.per_pixel("cpu") * mean))
         for k in range(self.n_models):
             key = model_piece(k)
             rows.append((self.label(key) if k else f"{self.label(key)} (the minimum plan)", self.est.per_image(key)))
@@ -297,7 +311,8 @@ class TimeBudget:
         if self.ledger:
             fs.write_text(self.ledger, json.dumps({
                 "budget_s": self.seconds, "order": self.order, "spent_s": self.elapsed(),
-                "dropped": list(self.plan.dropped), "estimates": self.est.totals, "events": self.events}, indent=1))
+                "dropped": list(self.plan.dropped), "events": self.events,
+                "estimates": {"totals": self.est.totals, "images": self.est.images}}, indent=1))
 
     def summary(self, dropped_per_image: Mapping[str, Sequence[str]]) -> dict:
         """The record of the run for ``OUT.summary.json``; ``dropped_per_image``: every image's
@@ -310,6 +325,7 @@ class TimeBudget:
             "budget_s": self.seconds, "spent_s": round(self.elapsed(), 3), "overrun": self.elapsed() > self.seconds,
             "order": self.order, "resumed": self.resumed,
             "seconds_per_image": {k: round(self.est.per_image(k), 6) for k in self.est.totals},
+            "seconds_per_megapixel": {k: round(self.est.per_pixel(k) * 1e6, 6) for k in self.est.images},
             "plan": self.first, "dropped": self.events, "images_by_plan": by_plan,
             "dropped_per_image": {i: list(p) for i, p in dropped_per_image.items() if p},
         }

@@ -182,7 +182,8 @@ class Predictor:
             return tf.function(replica_fn, jit_compile=self.jit, reduce_retracing=True)
 
         def run_replica(x):
-            fn = replica_compiled(self._compiled, replica_fn, f"{m.name}/cam" if cam else m.name) if self.jit else replica_fn
+            name = f"{m.name}/cam" if cam else m.name
+            fn = replica_compiled(self._compiled, replica_fn, name) if self.jit else replica_fn
             return fn(x)
 
         @tf.function(reduce_retracing=True)
