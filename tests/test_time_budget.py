@@ -110,17 +110,17 @@ def test_a_piece_the_rule_needs_is_kept_and_another_order_is_followed():
                               feasible=lambda plan: plan.cell_view)
     assert budget.decide([1.0] * 10, 11) == ["model:2"]
     assert "tta" not in budget.plan.dropped  # not in the order: never dropped
-    assert any(note.startswith("cell_view kept") for _, _, note in budget.first["ladder"])
+    assert any(note == "cell_view kept: the combination rule needs it" for _, _, note in budget.first["ladder"])
 
 
 # --- prediction runs under a budget (tiny models, 4 SynthHPA images, a tick clock) -----------------
 
-def _predict(synth_dir, saved_models, out, budget=None, order=None, group=1, clock=None):
+def _predict(synth_dir, saved_models, out, budget=None, order=None, group=1, clock=None, weights=None):
     from hpa_tf.inference.runner import RunConfig, run
 
     cfg = RunConfig(data=str(synth_dir / "test"), models=saved_models, out=str(out), workers=0, tta="flip",
                     group=group, overlays=0, sample_submission=str(synth_dir / "sample_submission.csv"),
-                    time_budget=budget, **({"budget_drop": order} if order else {}))
+                    time_budget=budget, weights=weights, **({"budget_drop": order} if order else {}))
     return run(cfg, clock=clock or tick_clock())
 
 
@@ -164,6 +164,11 @@ def test_another_order_is_followed_and_unlisted_work_is_kept(synth_dir, saved_mo
     record = _predict(synth_dir, saved_models, tmp_path / "sub.csv", budget=1.0, order="models,cell_view")["budget"]
     assert [e["piece"] for e in record["dropped"]] == ["model:2", "cell_view"]
     assert all("tta" not in pieces for pieces in record["dropped_per_image"].values())
+    # the only model with weight is never dropped: the rule would have nothing to combine
+    record = _predict(synth_dir, saved_models, tmp_path / "w.csv", budget=1.0, weights=[0.0, 1.0])["budget"]
+    assert [e["piece"] for e in record["dropped"]] == ["tta", "cell_view"]
+    notes = [note for *_, note in record["plan"]["ladder"]]
+    assert "model 2 (cells.keras) kept: the combination rule needs it" in notes
 
 
 def test_a_budget_just_short_drops_only_the_first_piece_and_a_generous_one_changes_nothing(

@@ -224,7 +224,7 @@ class TimeBudget:
                 continue
             candidate = plan.drop(piece)
             if not self.feasible(candidate):
-                steps.append((plan, steps[-1][1], f"{self.label(piece)} kept: the combination rule needs a cell level"))
+                steps.append((plan, steps[-1][1], f"{self.label(piece)} kept: the combination rule needs it"))
                 continue
             plan = candidate
             steps.append((plan, self.projected(plan, remaining, n_images, elapsed), ""))

@@ -33,7 +33,7 @@ from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
 from hpa_tf.inference.budget import LEDGER, TimeBudget, format_duration
 from hpa_tf.inference.combine import combine
-from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, applicable, model_piece, parse_drop_order
+from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, Plan, applicable, model_piece, parse_drop_order
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import has_any_channel, probe_size, read_image, scan_image_ids, to_8bit_view
@@ -351,9 +351,13 @@ def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], st
     order = applicable(parse_drop_order(cfg.budget_drop, n), cfg.tta, cfg.cell_view, [m.kind for m in predictor.models])
     labels = {TTA: f"TTA ({cfg.tta})", CELL_VIEW: f"cell views ({cfg.cell_view})"}
     labels.update({model_piece(k): f"model {k + 1} ({posixpath.basename(p)})" for k, p in enumerate(cfg.models)})
+
+    def feasible(plan: Plan) -> bool:  # the rule can combine what the plan keeps
+        weighted = sum(w for k, w in enumerate(predictor.weights) if plan.uses(k)) > 0
+        return weighted and (cfg.combine == "image" or predictor.gives_cells(plan))
+
     return TimeBudget(cfg.time_budget, order, n, labels=labels, workers=cfg.workers, clock=clock, started=started,
-                      feasible=lambda plan: cfg.combine == "image" or predictor.gives_cells(plan),
-                      ledger=fs.join(cfg.cache_dir, LEDGER), say=tqdm.write)
+                      feasible=feasible, ledger=fs.join(cfg.cache_dir, LEDGER), say=tqdm.write)
 
 
 def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
