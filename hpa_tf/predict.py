@@ -4,7 +4,8 @@
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
         [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|cam|none] \\
         [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
-        [--sample-submission sample_submission.csv] [--truth synth/truth]
+        [--sample-submission sample_submission.csv] [--truth synth/truth] \\
+        [--time-budget 8h30m] [--budget-drop tta,cell_view,models]
 
 Each model's input contract (saved inside it by train_tpu.py) says how its inputs are cut and which
 segmenter made its training masks; that segmenter is used unless --segmenter names one (another kind is
@@ -15,17 +16,34 @@ Every cell gets all 19 classes with their confidence. Scores are cached per imag
 row and are listed in ``OUT.errors.csv``; ``OUT.summary.json`` has the seconds per image by stage
 (and the mAP with ``--truth``); ``OUT.overlays/`` shows cells coloured by their top class.
 
+``--time-budget 8h30m`` (also 90m, 2h, 3600s, 3600) keeps the run within that time: the first
+--group images are scored with all the work and timed, the total is projected by image size, and
+work is dropped in the --budget-drop order until it fits (TTA, then the cell views, then the models
+from the last given; the first model and every image's row are never dropped). The plan is printed
+before the rest runs, checked again after every group, and recorded in OUT.summary.json
+(docs/time_budget.md).
+
 The same command is ``python -m hpa_tf.predict`` and ``hpa-tf-predict`` (an installed package has no predict.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from hpa_tf.cli import at_least, doc_parser, run
+from hpa_tf.inference.budget import parse_duration
 from hpa_tf.inference.combine import CELL_VIEWS, RULES
+from hpa_tf.inference.plan import DEFAULT_ORDER, parse_drop_order
 from hpa_tf.inference.tta import TTA_MODES
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlays", type=at_least(0), default=4, help="PNG overlays of the first N images")
     parser.add_argument("--truth", help="a SynthHPA truth folder: score the submission and print per-class AP")
     parser.add_argument("--truth-split", default="test")
+    parser.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                        help="the whole run's time, e.g. 8h30m, 90m, 3600s: work is dropped to fit, never images")
+    parser.add_argument("--budget-drop", default=DEFAULT_ORDER, metavar="ORDER",
+                        help="what --time-budget drops first: comma-separated tta, cell_view, model:N, models "
+                        "(the models from the last given); pieces left out are never dropped")
     args = parser.parse_args(argv)
+    try:
+        parse_drop_order(args.budget_drop, len(args.models))
+    except ValueError as err:
+        parser.error(f"--budget-drop: {err}")
     if args.weights and len(args.weights) != len(args.models):
         parser.error(f"--weights: {len(args.weights)} values for {len(args.models)} models")
     if args.weights and (min(args.weights) < 0 or sum(args.weights) <= 0):
@@ -75,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         sample_submission=args.sample_submission, cache=args.cache, overwrite=args.overwrite, overlays=args.overlays,
         truth=args.truth, truth_split=args.truth_split, strategy=args.strategy, logical_cpus=args.logical_cpus,
         jit=args.jit, precision=args.precision, group=args.group, force=args.force,
+        time_budget=args.time_budget, budget_drop=args.budget_drop,
     )
     run(cfg)
     return 0

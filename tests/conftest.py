@@ -41,6 +41,20 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def saved_models(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """Two untrained .keras models: an image classifier (64 px) and a cell-bag model (32 px cells)."""
+    import keras
+
+    from hpa_tf.models import cell_bag_model, image_classifier
+
+    root = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    image_classifier("small_cnn", 64).save(root / "image.keras")
+    cell_bag_model("small_cnn", 32).save(root / "cells.keras")
+    return [str(root / "image.keras"), str(root / "cells.keras")]
+
+
+@pytest.fixture(scope="session")
 def built_records(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """TFRecords of the tiny SynthHPA train split: 64 px images, 32 px cells, 2 folds."""
     from tfrecord_builder.__main__ import main

@@ -2,7 +2,8 @@
 
 A killed run resumes from it, and a different ``--combine`` rule or weights reuse it without
 running a model again. ``key.json`` records what produced it (models, segmenter, TTA, cell view);
-a run with other settings refuses to mix its scores in.
+a run with other settings refuses to mix its scores in. An image scored under a time budget's
+reduced plan records what was dropped (``dropped``); a model it dropped has no scores (None).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import numpy as np
 
 from hpa_tf import fs
 from hpa_tf.inference.combine import ModelScores
+from hpa_tf.inference.plan import model_piece
 from hpa_tf.lock import NAME as LOCK_NAME
 
 KEY = "key.json"
-Entry = tuple[int, int, np.ndarray, list[str], list[ModelScores]]  # width, height, cell ids, masks, scores
+# width, height, cell ids, masks, scores (None: a model the image's time-budget plan dropped)
+Entry = tuple[int, int, np.ndarray, list[str], list[ModelScores | None]]
 
 
 class CacheMismatchError(ValueError):
@@ -51,11 +54,16 @@ def is_cached(cache_dir: str, image_id: str) -> bool:
 
 
 def save(cache_dir: str, image_id: str, width: int, height: int, cell_ids: np.ndarray, masks: list[str],
-         scores: list[ModelScores]) -> None:
-    """Store one image atomically (a killed run never leaves half an entry)."""
+         scores: list[ModelScores | None], dropped: tuple[str, ...] = ()) -> None:
+    """Store one image atomically (a killed run never leaves half an entry); ``dropped``: the pieces
+    of work its time-budget plan left out (a model dropped there has None scores)."""
     arrays = {"size": np.array([width, height]), "cell_ids": np.asarray(cell_ids, np.int64),
               "masks": np.array(masks, dtype=str)}
+    if dropped:
+        arrays["dropped"] = np.array(dropped, dtype=str)
     for k, s in enumerate(scores):
+        if s is None:
+            continue
         arrays[f"image_{k}"] = s.image
         if s.cells is not None:
             arrays[f"cells_{k}"] = s.cells
@@ -71,13 +79,20 @@ class CacheEntryError(ValueError):
 def load(cache_dir: str, image_id: str, n_models: int) -> Entry:
     """``(width, height, cell_ids, masks, scores)`` of a cached image. A file that cannot be read
     (truncated, corrupt, from another run) is removed and raises :class:`CacheEntryError` naming it."""
+    return load_with_dropped(cache_dir, image_id, n_models)[0]
+
+
+def load_with_dropped(cache_dir: str, image_id: str, n_models: int) -> tuple[Entry, tuple[str, ...]]:
+    """:func:`load`, and the pieces of work the image's time-budget plan dropped (``()``: none)."""
     path = _path(cache_dir, image_id)
     try:
         with np.load(io.BytesIO(fs.read_bytes(path)), allow_pickle=False) as z:
             width, height = (int(v) for v in z["size"])
-            scores = [ModelScores(z[f"image_{k}"], z[f"cells_{k}"] if f"cells_{k}" in z else None)
+            dropped = tuple(str(d) for d in z["dropped"]) if "dropped" in z else ()
+            scores = [None if model_piece(k) in dropped else
+                      ModelScores(z[f"image_{k}"], z[f"cells_{k}"] if f"cells_{k}" in z else None)
                       for k in range(n_models)]
-            return width, height, z["cell_ids"], [str(m) for m in z["masks"]], scores
+            return (width, height, z["cell_ids"], [str(m) for m in z["masks"]], scores), dropped
     except Exception as err:  # noqa: BLE001 - BadZipFile, EOFError, KeyError, ValueError...: all the same fix
         fs.remove(path)
         raise CacheEntryError(f"cache file {path} cannot be read ({type(err).__name__}: {err}); "

@@ -21,7 +21,8 @@ nothing). A single-cell model scores each cell crop; its image-level score is it
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -30,6 +31,7 @@ import tensorflow as tf
 
 from hpa_tf.data.contract import InputContract, to_model_size, to_record_depth
 from hpa_tf.inference.combine import CELL_VIEWS, ModelScores, combine
+from hpa_tf.inference.plan import Plan
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
@@ -97,7 +99,8 @@ class Predictor:
 
     def __init__(self, models: Sequence[ScoringModel], segmenter: str = "classical", tta: str = "none",
                  rule: str = "image_x_cell", cell_view: str = "masked", batch: int = 16,
-                 strategy: tf.distribute.Strategy | None = None, jit: bool = False):
+                 strategy: tf.distribute.Strategy | None = None, jit: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
         if not models:
             raise ValueError("give at least one model")
         if cell_view not in CELL_VIEWS:
@@ -110,8 +113,12 @@ class Predictor:
         self.jit = jit and not isinstance(strategy, tf.distribute.TPUStrategy)  # TPUs compile anyway
         self._transforms = transforms(tta)
         self._compiled: dict = {}
-        self._cam: dict[str, CamScorer] = {}
-        self._fns = [self._make_call(m) for m in self.models]
+        self._cam: dict[int, CamScorer] = {}
+        self._fns: dict[tuple[int, bool], Callable] = {}
+        for k, m in enumerate(self.models):  # now: a model unfit for its view fails before any image
+            self._fn(k, m.kind == "image" and cell_view == "cam")
+        self.clock = clock
+        self.seconds: dict[tuple[int, str], float] = {}  # (model, part) -> seconds of its calls (the time budget)
 
     @classmethod
     def from_models(cls, models: Sequence[keras.Model | str], weights: Sequence[float] | None = None,
@@ -141,12 +148,30 @@ class Predictor:
         return PrepareSpec(data_dir, self.segmenter, image_sizes, cell_sizes, depths.pop() if depths else 8)
 
     # --- model calls ----------------------------------------------------------------------------
-    def _make_call(self, m: ScoringModel):
-        """A compiled call of one model on a fixed-size uint8 batch at its records' size."""
+    def _cam_scorer(self, k: int) -> CamScorer:
+        if k not in self._cam:
+            self._cam[k] = CamScorer(self.models[k].model)
+        return self._cam[k]
+
+    def _has_cam_head(self, k: int) -> bool:
+        try:
+            self._cam_scorer(k)
+        except ValueError:
+            return False
+        return True
+
+    def _fn(self, k: int, cam: bool = False) -> Callable:
+        if (k, cam) not in self._fns:
+            self._fns[(k, cam)] = self._make_call(k, cam)
+        return self._fns[(k, cam)]
+
+    def _make_call(self, k: int, cam: bool):
+        """A compiled call of model ``k`` on a fixed-size uint8 batch at its records' size; ``cam``:
+        its features and probabilities in one call."""
+        m = self.models[k]
         model, size, cells = m.model, m.size, m.kind == "cells"
-        if m.kind == "image" and self.cell_view == "cam":
-            self._cam[m.name] = CamScorer(model)
-            model = self._cam[m.name].model  # features and probabilities in one call
+        if cam:
+            model = self._cam_scorer(k).model
 
         def replica_fn(x):
             if cells:
@@ -157,7 +182,8 @@ class Predictor:
             return tf.function(replica_fn, jit_compile=self.jit, reduce_retracing=True)
 
         def run_replica(x):
-            fn = replica_compiled(self._compiled, replica_fn, m.name) if self.jit else replica_fn
+            name = f"{m.name}/cam" if cam else m.name
+            fn = replica_compiled(self._compiled, replica_fn, name) if self.jit else replica_fn
             return fn(x)
 
         @tf.function(reduce_retracing=True)
@@ -166,9 +192,9 @@ class Predictor:
 
         return distributed
 
-    def _run(self, k: int, x):
+    def _run(self, k: int, x, cam: bool = False):
         """Model ``k`` on a batch whose length divides by the replicas; numpy outputs."""
-        fn = self._fns[k]
+        fn = self._fn(k, cam)
         if self.strategy is None:
             out = fn(x)
         else:
@@ -183,30 +209,44 @@ class Predictor:
                                         *self.strategy.experimental_local_results(out))
         return {key: v.numpy() for key, v in out.items()} if isinstance(out, dict) else out.numpy()
 
-    def _image_scores(self, k: int, inputs: Iterator[np.ndarray], n: int) -> np.ndarray:
-        """Mean probabilities over the TTA transforms of ``n`` uint8 images (S, S, 4), taken from
-        ``inputs`` one full batch at a time (memory stays at one batch)."""
+    def _spent(self, k: int, part: str, start: float) -> float:
+        """Add the seconds since ``start`` to model ``k``'s ``part`` (base, tta, view, view_tta); now."""
+        now = self.clock()
+        self.seconds[(k, part)] = self.seconds.get((k, part), 0.0) + now - start
+        return now
+
+    def _image_scores(self, k: int, inputs: Iterator[np.ndarray], n: int, tta: bool = True,
+                      part: str = "base") -> np.ndarray:
+        """Mean probabilities over the TTA transforms (only the identity without ``tta``) of ``n``
+        uint8 images (S, S, 4), taken from ``inputs`` one full batch at a time (memory stays at one
+        batch). The identity's seconds go to ``part`` (base or view), the other transforms' to tta or view_tta."""
+        chosen = self._transforms if tta else self._transforms[:1]
         total = np.zeros((n, NUM_CLASSES), np.float64)
         for start in range(0, n, self.batch):
+            t0 = self.clock()
             chunk = np.stack([next(inputs) for _ in range(min(self.batch, n - start))])
-            for t in self._transforms:
+            for j, t in enumerate(chosen):
                 total[start : start + len(chunk)] += self._run(k, _pad(t(chunk), self.batch))[: len(chunk)]
-        return total / len(self._transforms)
+                t0 = self._spent(k, part if j == 0 else "tta" if part == "base" else f"{part}_tta", t0)
+        return total / len(chosen)
 
-    def _cam_scores(self, k: int, prepared: Sequence[Prepared], size: int) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    def _cam_scores(self, k: int, prepared: Sequence[Prepared], size: int,
+                    tta: bool = True) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Whole-image probabilities and CAM x cell probabilities (mean over the TTA transforms; the
         mask goes through each transform with the image). A cell too small to show at this size
         keeps the image's probabilities."""
-        scorer = self._cam[self.models[k].name]
+        scorer = self._cam_scorer(k)
+        chosen = self._transforms if tta else self._transforms[:1]
         n = len(prepared)
         wholes = np.zeros((n, NUM_CLASSES))
         cells: list[np.ndarray | None] = [np.zeros((p.n_cells, NUM_CLASSES)) if p.n_cells else None for p in prepared]
         for start in range(0, n, self.batch):
+            t0 = self.clock()
             chunk = prepared[start : start + self.batch]
             images = np.stack([p.images[size] for p in chunk])
             masks = np.stack([p.small_masks[size] for p in chunk])[..., None]
-            for t in self._transforms:
-                out = self._run(k, _pad(t(images), self.batch))
+            for j, t in enumerate(chosen):
+                out = self._run(k, _pad(t(images), self.batch), cam=True)
                 moved = t(masks)[..., 0]
                 for i, p in enumerate(chunk):
                     wholes[start + i] += out["probs"][i]
@@ -218,15 +258,18 @@ class Predictor:
                     lost = weights.reshape(len(weights), -1).sum(axis=1) == 0
                     probs[lost] = out["probs"][i]
                     cells[start + i] += probs
-        m = len(self._transforms)
+                t0 = self._spent(k, "tta" if j else "base", t0)
+        m = len(chosen)
         return wholes / m, [None if c is None else c / m for c in cells]
 
-    def _bag_scores(self, k: int, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _bag_scores(self, k: int, crops: np.ndarray, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(image (19,), cells (n, 19)) of one image's cells as one bag, padded to a fixed size."""
         n = len(crops)
         size = max(-(-n // BAG_SIZE), 1) * BAG_SIZE
         image_sum, cell_sum = np.zeros(NUM_CLASSES), np.zeros((n, NUM_CLASSES))
-        for t in self._transforms:
+        chosen = self._transforms if tta else self._transforms[:1]
+        t0 = self.clock()
+        for j, t in enumerate(chosen):
             bag = np.zeros((self.replicas, size, *crops.shape[1:]), crops.dtype)  # one bag per replica, the others empty
             bag[0, :n] = t(crops)
             valid = np.zeros((self.replicas, size), np.float32)
@@ -234,7 +277,8 @@ class Predictor:
             res = self._run(k, {"cells": bag, "mask": valid})
             image_sum += res["image"][0]
             cell_sum += res["cells"][0, :n]
-        return image_sum / len(self._transforms), cell_sum / len(self._transforms)
+            t0 = self._spent(k, "tta" if j else "base", t0)
+        return image_sum / len(chosen), cell_sum / len(chosen)
 
     def _cell_view(self, image: np.ndarray, mask: np.ndarray, cell_id: int) -> np.ndarray:
         """The image with every pixel outside the cell zeroed (moved to the centre if asked)."""
@@ -249,15 +293,33 @@ class Predictor:
         return view
 
     # --- scoring --------------------------------------------------------------------------------
-    def score_many(self, prepared: Sequence[Prepared]) -> list[list[ModelScores]]:
+    def view_of(self, k: int, plan: Plan | None = None) -> str:
+        """How image model ``k`` scores cells under ``plan``: the run's cell view; without cell views
+        (a time budget dropped them) by its CAM, or not at all when it has no CAM head."""
+        if plan is None or plan.cell_view or self.cell_view in ("cam", "none"):
+            return self.cell_view
+        return "cam" if self._has_cam_head(k) else "none"
+
+    def gives_cells(self, plan: Plan | None = None) -> bool:
+        """Whether a model ``plan`` keeps gives cell-level scores (the rules but ``image`` need one)."""
+        return any(m.kind != "image" or self.view_of(k, plan) != "none"
+                   for k, m in enumerate(self.models) if plan is None or plan.uses(k))
+
+    def score_many(self, prepared: Sequence[Prepared], plan: Plan | None = None) -> list[list[ModelScores | None]]:
         """Each model's image-level and cell-level probabilities on several prepared images; the
-        images and cell views of all of them share the model's batches."""
-        out: list[list[ModelScores]] = [[] for _ in prepared]
+        images and cell views of all of them share the model's batches. ``plan`` (a time budget's)
+        leaves out TTA, the cell views or models: a model it drops gives None."""
+        out: list[list[ModelScores | None]] = [[] for _ in prepared]
+        tta = plan is None or plan.tta
         for k, m in enumerate(self.models):
+            if plan is not None and not plan.uses(k):
+                for scores in out:
+                    scores.append(None)
+                continue
             if m.kind == "cell":
                 crops = [p.crops[m.contract.record_cell_size] for p in prepared]
                 starts = np.cumsum([0] + [len(c) for c in crops])
-                scores = self._image_scores(k, (c for image in crops for c in image), int(starts[-1]))
+                scores = self._image_scores(k, (c for image in crops for c in image), int(starts[-1]), tta)
                 for i, p in enumerate(prepared):
                     mine = scores[starts[i] : starts[i + 1]]
                     out[i].append(ModelScores(mine.max(axis=0) if p.n_cells else np.zeros(NUM_CLASSES),
@@ -268,24 +330,25 @@ class Predictor:
                     if p.n_cells == 0:
                         out[i].append(ModelScores(np.zeros(NUM_CLASSES), None))
                     else:
-                        out[i].append(ModelScores(*self._bag_scores(k, p.crops[m.contract.record_cell_size])))
+                        out[i].append(ModelScores(*self._bag_scores(k, p.crops[m.contract.record_cell_size], tta)))
                 continue
             size = m.contract.record_image_size
-            if self.cell_view == "cam":
-                wholes, cam_cells = self._cam_scores(k, prepared, size)
+            view = self.view_of(k, plan)
+            if view == "cam":
+                wholes, cam_cells = self._cam_scores(k, prepared, size, tta)
                 for i in range(len(prepared)):
                     out[i].append(ModelScores(wholes[i], cam_cells[i]))
                 continue
-            wholes = self._image_scores(k, iter([p.images[size] for p in prepared]), len(prepared))
+            wholes = self._image_scores(k, iter([p.images[size] for p in prepared]), len(prepared), tta)
             cells: list[np.ndarray | None] = [None] * len(prepared)
-            if self.cell_view != "none":
+            if view != "none":
                 owners = []  # (image, row) of every cell still visible at this size
                 for i, p in enumerate(prepared):
                     present = np.bincount(p.small_masks[size].ravel(), minlength=int(p.cell_ids.max(initial=0)) + 1)
                     owners += [(i, j) for j, cid in enumerate(p.cell_ids) if present[cid]]
                 views = (self._cell_view(prepared[i].images[size], prepared[i].small_masks[size], prepared[i].cell_ids[j])
                          for i, j in owners)
-                scores = self._image_scores(k, views, len(owners))
+                scores = self._image_scores(k, views, len(owners), tta, part="view")
                 for i, p in enumerate(prepared):
                     if p.n_cells:
                         cells[i] = np.tile(wholes[i], (p.n_cells, 1))  # cells lost at this size keep the image's scores

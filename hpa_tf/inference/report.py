@@ -84,7 +84,7 @@ def with_true_image_labels(entries: dict[str, Entry], truth: Truth) -> dict[str,
         known = np.zeros(NUM_CLASSES, np.float32)
         known[labels[image_id]] = 1.0
         known[NEGATIVE] = 1.0
-        out[image_id] = (w, h, cell_ids, masks, [ModelScores(known, s.cells) for s in scores])
+        out[image_id] = (w, h, cell_ids, masks, [None if s is None else ModelScores(known, s.cells) for s in scores])
     return out
 
 
@@ -127,11 +127,13 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     results: dict[str, dict] = {}
     for label, path in references.items():
         results[label] = json.loads(fs.read_text(path))
-    entries = load_cached(cache_dir, ids, len(kinds))  # read once, combined once per row
+    dropped: dict[str, tuple[str, ...]] = {}
+    entries = load_cached(cache_dir, ids, len(kinds), dropped)  # read once, combined once per row
+    reduced = sum(1 for pieces in dropped.values() if pieces)
     fill_sizes(data["data"], ids, entries, sizes)
     for label, use, rule in ablation_rows(kinds, key["cell_view"]):
         results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, weights, use)).to_dict()
-    if any(s.cells is not None for e in entries.values() for s in e[4]):
+    if any(s is not None and s.cells is not None for e in entries.values() for s in e[4]):
         known = with_true_image_labels(entries, truth)
         results[TRUE_IMAGE_ROW] = evaluate(truth, assemble(known, ids, sizes, "image_x_cell", weights)).to_dict()
     lines = ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()]
@@ -139,7 +141,10 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     fs.makedirs(out)
     fs.write_text(fs.join(out, "results.md"), f"# Results on {truth_dir} ({split}, {len(ids)} images)\n\n{table}\n\n"
                   f"Models: {', '.join(m['path'] for m in key['models'])}; segmenter {key['segmenter']}, "
-                  f"TTA {key['tta']}, cell view {key['cell_view']}.\n")
+                  f"TTA {key['tta']}, cell view {key['cell_view']}.\n"
+                  + (f"\n{reduced} images were scored under a time budget without some of the work (the run's "
+                     "summary.json lists it); a row of models a budget dropped leaves those images empty.\n"
+                     if reduced else ""))
     fs.write_text(fs.join(out, "results.json"), json.dumps(results, indent=2))
     _bars(results, fs.join(out, "ap_per_class.png"))
     print(table)

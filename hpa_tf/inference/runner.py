@@ -3,7 +3,9 @@
 The CPU side (read, segment, crop, RLE-encode; :mod:`prepare`) runs in worker processes a few
 images ahead of the main process, which only runs the models, so the accelerator does not wait
 on the CPU when the CPU can keep up. Each scored image goes to the cache at once; the CSV is
-written atomically at the end, rows in the sample submission's order.
+written atomically at the end, rows in the sample submission's order. Under a time budget
+(:mod:`budget`) each group of images is scored with the plan in force, and the plan is
+reconsidered after it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import multiprocessing as mp
 import posixpath
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -29,7 +31,9 @@ from hpa_tf import fs, viz
 from hpa_tf.cli import require_writable
 from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
+from hpa_tf.inference.budget import LEDGER, TimeBudget, format_duration
 from hpa_tf.inference.combine import combine
+from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, Plan, applicable, model_piece, parse_drop_order
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import has_any_channel, probe_size, read_image, scan_image_ids, to_8bit_view
@@ -77,6 +81,8 @@ class RunConfig:
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 | keep
     group: int = 8  # images scored together: their cells share the models' batches
     force: bool = False  # predict even when the segmenter differs from the models' training
+    time_budget: float | None = None  # seconds for the whole run (budget.py); None: no budget
+    budget_drop: str = DEFAULT_ORDER  # the order in which the budget drops work (plan.parse_drop_order)
 
     @property
     def cache_dir(self) -> str:
@@ -166,9 +172,13 @@ def resolve_segmenter(given: str | None, contracts: dict[str, dict | None], forc
     return given
 
 
-def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tuple[dict[str, float], list[dict]]:
+def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str], budget: TimeBudget | None = None,
+                 sizes: dict[str, tuple[int, int]] | None = None,
+                 finish: Callable[[list[str]], float] | None = None) -> tuple[dict[str, float], list[dict]]:
     """Score every image of ``ids`` not yet cached; returns the total seconds per stage and the
-    images that failed (``{"ID", "error"}``)."""
+    images that failed (``{"ID", "error"}``). With a ``budget``, each group is scored under its plan
+    and measured (images of ``sizes``, else their files' size); ``finish(ids)`` times the final
+    assembly of those images."""
     todo = [i for i in ids if not cache.is_cached(cfg.cache_dir, i)]
     if len(todo) < len(ids):
         print(f"{len(ids) - len(todo)} of {len(ids)} images already scored in {cfg.cache_dir}")
@@ -177,51 +187,93 @@ def score_images(cfg: RunConfig, predictor: Predictor, ids: Sequence[str]) -> tu
     errors: list[dict] = []
     spec = predictor.prepare_spec(cfg.data)
     group: list[Prepared] = []
+    waits: list[float | None] = []  # the seconds the models waited for each image of the group
+    sizes = sizes or {}
+    clock = predictor.clock
+    consumed = 0  # images of todo taken from the stream
+    warmed: list = []  # the plans whose model calls are traced already
+
+    def pixels(image_id: str, fallback: tuple[int, int] = (0, 0)) -> float:
+        w, h = sizes.get(image_id, fallback)
+        return float(w * h)
 
     def flush() -> None:
         t = time.perf_counter()
-        scored = predictor.score_many(group)
+        plan = budget.plan if budget is not None else None
+        if budget is not None and plan not in warmed:  # tracing is not scoring: keep it out of the measure
+            predictor.score_many(group[:1], plan)
+            warmed.append(plan)
+        predictor.seconds.clear()
+        start = clock()
+        scored = predictor.score_many(group, plan)
         totals["infer"] += time.perf_counter() - t
         for prepared, scores in zip(group, scored):
             cache.save(cfg.cache_dir, prepared.image_id, prepared.width, prepared.height, prepared.cell_ids,
-                       prepared.masks, scores)
+                       prepared.masks, scores, plan.dropped if plan is not None else ())
             for stage, sec in prepared.timings.items():
                 totals[stage] += sec
             totals["images"] += 1
+        if budget is not None:
+            budget.record([pixels(p.image_id, (p.width, p.height)) for p in group], waits,
+                          [sum(p.timings.values()) for p in group], predictor.seconds, clock() - start, plan)
+            if finish is not None and "finish" not in budget.est.totals:
+                budget.record_finish(finish([p.image_id for p in group]), len(group))
+            if consumed < len(todo):
+                budget.decide([pixels(i) for i in todo[consumed:]], len(ids), todo[consumed])
         bar.update(len(group))
         group.clear()
+        waits.clear()
 
+    if budget is not None and todo:
+        if budget.est.measured:  # a resumed run: its measurements, the time spent and the drops go on
+            budget.decide([pixels(i) for i in todo], len(ids), todo[0])
+        else:
+            tqdm.write(f"time budget {format_duration(budget.seconds)}: the first {min(cfg.group, len(todo))} images "
+                       f"are scored with {budget.plan.label()} to measure it")
     with tqdm(total=len(todo), desc="predicting", unit="img") as bar:
+        waited = clock()
         for prepared in _prepared_stream(spec, todo, cfg.workers):
+            consumed += 1
             if prepared.error:
                 errors.append({"ID": prepared.image_id, "error": prepared.error})
                 bar.update(1)
+                waited = clock()
                 continue
+            # with workers, the first wait is mostly their start-up: not a measure of one image
+            waits.append(None if cfg.workers and consumed == 1 else clock() - waited)
             group.append(prepared)
             if len(group) >= cfg.group:
                 flush()
+            waited = clock()
         if group:
             flush()
     return totals, errors
 
 
-def load_cached(cache_dir: str, ids: Sequence[str], n_models: int) -> dict[str, cache.Entry]:
+def load_cached(cache_dir: str, ids: Sequence[str], n_models: int,
+                dropped: dict[str, tuple[str, ...]] | None = None) -> dict[str, cache.Entry]:
     """The cached entries of ``ids`` (images never scored, such as bad files, are absent). A cache
-    file that cannot be read is named, removed, and left out: the next run scores that image again."""
+    file that cannot be read is named, removed, and left out: the next run scores that image again.
+    ``dropped``, when given, receives each entry's pieces of work left out by a time budget."""
     entries = {}
     for image_id in ids:
         if cache.is_cached(cache_dir, image_id):
             try:
-                entries[image_id] = cache.load(cache_dir, image_id, n_models)
+                entries[image_id], left_out = cache.load_with_dropped(cache_dir, image_id, n_models)
             except cache.CacheEntryError as err:
                 print(err)
+                continue
+            if dropped is not None:
+                dropped[image_id] = left_out
     return entries
 
 
 def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[str, tuple[int, int]], rule: str,
              weights: Sequence[float], use: Sequence[int] | None = None) -> list[ImagePrediction]:
     """Submission rows from cached entries under a rule; ``use`` picks a subset of the models
-    (ablations). An image without an entry gets an empty row of the size ``sizes`` gives it."""
+    (ablations). An image without an entry gets an empty row of the size ``sizes`` gives it. An
+    image whose time-budget plan dropped a model is scored by the models it kept, their weights
+    renormalised (an ablation row none of whose models scored it gets an empty row)."""
     rows = []
     for image_id in ids:
         if image_id not in entries:
@@ -229,7 +281,10 @@ def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[st
             rows.append(ImagePrediction(image_id, w, h))
             continue
         w, h, _, masks, scores = entries[image_id]
-        picked = range(len(scores)) if use is None else use
+        picked = [k for k in (range(len(scores)) if use is None else use) if scores[k] is not None]
+        if not picked:  # an ablation of models only, all dropped for this image by its time-budget plan
+            rows.append(ImagePrediction(image_id, *sizes.get(image_id, (w, h))))
+            continue
         probs = combine([scores[k] for k in picked], len(masks), rule, [weights[k] for k in picked])
         if image_id in sizes and sizes[image_id] != (w, h):
             masks, kept = rescale_masks(image_id, masks, (w, h), sizes[image_id])
@@ -290,9 +345,26 @@ def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: 
     return np.concatenate([left, np.full((size[1], 8, 3), 255, np.uint8), right], axis=1)
 
 
-def run(cfg: RunConfig) -> dict:
-    """Predict, write the submission and a summary; score it when ``cfg.truth`` is given."""
+def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], started: float) -> TimeBudget:
+    """The run's time budget, resumed from its cache folder's ledger when there is one."""
+    n = len(predictor.models)
+    order = applicable(parse_drop_order(cfg.budget_drop, n), cfg.tta, cfg.cell_view, [m.kind for m in predictor.models])
+    labels = {TTA: f"TTA ({cfg.tta})", CELL_VIEW: f"cell views ({cfg.cell_view})"}
+    labels.update({model_piece(k): f"model {k + 1} ({posixpath.basename(p)})" for k, p in enumerate(cfg.models)})
+
+    def feasible(plan: Plan) -> bool:  # the rule can combine what the plan keeps
+        weighted = sum(w for k, w in enumerate(predictor.weights) if plan.uses(k)) > 0
+        return weighted and (cfg.combine == "image" or predictor.gives_cells(plan))
+
+    return TimeBudget(cfg.time_budget, order, n, labels=labels, workers=cfg.workers, clock=clock, started=started,
+                      feasible=feasible, ledger=fs.join(cfg.cache_dir, LEDGER), say=tqdm.write)
+
+
+def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
+    """Predict, write the submission and a summary; score it when ``cfg.truth`` is given. ``clock``
+    times the work for ``cfg.time_budget`` (a test gives a fake one)."""
     start = time.perf_counter()
+    started = clock()
     configure_logical_cpus(cfg.logical_cpus)
     cfg.segmenter = resolve_segmenter(cfg.segmenter, {m: read_contract(m) for m in cfg.models}, cfg.force)
     check_segmenter(cfg.segmenter)
@@ -306,19 +378,32 @@ def run(cfg: RunConfig) -> dict:
     distributed = strategy if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.TPUStrategy) else None
     predictor = Predictor.from_models(cfg.models, cfg.weights, strategy=distributed, dtype=cfg.precision,
                                       segmenter=segmenter, tta=cfg.tta, rule=cfg.combine, cell_view=cfg.cell_view,
-                                      batch=cfg.batch, jit=cfg.jit)
+                                      batch=cfg.batch, jit=cfg.jit, clock=clock)
     require_writable(posixpath.dirname(cfg.out) or ".", "--out")
+    n_models = len(predictor.models)
+    dropped: dict[str, tuple[str, ...]] = {}
+    budget = None
+
+    def finish(group: list[str]) -> float:  # what the end does for these images, timed for the budget
+        t = clock()
+        assemble(load_cached(cfg.cache_dir, group, n_models), group, sizes, cfg.combine, predictor.weights)
+        return clock() - t
+
     with FolderLock(cfg.cache_dir, "predict.py"):
         cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
-        totals, errors = score_images(cfg, predictor, ids)
-        entries = load_cached(cfg.cache_dir, ids, len(predictor.models))
+        if cfg.time_budget is not None:
+            budget = _budget(cfg, predictor, clock, started)
+        totals, errors = score_images(cfg, predictor, ids, budget, sizes, finish)
+        entries = load_cached(cfg.cache_dir, ids, n_models, dropped)
         failed = {e["ID"] for e in errors}
         lost = [i for i in ids if i not in entries and i not in failed]  # unreadable cache files, removed
         if lost:
-            more, more_errors = score_images(cfg, predictor, lost)
+            more, more_errors = score_images(cfg, predictor, lost, budget, sizes, finish)
             totals = {k: totals[k] + more[k] for k in totals}
             errors += more_errors
-            entries.update(load_cached(cfg.cache_dir, lost, len(predictor.models)))
+            entries.update(load_cached(cfg.cache_dir, lost, n_models, dropped))
+        if budget is not None:
+            budget.save()  # the time spent, for a run that goes on from this cache
     errors += fill_sizes(cfg.data, ids, entries, sizes)
     rows = assemble(entries, ids, sizes, cfg.combine, predictor.weights)
     write_submission(cfg.out, rows)
@@ -335,6 +420,14 @@ def run(cfg: RunConfig) -> dict:
         "seconds_per_image": {s: totals[s] / n for s in STAGES},
         "wall_s": time.perf_counter() - start,
     }
+    reduced = {i: d for i, d in dropped.items() if d}
+    if budget is not None:
+        summary["budget"] = budget.summary(dropped)
+        print(budget.summary_text(summary["budget"]))
+    elif reduced:  # scored under an earlier run's budget: the record says so
+        summary["budget"] = {"dropped_per_image": {i: list(d) for i, d in reduced.items()}}
+        print(f"{len(reduced)} images in {cfg.cache_dir} were scored under an earlier run's --time-budget without "
+              "some of the work (summary.json lists them); --overwrite scores every image anew")
     truth = None
     if cfg.truth:
         from hpa_tf.metrics import evaluate
