@@ -2,6 +2,7 @@
 Markdown for mkdocstrings: doctest examples become ``pycon`` code blocks (Markdown would make
 ``>>>`` a nested quote), and Sphinx roles (``:func:`load_model```) become links to the API page of
 the object they name. A role naming nothing is a warning, so ``mkdocs build --strict`` fails on it.
+A name a package re-exports (``hpa_tf.models.load_model``) is documented once, where it is defined.
 """
 
 from __future__ import annotations
@@ -32,15 +33,21 @@ def fence_doctests(text: str) -> str:
 
 
 def target_of(obj: griffe.Object, name: str) -> str:
-    """The full path of ``name`` as written in ``obj``'s docstring (absolute, relative to the
-    package with a leading dot, or a name in scope); a NameResolutionError if it names nothing."""
-    if name.startswith(PACKAGES):
-        return name
+    """The path where the object ``name`` names in ``obj``'s docstring is defined (``name`` is
+    absolute, relative to the package with a leading dot, or a name in scope); a
+    NameResolutionError if it names nothing."""
     if name.startswith("."):
         package = obj.module if obj.module.is_init_module else obj.module.parent
-        return f"{package.path}{name}"
-    head, _, rest = name.partition(".")
-    return obj.resolve(head) + (f".{rest}" if rest else "")
+        path = f"{package.path}{name}"
+    elif name.startswith(PACKAGES):
+        path = name
+    else:
+        head, _, rest = name.partition(".")
+        path = obj.resolve(head) + (f".{rest}" if rest else "")
+    try:
+        return obj.modules_collection[path].canonical_path
+    except (KeyError, griffe.AliasResolutionError):
+        return path  # not loaded here: autorefs says so if no page has it
 
 
 def link_roles(obj: griffe.Object, text: str) -> str:
@@ -60,7 +67,21 @@ def link_roles(obj: griffe.Object, text: str) -> str:
     return ROLE.sub(link, text)
 
 
+def own_objects(obj: griffe.Object):
+    """``obj`` and every object defined inside it (not the names it imports)."""
+    yield obj
+    for member in list(obj.members.values()):
+        if not member.is_alias:
+            yield from own_objects(member)
+
+
 class RstDocstrings(griffe.Extension):
-    def on_object(self, *, obj: griffe.Object, **kwargs) -> None:
-        if obj.docstring:
-            obj.docstring.value = link_roles(obj, fence_doctests(obj.docstring.value))
+    def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
+        objects = list(own_objects(pkg))
+        for obj in objects:  # while every name still resolves
+            if obj.docstring:
+                obj.docstring.value = link_roles(obj, fence_doctests(obj.docstring.value))
+        for obj in objects:
+            for name, member in list(obj.members.items()):
+                if member.is_alias and member.target_path.startswith(PACKAGES):
+                    del obj.members[name]
