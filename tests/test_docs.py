@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import os
 import re
@@ -264,6 +265,23 @@ def test_the_readme_links_resolve_and_its_results_are_the_docs():
     results = readme.split("\n## Results", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in results.splitlines() if line.startswith("|")]
     assert rows and not [r for r in rows if r not in (DOCS / "results.md").read_text()], "README tables differ from docs/results.md"
+
+
+def test_docstrings_become_markdown_with_links_to_where_objects_are_defined(caplog):
+    import griffe
+
+    spec = importlib.util.spec_from_file_location("rst_docstrings", DOCS / "_ext" / "rst_docstrings.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    hpa_tf = griffe.load("hpa_tf", search_paths=[str(ROOT)], extensions=griffe.load_extensions(ext.RstDocstrings))
+    assert "[`cell_labels`][hpa_tf.data.cell_labels]" in hpa_tf["pseudo"].docstring.value
+    assert "```pycon\n>>> import numpy as np" in hpa_tf["segmentation"].docstring.value
+    # A re-export is documented where it is defined, and a link to it goes there.
+    assert "image_classifier" not in hpa_tf["models"].members
+    assert "[`image_classifier`][hpa_tf.models.classifier.image_classifier]" in hpa_tf["models.cam.CamScorer"].docstring.value
+    with caplog.at_level("WARNING"):
+        assert ext.link_roles(hpa_tf["viz"], ":func:`no_such_function`") == "`no_such_function`"
+    assert "names 'no_such_function', which does not exist there" in caplog.text
 
 
 def test_the_site_builds_with_warnings_as_errors(tmp_path):

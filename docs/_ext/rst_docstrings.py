@@ -13,7 +13,7 @@ import griffe
 
 ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):`(~?)([\w.]+)`")
 DOCTEST_FLAG = re.compile(r"\s*#\s*doctest:.*$")
-PACKAGES = ("hpa_tf", "tfrecord_builder")
+PACKAGES = ("hpa_tf.", "tfrecord_builder.")  # the objects documented on this site
 logger = griffe.get_logger(__name__)
 
 
@@ -39,7 +39,7 @@ def target_of(obj: griffe.Object, name: str) -> str:
     if name.startswith("."):
         package = obj.module if obj.module.is_init_module else obj.module.parent
         path = f"{package.path}{name}"
-    elif name.startswith(PACKAGES):
+    elif f"{name}.".startswith(PACKAGES):
         path = name
     else:
         head, _, rest = name.partition(".")
@@ -62,7 +62,7 @@ def link_roles(obj: griffe.Object, text: str) -> str:
             logger.warning(f"{obj.path}: the docstring names {name!r}, which does not exist there")
             return f"`{shown}`"
         # Only hpa-tf's own objects have pages here (the build is offline: no other project's inventory).
-        return f"[`{shown}`][{target}]" if target.startswith(PACKAGES) else f"`{shown}`"
+        return f"[`{shown}`][{target}]" if f"{target}.".startswith(PACKAGES) else f"`{shown}`"
 
     return ROLE.sub(link, text)
 
@@ -76,6 +76,8 @@ def own_objects(obj: griffe.Object):
 
 
 class RstDocstrings(griffe.Extension):
+    """The extension mkdocs.yml loads: runs once a package's whole tree is loaded."""
+
     def on_package(self, *, pkg: griffe.Module, **kwargs) -> None:
         objects = list(own_objects(pkg))
         for obj in objects:  # while every name still resolves
@@ -83,5 +85,5 @@ class RstDocstrings(griffe.Extension):
                 obj.docstring.value = link_roles(obj, fence_doctests(obj.docstring.value))
         for obj in objects:
             for name, member in list(obj.members.items()):
-                if member.is_alias and member.target_path.startswith(PACKAGES):
+                if member.is_alias and f"{member.target_path}.".startswith(PACKAGES):
                     del obj.members[name]
