@@ -17,7 +17,7 @@ KAGGLE_PYTHON ?= 3.12
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cpu,test]"
+	$(PY) -m pip install -q -e ".[cpu,test,docs]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

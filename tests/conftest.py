@@ -79,17 +79,3 @@ def learning_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert build(["build", "--data", str(root / "synth" / "train"), "--labels", str(root / "synth" / "train.csv"),
                   "--out", str(out), "--image-size", "128", "--cell-size", "48", "--shard-mb", "2", "--workers", "2"]) == 0
     return out
-
-
-@pytest.fixture(scope="session")
-def saved_models(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Two tiny untrained models saved as ``.keras``: an image classifier (64 px) and a cell-bag model (32 px)."""
-    import keras
-
-    from hpa_tf.models import cell_bag_model, image_classifier
-
-    root = tmp_path_factory.mktemp("models")
-    keras.utils.set_random_seed(0)
-    image_classifier("small_cnn", 64).save(root / "image.keras")
-    cell_bag_model("small_cnn", 32).save(root / "cells.keras")
-    return [str(root / "image.keras"), str(root / "cells.keras")]

@@ -131,7 +131,7 @@ def test_a_file_is_decoded_by_its_content_not_its_name():
 
 # --- 7. gzip records, BOM, swapped sizes ---------------------------------------------------------
 
-def test_readme_one_liner_reads_gzip_shards(synth_dir, tmp_path):
+def test_the_docs_one_liner_reads_gzip_shards(synth_dir, tmp_path):
     import re
     from pathlib import Path
 
@@ -143,8 +143,8 @@ def test_readme_one_liner_reads_gzip_shards(synth_dir, tmp_path):
     out = str(tmp_path / "gz")
     assert build(["build", "--data", str(synth_dir / "train"), "--labels", str(synth_dir / "train.csv"), "--out", out,
                   "--image-size", "32", "--cell-size", "16", "--folds", "2", "--compression", "gzip"]) == 0
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    line = re.search(r"`([^`]*map\(parse_image_record\))`", readme).group(1)
+    page = (Path(__file__).parent.parent / "docs" / "tfrecords.md").read_text()
+    line = re.search(r"`([^`]*map\(parse_image_record\))`", page).group(1)
     ds = eval(line, {"tf": tf, "OUT": out, "record_dataset": record_dataset, "parse_image_record": parse_image_record})
     first = next(iter(ds))
     assert first["image"].shape == (32, 32, 4)

@@ -1,6 +1,6 @@
 """Prediction: segment test images, score every cell with every model, combine, TTA.
 
-The CPU half (:mod:`prepare`, no TensorFlow) runs in worker processes; :class:`Predictor` runs
+The CPU half (:mod:`prepare`, no TensorFlow) runs in worker processes; :class:`~.predictor.Predictor` runs
 the models; :mod:`runner` drives a folder and writes the submission.
 """
 

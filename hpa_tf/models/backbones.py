@@ -27,7 +27,7 @@ Weights (``weights=``):
 - ``PATH``: a local weights file of the *three-channel* keras model, e.g. saved with
   ``keras.applications.ResNet50(include_top=False, weights=None).save_weights("r50.weights.h5")``.
 
-To start from a four-channel hpa-tf model instead, see :func:`hpa_tf.models.init.init_from`.
+To start from a four-channel hpa-tf model instead, see :func:`hpa_tf.models.checkpoints.init_from`.
 """
 
 from __future__ import annotations

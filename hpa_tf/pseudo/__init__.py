@@ -6,8 +6,8 @@
 
 Then ``train_tpu.py --config demo_cpu_cell --set data.cell_labels=runs/demo/records/pseudo/round1``
 trains a single-cell model on them (:mod:`hpa_tf.models.cell`); its out-of-fold splits label the next
-round. :mod:`oof` (the out-of-fold run), :mod:`soft` (the rule), :mod:`store` (the files), :mod:`quality`
-(against the truth).
+round. :mod:`oof` (the out-of-fold run), :mod:`soft` (the rule), :mod:`~hpa_tf.data.cell_labels` (the
+files), :mod:`quality` (against the truth).
 """
 
 from hpa_tf.pseudo.oof import SOURCES, label, plan_splits
