@@ -186,6 +186,9 @@ def check_bash_block(example) -> None:
                 check_pip(words)
             elif program == "pytest":
                 check_pytest(words)
+            elif program == "kaggle":  # the Kaggle CLI (not installed here): its dataset commands only
+                assert words[1:2] == ["datasets"] and words[2:3] in (["init"], ["create"], ["version"]) \
+                    and "-p" in words, f"`{shlex.join(words)}`: not a Kaggle CLI dataset command with -p FOLDER"
             elif program not in ("cd", "git"):
                 raise AssertionError(f"`{shlex.join(words)}`: tests/test_docs.py does not know how to check {program}")
 
