@@ -170,7 +170,6 @@ def kaggle_like(tmp_path_factory) -> dict:
             "log": build.stdout, "offline": offline}
 
 
-@pytest.mark.slow
 def test_pip_installs_hpa_tf_from_the_wheelhouse_alone_and_it_predicts(kaggle_like, synth_dir, saved_models, tmp_path):
     venv, wheelhouse = kaggle_like["venv"], kaggle_like["wheelhouse"]
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), **NO_INDEX}
@@ -200,7 +199,6 @@ def test_pip_installs_hpa_tf_from_the_wheelhouse_alone_and_it_predicts(kaggle_li
     assert [r.image_id for r in rows] == list(sample["ID"]) and all(r.masks for r in rows)
 
 
-@pytest.mark.slow
 def test_a_wheelhouse_for_a_python_without_wheels_names_the_step_and_the_package(kaggle_like, tmp_path):
     """The stand-in index has this Python's compiled wheels only: another version cannot be served."""
     assert "shipped: hpa-tf" in kaggle_like["log"] and "brought by the Kaggle image" in kaggle_like["log"]
