@@ -27,6 +27,7 @@ BENCHES = {
     "pipeline": "benchmarks.bench_pipeline",
     "training": "benchmarks.bench_training",
     "predict": "benchmarks.bench_predict",
+    "resize": "benchmarks.bench_resize",
 }
 
 

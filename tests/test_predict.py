@@ -221,6 +221,21 @@ def test_training_and_prediction_feed_a_model_the_same_pixels(built_records, syn
     assert np.abs(x["cells"].numpy()[0, :n] - predicted_cells).max() <= 1 / 255
 
 
+@pytest.mark.parametrize("sides", [(128, 64), (100, 37), (512, 384), (64, 96), (33, 7)])
+def test_the_compilable_resize_is_the_pipelines_resize(sides):
+    """The predictor's resize (matrix products, XLA-safe) gives the training pipelines' pixels
+    (``tf.image.resize(antialias=True)``), down and up, for images and bags of cells."""
+    from hpa_tf.data.contract import to_model_size
+
+    n_in, n_out = sides
+    rng = np.random.default_rng(n_in)
+    for shape in ((2, n_in, n_in, 4), (2, 3, n_in, n_in, 4)):
+        x = rng.integers(0, 256, shape).astype(np.uint8)
+        compiled, host = to_model_size(x, n_out).numpy(), to_model_size(x, n_out, compilable=False).numpy()
+        assert compiled.shape == host.shape == (*shape[:-3], n_out, n_out, 4)
+        assert np.abs(compiled - host).max() < 3e-5
+
+
 def test_prediction_compiles_with_xla_for_every_model_kind_and_precision(built_records, synth_dir, tmp_path):
     """``--jit`` (and a TPU, which compiles every call): each model kind, its inputs resized from the
     records' size inside the call, gives the uncompiled scores; ``--precision mixed_float16`` makes a

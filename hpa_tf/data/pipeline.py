@@ -189,7 +189,7 @@ def _pixel_dtype(records: str) -> tf.DType:
 
 def _decode_image(ex: dict, size: int, stored: int, dtype: tf.DType = tf.uint8) -> tf.Tensor:
     image = tf.ensure_shape(tf.io.decode_png(ex["image"], channels=4, dtype=dtype), [stored, stored, 4])
-    return tf.ensure_shape(to_model_size(image, size), [size, size, 4])  # the predictor's step too
+    return tf.ensure_shape(to_model_size(image, size, compilable=False), [size, size, 4])  # the predictor's step too
 
 
 def _image_elements(data, aug, training: bool, seed: int, examples: tf.data.Dataset) -> tf.data.Dataset:
@@ -235,7 +235,7 @@ def _bag_elements(data, aug, training: bool, seed: int, examples: tf.data.Datase
         picked = tf.gather(pngs, idx)
         crops = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_png(s, channels=4, dtype=dtype), [stored, stored, 4]),
                           picked, fn_output_signature=tf.TensorSpec([stored, stored, 4], dtype))
-        cells = to_model_size(crops, size) * valid[:, None, None, None]  # the predictor's step too
+        cells = to_model_size(crops, size, compilable=False) * valid[:, None, None, None]  # the predictor's step too
         labels = tf.cast(ex["labels"], tf.float32)
         if training and aug is not None:
             cells, labels = augment.augment_bag(cells, labels, aug, s_aug)
@@ -280,7 +280,8 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
         return tf.data.Dataset.from_tensor_slices((tf.fill(tf.shape(positions), index), positions, pngs, soft))
 
     def prepare(index, position, png, soft):
-        cell = to_model_size(tf.ensure_shape(tf.io.decode_png(png, channels=4, dtype=dtype), [stored, stored, 4]), size)
+        image = tf.ensure_shape(tf.io.decode_png(png, channels=4, dtype=dtype), [stored, stored, 4])
+        cell = to_model_size(image, size, compilable=False)
         if aug is not None:
             cell, soft = augment.augment_image(cell, soft, aug, tf.stack([tf.constant(seed, tf.int64), index * 1024 + position]))
         return tf.ensure_shape(cell, [size, size, 4]), tf.ensure_shape(soft, [NUM_CLASSES])
