@@ -104,6 +104,29 @@ def test_a_trained_model_starts_another_kind_and_size(tmp_path):
         build_model(load_config(None, [f"model.init_from={tmp_path / 'image.keras'}", "model.backbone=resnet50"]))
 
 
+def test_a_model_a_newer_keras_saved_names_both_versions_when_it_cannot_load(tmp_path):
+    import json
+    import zipfile
+
+    from hpa_tf.models import load_model
+
+    image_classifier("small_cnn", 32).save(tmp_path / "image.keras")
+    with zipfile.ZipFile(tmp_path / "image.keras") as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    conv = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Conv2D")
+    conv["config"]["kernel_initializer"]["config"]["future_option"] = None  # a key only a newer Keras knows
+    files["config.json"] = json.dumps(config).encode()
+    for version, told in (("99.0.0", True), (keras.__version__, False)):
+        files["metadata.json"] = json.dumps({"keras_version": version}).encode()
+        with zipfile.ZipFile(tmp_path / "newer.keras", "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        with pytest.raises(ValueError, match="newer.keras") as err:
+            load_model(str(tmp_path / "newer.keras"))
+        assert (f"saved with Keras 99.0.0, and this Keras ({keras.__version__})" in str(err.value)) is told
+
+
 def test_a_bfloat16_model_loads_in_float32(tmp_path):
     from hpa_tf.models import load_model
 

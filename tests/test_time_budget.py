@@ -113,6 +113,17 @@ def test_a_piece_the_rule_needs_is_kept_and_another_order_is_followed():
     assert any(note == "cell_view kept: the combination rule needs it" for _, _, note in budget.first["ladder"])
 
 
+def test_the_plan_lists_as_kept_the_pieces_the_order_never_drops():
+    # --budget-drop model:2 on a run with TTA and cell views: those two are kept, and the plan says so
+    said = []
+    budget = _measured_budget(5, SettableClock(), order=("model:2",))
+    budget.pieces, budget.say = ["tta", "cell_view", "model:2"], said.append
+    assert budget.decide([1.0] * 10, 11) == ["model:2"]
+    keeps = next(line for line in said[0].splitlines() if line.strip().startswith("keeps:"))
+    assert keeps.strip() == ("keeps: model:1, tta (not in the order: never dropped), "
+                             "cell_view (not in the order: never dropped)")
+
+
 # --- prediction runs under a budget (tiny models, 4 SynthHPA images, a tick clock) -----------------
 
 def _predict(synth_dir, saved_models, out, budget=None, order=None, group=1, clock=None, weights=None):

@@ -149,11 +149,13 @@ class TimeBudget:
     """
 
     def __init__(self, seconds: float, order: Sequence[str], n_models: int, *, labels: Mapping[str, str] | None = None,
-                 feasible: Callable[[Plan], bool] = lambda plan: True, workers: int = 0,
+                 pieces: Sequence[str] | None = None, feasible: Callable[[Plan], bool] = lambda plan: True, workers: int = 0,
                  clock: Callable[[], float] = time.monotonic, started: float | None = None,
                  ledger: str | None = None, say: Callable[[str], None] = print):
         self.seconds, self.order, self.n_models = float(seconds), list(order), n_models
         self.labels = dict(labels or {})
+        # every optional piece the run has, those the order never drops too: the plan lists them all as kept
+        self.pieces = list(order if pieces is None else pieces)
         self.feasible, self.workers, self.clock, self.say = feasible, workers, clock, say
         self.started = clock() if started is None else started
         self.ledger = ledger
@@ -293,7 +295,8 @@ class TimeBudget:
             mark = "  <- the plan" if plan == chosen[0] else ""
             fits = "fits" if total <= self.seconds else "over"
             lines.append(f"    {plan.label():<50} {format_duration(total):>10} ({fits}){mark}")
-        kept = [self.label(p) for p in self.order if p not in chosen[0].dropped] or ["nothing optional"]
+        kept = [self.label(p) + ("" if p in self.order else " (not in the order: never dropped)")
+                for p in self.pieces if p not in chosen[0].dropped] or ["nothing optional"]
         lines.append(f"  keeps: {self.label(model_piece(0))}, " + ", ".join(kept))
         lines.append("  drops: " + (", ".join(self.label(p) for p in chosen[0].dropped) or "nothing"))
         return "\n".join(lines)

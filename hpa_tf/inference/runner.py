@@ -348,7 +348,9 @@ def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: 
 def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], started: float) -> TimeBudget:
     """The run's time budget, resumed from its cache folder's ledger when there is one."""
     n = len(predictor.models)
-    order = applicable(parse_drop_order(cfg.budget_drop, n), cfg.tta, cfg.cell_view, [m.kind for m in predictor.models])
+    kinds = [m.kind for m in predictor.models]
+    order = applicable(parse_drop_order(cfg.budget_drop, n), cfg.tta, cfg.cell_view, kinds)
+    pieces = applicable([TTA, CELL_VIEW, *(model_piece(k) for k in range(1, n))], cfg.tta, cfg.cell_view, kinds)
     labels = {TTA: f"TTA ({cfg.tta})", CELL_VIEW: f"cell views ({cfg.cell_view})"}
     labels.update({model_piece(k): f"model {k + 1} ({posixpath.basename(p)})" for k, p in enumerate(cfg.models)})
 
@@ -356,8 +358,8 @@ def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], st
         weighted = sum(w for k, w in enumerate(predictor.weights) if plan.uses(k)) > 0
         return weighted and (cfg.combine == "image" or predictor.gives_cells(plan))
 
-    return TimeBudget(cfg.time_budget, order, n, labels=labels, workers=cfg.workers, clock=clock, started=started,
-                      feasible=feasible, ledger=fs.join(cfg.cache_dir, LEDGER), say=tqdm.write)
+    return TimeBudget(cfg.time_budget, order, n, labels=labels, pieces=pieces, workers=cfg.workers, clock=clock,
+                      started=started, feasible=feasible, ledger=fs.join(cfg.cache_dir, LEDGER), say=tqdm.write)
 
 
 def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:

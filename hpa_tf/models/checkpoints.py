@@ -90,9 +90,27 @@ def load_model(path: str, dtype: str = "float32") -> keras.Model:
         try:
             return keras.models.load_model(local, compile=False)
         except Exception as err:
-            raise ValueError(f"cannot load model {path}: {type(err).__name__}: {err}") from err
+            raise ValueError(f"cannot load model {path}: {_newer_keras(archive)}{type(err).__name__}: {err}") from err
         finally:
             keras.mixed_precision.set_global_policy(previous)
+
+
+def _newer_keras(archive: zipfile.ZipFile) -> str:
+    """The likely cause of a failed load when the file was saved by a newer Keras than this one (a
+    newer Keras writes config keys an older one rejects: a model trained on a GPU box with the
+    newest Keras, predicted on Kaggle's image); "" otherwise."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        saved = json.loads(archive.read("metadata.json"))["keras_version"]
+        newer = Version(saved) > Version(keras.__version__)
+    except (KeyError, ValueError, TypeError, InvalidVersion):
+        return ""
+    if not newer:
+        return ""
+    return (f"it was saved with Keras {saved}, and this Keras ({keras.__version__}) may not read what a newer one "
+            f"writes: install keras=={saved} here (on Kaggle, offline: docs/kaggle.md, 'When something goes wrong'), "
+            "or train with this Keras. ")
 
 
 def read_contract(path: str) -> dict | None:
