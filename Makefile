@@ -11,6 +11,7 @@ TRAIN_SET ?=
 DATA ?=
 WHEELHOUSE ?= wheelhouse
 KAGGLE_PYTHON ?= 3.12
+MODELS ?=
 
 .PHONY: install demo demo-long test test-all bench wheelhouse clean
 
@@ -50,7 +51,7 @@ bench: $(STAMP)
 # The wheels that install hpa-tf in a Kaggle notebook with the internet off (docs/kaggle.md): hpa-tf
 # built from this checkout and what the Kaggle image lacks, for the notebook's Python (KAGGLE_PYTHON).
 wheelhouse: $(STAMP)
-	$(PY) -m hpa_tf.wheelhouse $(WHEELHOUSE) --python-version $(KAGGLE_PYTHON) --source .
+	$(PY) -m hpa_tf.wheelhouse $(WHEELHOUSE) --python-version $(KAGGLE_PYTHON) --source . $(if $(MODELS),--models $(MODELS))
 
 clean:
 	rm -rf runs .pytest_cache

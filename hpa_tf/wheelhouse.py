@@ -1,7 +1,7 @@
 """A folder of wheels ("wheelhouse") that installs hpa-tf on a Kaggle notebook with the internet off.
 
     python -m hpa_tf.wheelhouse wheelhouse/ [--python-version 3.12] [--platform manylinux_2_35_x86_64] \\
-        [--source . | --source dist/hpa_tf-0.1.0-py3-none-any.whl] [--ship PACKAGE]...
+        [--source . | --source dist/hpa_tf-0.1.0-py3-none-any.whl] [--ship PACKAGE]... [--models M.keras ...]
 
 It holds hpa-tf's wheel and every dependency a Kaggle image does not bring; upload the folder as a
 Kaggle dataset and install from it in the notebook:
@@ -15,25 +15,35 @@ requirement). The rest is resolved by pip for the Kaggle Python version and plat
 on the image's Python, with its packages pinned at the image's versions), so pip needs a package
 index here (PyPI, or pip's own settings: PIP_INDEX_URL, PIP_FIND_LINKS, pip.conf). Wheels already
 in the folder are replaced; its other files (a dataset-metadata.json) are kept. ``wheelhouse.json``
-in the folder records the Python version and platform it was built for.
+in the folder records the Python version and platform it was built for, and what to install.
+
+A model saved by a newer Keras than the image's may not load there (a newer Keras writes config keys
+an older one rejects). ``--models`` reads the Keras version each ``.keras`` file was saved with; when
+the newest is newer than the image's, that Keras is shipped too and ``wheelhouse.json`` lists
+``keras==VERSION`` among the requirements to install (pip replaces the image's copy only when asked
+for a version): the notebook installs ``install`` from the manifest.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
 
+from hpa_tf import fs
 from hpa_tf.cli import doc_parser, run
 
 # What both Kaggle images bring, with the versions of the GPU image. Read from Kaggle/docker-python
@@ -167,6 +177,35 @@ def conflicts(dists: Iterable[Dist], env: dict[str, str], brought: dict[str, str
     return out
 
 
+def saved_keras_version(path: str) -> str:
+    """The Keras version a ``.keras`` file was saved with (its ``metadata.json``).
+
+    >>> saved_keras_version("runs/demo/model_cell/best.keras")  # doctest: +SKIP
+    '3.15.1'
+    """
+    try:
+        version = json.loads(zipfile.ZipFile(io.BytesIO(fs.read_bytes(path))).read("metadata.json"))["keras_version"]
+        Version(version)
+    except FileNotFoundError as err:
+        raise WheelhouseError(f"--models {path}: no such file") from err
+    except (zipfile.BadZipFile, KeyError, ValueError, InvalidVersion) as err:
+        raise WheelhouseError(f"--models {path}: not a .keras file with the Keras version it was saved with "
+                              f"({type(err).__name__}: {err})") from err
+    return version
+
+
+def keras_to_ship(models: Iterable[str], image_keras: str = KAGGLE_BRINGS["keras"]) -> str | None:
+    """The Keras version to ship so that every model in ``models`` loads: the newest one they were
+    saved with, when it is newer than the image's (``image_keras``); None when the image's will do.
+
+    >>> keras_to_ship([], "3.13.2") is None
+    True
+    """
+    versions = [saved_keras_version(m) for m in models]
+    newest = max(versions, key=Version, default=None)
+    return newest if newest is not None and Version(newest) > Version(image_keras) else None
+
+
 def _pip(step: str, *args: str) -> subprocess.CompletedProcess:
     """Run pip (this Python's); a failure raises naming the step and pip's own error lines."""
     result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
@@ -196,22 +235,26 @@ def _hpa_tf_wheel(source: str | None, tmp: Path) -> str:
     return str(next(tmp.glob("hpa_tf-*.whl")))
 
 
-def resolve(requirement: str, python_version: str, platform: str, tmp: Path) -> list[Dist]:
-    """pip's resolution of ``requirement`` for the target (wheels only), on the Kaggle image's Python
-    with its packages pinned at the image's versions: what is shipped must work with them.
+def resolve(requirements: Sequence[str], python_version: str, platform: str, tmp: Path,
+            unpinned: Iterable[str] = ()) -> list[Dist]:
+    """pip's resolution of ``requirements`` for the target (wheels only), on the Kaggle image's Python
+    with its packages pinned at the image's versions (but ``unpinned``, which are shipped): what is
+    shipped must work with them.
 
-    >>> [d.name for d in resolve("hpa-tf", "3.12", KAGGLE_PLATFORM, Path("/tmp"))][:2]  # doctest: +SKIP
+    >>> [d.name for d in resolve(["hpa-tf"], "3.12", KAGGLE_PLATFORM, Path("/tmp"))][:2]  # doctest: +SKIP
     ['hpa-tf', 'iterative-stratification']
     """
     pins = []
     if python_version == KAGGLE_PYTHON:
-        (tmp / "kaggle.txt").write_text("".join(f"{n}=={v}\n" for n, v in KAGGLE_BRINGS.items()))
+        free = {canonicalize_name(u) for u in unpinned}
+        (tmp / "kaggle.txt").write_text("".join(f"{n}=={v}\n" for n, v in KAGGLE_BRINGS.items()
+                                                if canonicalize_name(n) not in free))
         pins = ["--constraint", str(tmp / "kaggle.txt")]
     step = (f"resolving hpa-tf's dependencies for Python {python_version} on {platform}"
             + (" against the Kaggle image's versions" if pins else ""))
     print(f"{step} ...", flush=True)
     _pip(step, "install", "--dry-run", "--ignore-installed", "-q", "--report", str(tmp / "report.json"),
-         "--target", str(tmp / "target"), *_target(python_version, platform), *pins, requirement)
+         "--target", str(tmp / "target"), *_target(python_version, platform), *pins, *requirements)
     return [Dist(i["metadata"]["name"], i["metadata"]["version"], tuple(i["metadata"].get("requires_dist", [])))
             for i in json.loads((tmp / "report.json").read_text())["install"]]
 
@@ -222,8 +265,10 @@ def _target(python_version: str, platform: str) -> list[str]:
 
 
 def build(out: str, python_version: str = KAGGLE_PYTHON, platform: str = KAGGLE_PLATFORM,
-          source: str | None = None, also_ship: Iterable[str] = ()) -> dict:
-    """Write the wheelhouse into ``out`` and return its manifest (also ``out/wheelhouse.json``).
+          source: str | None = None, also_ship: Iterable[str] = (), models: Iterable[str] = ()) -> dict:
+    """Write the wheelhouse into ``out`` and return its manifest (also ``out/wheelhouse.json``):
+    ``install`` lists the requirements the notebook gives pip (``hpa-tf``, and ``keras==V`` when
+    ``models`` were saved by a newer Keras than the image's).
 
     >>> build("wheelhouse", python_version="3.12")["wheels"]  # doctest: +SKIP
     ['hpa_tf-0.1.0-py3-none-any.whl', 'iterative_stratification-0.1.9-py3-none-any.whl', ...]
@@ -232,8 +277,14 @@ def build(out: str, python_version: str = KAGGLE_PYTHON, platform: str = KAGGLE_
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
+        keras_version = keras_to_ship(models)
+        install = ["hpa-tf"] + ([f"keras=={keras_version}"] if keras_version else [])
+        if keras_version:
+            also_ship = [*also_ship, "keras"]
+            print(f"the models were saved with Keras {keras_version}, newer than the Kaggle image's "
+                  f"{KAGGLE_BRINGS['keras']}: shipping it (the notebook installs keras=={keras_version})", flush=True)
         hpa_tf = _hpa_tf_wheel(source, Path(tmp))
-        resolved = resolve(hpa_tf, python_version, platform, Path(tmp))
+        resolved = resolve([hpa_tf, *install[1:]], python_version, platform, Path(tmp), unpinned=also_ship)
         unknown = sorted({canonicalize_name(s) for s in also_ship} - {d.key for d in resolved})
         if unknown:
             raise WheelhouseError(f"--ship {' '.join(unknown)}: hpa-tf does not depend on it on Python {python_version} "
@@ -256,12 +307,12 @@ def build(out: str, python_version: str = KAGGLE_PYTHON, platform: str = KAGGLE_
         _pip(f"downloading {', '.join(wanted)} for Python {python_version} on {platform}", "download", "--no-deps", "-q",
              "-d", str(folder), *_target(python_version, platform), *wanted)
     wheels = sorted(p.name for p in folder.glob("*.whl"))
-    manifest = {"python_version": python_version, "platform": platform, "wheels": wheels,
+    manifest = {"python_version": python_version, "platform": platform, "install": install, "wheels": wheels,
                 "shipped": {d.name: d.version for d in ship}, "brought_by_kaggle": [d.name for d in there]}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     size = sum((folder / w).stat().st_size for w in wheels) / 2**20
     print(f"wrote {len(wheels)} wheels ({size:.1f} MiB) and {MANIFEST} to {folder}. Upload the folder as a Kaggle "
-          f"dataset; in the notebook: pip install --no-index --find-links /kaggle/input/<dataset> hpa-tf")
+          f"dataset; in the notebook: pip install --no-index --find-links /kaggle/input/<dataset> {' '.join(install)}")
     return manifest
 
 
@@ -279,10 +330,13 @@ def main(argv: list[str] | None = None) -> int:
                         "may be repeated")
     parser.add_argument("--source", help="hpa-tf's project folder or a built hpa_tf-*.whl (default: this checkout; "
                         "an installed hpa-tf without a checkout: its version from the package index)")
+    parser.add_argument("--models", nargs="+", default=[], metavar="M.keras",
+                        help="the models the notebook will load: a Keras newer than the image's that saved them is "
+                        "shipped too")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python_version):
         parser.error(f"--python-version {args.python_version}: give major.minor, such as 3.12")
-    build(args.out, args.python_version, args.platform, args.source, args.ship)
+    build(args.out, args.python_version, args.platform, args.source, args.ship, args.models)
     return 0
 
 

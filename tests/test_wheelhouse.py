@@ -208,3 +208,36 @@ def test_a_wheelhouse_for_a_python_without_wheels_names_the_step_and_the_package
     assert build.returncode == 2, build.stderr
     error = build.stderr.splitlines()[0]
     assert f"resolving hpa-tf's dependencies for Python {other}" in error and "scikit-image" in error, error
+
+
+def test_models_saved_by_a_newer_keras_ship_that_keras(kaggle_like, saved_models, tmp_path):
+    """Models a newer Keras saved than the image's may not load there: ``--models`` ships that Keras
+    and the manifest asks the notebook's pip for it (pip replaces the image's copy only when asked)."""
+    from hpa_tf.wheelhouse import WheelhouseError, keras_to_ship, saved_keras_version
+
+    from packaging.version import Version
+
+    here = metadata.version("keras")
+    if Version(here) <= Version(KAGGLE_BRINGS["keras"]):
+        pytest.skip(f"this Keras ({here}) is not newer than the Kaggle image's")
+    assert saved_keras_version(saved_models[0]) == here
+    assert keras_to_ship(saved_models, image_keras="3.0.0") == here
+    assert keras_to_ship(saved_models, image_keras=here) is None  # the image's Keras reads them
+    with pytest.raises(WheelhouseError, match="not a .keras file"):
+        keras_to_ship([str(ROOT / "pyproject.toml")])
+
+    index = tmp_path / "index"  # the stand-in index, with this Keras's real wheel beside the image's stub
+    shutil.copytree(kaggle_like["index"], index)
+    for stub in index.glob("keras-*.whl"):
+        stub.unlink()
+    _repack(metadata.distribution("keras"), tmp_path, index)
+    wheelhouse = tmp_path / "wh"
+    build = _run(sys.executable, "-m", "hpa_tf.wheelhouse", str(wheelhouse), "--python-version", PYTHON,
+                 "--platform", next(t.platform for t in sys_tags() if t.platform.startswith("manylinux_2_")),
+                 "--source", str(kaggle_like["wheel"]), "--models", *saved_models,
+                 env={**kaggle_like["offline"], "PIP_FIND_LINKS": str(index)})
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-3000:]
+    manifest = json.loads((wheelhouse / "wheelhouse.json").read_text())
+    assert manifest["install"] == ["hpa-tf", f"keras=={here}"] and manifest["shipped"]["keras"] == here
+    assert list(wheelhouse.glob(f"keras-{here}-*.whl"))
+    assert f"newer than the Kaggle image's {KAGGLE_BRINGS['keras']}" in build.stdout
