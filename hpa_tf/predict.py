@@ -3,7 +3,7 @@
     python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
         [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|cam|none] \\
-        [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
+        [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16|keep] [--jit] \\
         [--sample-submission sample_submission.csv] [--truth synth/truth] \\
         [--time-budget 8h30m] [--budget-drop tta,cell_view,models]
 

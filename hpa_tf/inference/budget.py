@@ -37,12 +37,17 @@ def parse_duration(text: str) -> float:
 
     >>> parse_duration("8h30m"), parse_duration("90m"), parse_duration("3600"), parse_duration("1.5h")
     (30600.0, 5400.0, 3600.0, 5400.0)
+    >>> parse_duration("1h70m")
+    Traceback (most recent call last):
+    ValueError: '1h70m' is not a duration: give e.g. 8h30m, 90m, 2h, 3600s or 3600 (seconds)
     """
     spec = text.strip().lower()
     units = re.findall("[hms]", spec)
     if re.fullmatch(r"\d+(\.\d+)?", spec):
         seconds = float(spec)
-    elif re.fullmatch(r"(\d+(\.\d+)?[hms])+", spec) and len(units) == len(set(units)):  # 1h1h is a typo
+    elif (re.fullmatch(r"(\d+(\.\d+)?[hms])+", spec) and units == sorted(set(units), key="hms".index)
+          and all(float(n) < 60 for n, _, _ in re.findall(r"(\d+(\.\d+)?)([hms])", spec)[1:])):
+        # 1h1h, 30m1h and 1h70m are typos; a first part may be large (90m)
         seconds = sum(float(n) * _UNIT[u] for n, _, u in re.findall(r"(\d+(\.\d+)?)([hms])", spec))
     else:
         raise ValueError(f"{text!r} is not a duration: give e.g. 8h30m, 90m, 2h, 3600s or 3600 (seconds)")
