@@ -12,8 +12,9 @@
    round's models of the split that held its image out (``OUT/records/pseudo/round{r}``, scored against
    the truth when there is one), then a single-cell model per split trained on them
    (``OUT/round{r}/cell/split{k}``);
-4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission copied to
-   ``OUT/submission.csv``;
+4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
+   ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
+   (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``;
 5. ``OUT/results.md``: with ``DIR/truth`` every method scored with the competition's metric, the
    reference rows and the per-cell labels' quality; always the validation of every model and the
    minutes of every stage.
