@@ -98,16 +98,17 @@ FINAL_MODELS = {"all": ("image", "cells", "cell"), "cell": ("cell",), "cells+cel
 
 def final_weights(job: Job) -> list[float]:
     """One weight per model the job predicts with (its round-0 image and cell-bag models, then the
-    last round's single-cell models): 1 for the kinds ``job.final_models`` names, else 0.
+    last round's single-cell models): 1 for the kinds ``job.final_models`` names (all: every model
+    trained), else 0.
 
     >>> final_weights(Job("r", final_models="cell", splits=2))
     [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
     """
     kinds = ["image"] * job.splits + ["cells"] * job.splits + (["cell"] * job.splits if job.rounds else [])
-    chosen = FINAL_MODELS[job.final_models]
-    if not set(chosen) & set(kinds):
-        raise JobError(f"--final-models {job.final_models}: the job trains no {' or '.join(chosen)} model with "
-                       f"--rounds {job.rounds}; choose among {', '.join(FINAL_MODELS)} (with --rounds 0: round0)")
+    chosen = set(kinds) if job.final_models == "all" else set(FINAL_MODELS[job.final_models])
+    if not chosen <= set(kinds):
+        raise JobError(f"--final-models {job.final_models}: the job trains no {' or '.join(sorted(chosen - set(kinds)))} model with "
+                       f"--rounds {job.rounds}; choose among {', '.join(FINAL_MODELS)} (with --rounds 0: all or round0)")
     return [1.0 if kind in chosen else 0.0 for kind in kinds]
 
 
