@@ -35,7 +35,10 @@ from hpa_tf.truth import Truth
 COMBINATIONS = [
     Combination("image_x_cell"),
     Combination("cell"),
+    Combination("blend", cell_weight=0.3),
+    Combination("blend", cell_weight=0.4),
     Combination("blend", cell_weight=0.5),
+    Combination("blend", cell_weight=0.6),
     Combination("blend", cell_weight=0.7),
     Combination("blend", cell_weight=0.9),
     Combination(negative="complement"),
@@ -45,6 +48,9 @@ COMBINATIONS = [
     Combination(border_factor=0.8),
     Combination(border_factor=0.5),
     Combination(average="rank"),
+    Combination("blend", cell_weight=0.5, negative="mean"),
+    Combination("blend", cell_weight=0.5, small_area=0.25, small_factor=0.5),
+    Combination("blend", cell_weight=0.5, average="rank"),
 ]
 
 

@@ -56,7 +56,7 @@ class Combination:
     """
 
     rule: str = "image_x_cell"
-    cell_weight: float = 0.7  # blend: the cell level's share
+    cell_weight: float = 0.5  # blend: the cell level's share (4th place: 0.7; 0.5 measured better, docs/recipe.md)
     negative: str = "model"
     small_area: float = 0.0  # fraction of the image's median cell area; 0: no cell counts as small
     small_factor: float = 1.0
