@@ -2,7 +2,7 @@
 
     python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
-        [--combine image_x_cell|blend|cell|image] [--cell-weight 0.7] [--negative model|complement|mean] \\
+        [--combine image_x_cell|blend|cell|image] [--cell-weight 0.5] [--negative model|complement|mean] \\
         [--small-cells FRACTION FACTOR] [--border-factor F] [--average mean|rank] [--weights 1 1] \\
         [--cell-view masked|centred|cam|none] \\
         [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16] [--jit] \\
@@ -14,7 +14,9 @@ refused unless --force). The cells of --group images share fixed-size batches, u
 
 The combination flags (:mod:`hpa_tf.inference.combine`) say how the models' image- and cell-level
 scores become one per cell: the rule, the Negative class, lower scores for small and edge cells,
-probabilities or ranks averaged. Every cell gets all 19 classes with their confidence. Scores are cached per image in
+probabilities or ranks averaged (what each gained on the demo: ``docs/recipe.md``).
+
+Every cell gets all 19 classes with their confidence. Scores are cached per image in
 ``OUT.cache/`` (a killed run resumes; another ``--combine`` reuses them); bad images get an empty
 row and are listed in ``OUT.errors.csv``; ``OUT.summary.json`` has the seconds per image by stage
 (and the mAP with ``--truth``); ``OUT.overlays/`` shows cells coloured by their top class.

@@ -20,8 +20,9 @@ A :class:`Combination` says how, in four steps:
    two (``mean``).
 4. Cells that are less likely to be one whole true cell rank lower: every score of a cell smaller
    than ``small_area`` x the image's median cell area is multiplied by ``small_factor``, and of a
-   cell cut by the image's edge by ``border_factor`` (4th, 7th and 12th place; fragments and cut
-   cells seldom match a true cell at IoU 0.6, so their detections are mostly false positives).
+   cell cut by the image's edge by ``border_factor`` (4th, 7th and 12th place: on real images a
+   fragment or a cut cell often matches no annotated cell; SynthHPA's truth keeps every cut cell, so
+   there it does not pay, ``docs/recipe.md``).
 """
 
 from __future__ import annotations
