@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from conftest import SAMPLE_512, SAMPLE_512_ID
 
-from hpa_tf.inference import ModelScores, PrepareSpec, combine, prepare_array
-from hpa_tf.inference.combine import Combination, to_ranks
+from hpa_tf.inference import Combination, ModelScores, PrepareSpec, combine, prepare_array
+from hpa_tf.inference.combine import to_ranks
 from hpa_tf.inference.predictor import Predictor, ScoringModel, top_class_overlay
 from hpa_tf.inference.report import TRUE_IMAGE_ROW, report
 from hpa_tf.inference.runner import RunConfig, run
