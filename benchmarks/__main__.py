@@ -2,6 +2,7 @@
 
     python -m benchmarks                      # all, full size
     python -m benchmarks --quick --only rle   # a fast look at one
+    python -m benchmarks --only combine       # the combination rules on runs/demo (make demo first)
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ BENCHES = {
     "training": "benchmarks.bench_training",
     "predict": "benchmarks.bench_predict",
     "resize": "benchmarks.bench_resize",
+    "combine": "benchmarks.bench_combine",
 }
+FROM_A_RUN = {"combine"}  # read a finished job run: only when --only names them
 
 
 def _flatten(prefix: str, value: object) -> list[tuple[str, object]]:
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench", help="folder for results.json and results.md")
     args = parser.parse_args(argv)
     results = {"machine": machine(), "quick": args.quick, "benchmarks": {}}
-    for name in args.only or list(BENCHES):
+    for name in args.only or [b for b in BENCHES if b not in FROM_A_RUN]:
         print(f"== {name}", flush=True)
         t = time.perf_counter()
         res = importlib.import_module(BENCHES[name]).run(quick=args.quick)

@@ -124,7 +124,7 @@ class ModelConfig(Section):
     backbone: str = "small_cnn"
     weights: str | None = None  # None, "imagenet", "imagenet:PATH" (keras' file, offline), or a 3-channel weights file
     init_from: str | None = None  # a 4-channel hpa-tf checkpoint (.keras / .weights.h5) to start from
-    pooling: str = "avg"  # feature map -> vector (image, or each cell): avg | gem
+    pooling: str = "avg"  # feature map -> vector (image, or each cell): avg | gem | avgmax (cell models)
     bag_pooling: str = "max"  # cell-bag image head: max | lse
     cell_loss_weight: float = 0.1
     image_loss_weight: float = 1.0
@@ -138,7 +138,10 @@ class ModelConfig(Section):
 
         _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.backbone", self.backbone, BACKBONES)
-        _choice("model.pooling", self.pooling, ("avg", "gem"))
+        _choice("model.pooling", self.pooling, ("avg", "gem", "avgmax"))  # hpa_tf.models.layers.POOLINGS, without keras
+        if self.pooling == "avgmax" and self.kind == "image":
+            raise ConfigError("model.pooling: avgmax pools cells (model.kind cells or cell); an image model's class "
+                              "activation maps need avg or gem")
         _choice("model.bag_pooling", self.bag_pooling, ("max", "lse"))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")

@@ -12,8 +12,11 @@
    round's models of the split that held its image out (``OUT/records/pseudo/round{r}``, scored against
    the truth when there is one), then a single-cell model per split trained on them
    (``OUT/round{r}/cell/split{k}``);
-4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission copied to
-   ``OUT/submission.csv``;
+4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
+   ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
+   (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
+   default the single-cell models alone, blend 0.5 cell + 0.5 best cell (chosen by measurement:
+   ``docs/recipe.md``);
 5. ``OUT/results.md``: with ``DIR/truth`` every method scored with the competition's metric, the
    reference rows and the per-cell labels' quality; always the validation of every model and the
    minutes of every stage.
@@ -42,11 +45,19 @@ from dataclasses import dataclass, field
 
 from hpa_tf import fs, provenance
 from hpa_tf.cli import at_least, doc_parser, run
+from hpa_tf.inference.combine import Combination
+from hpa_tf.predict import add_combination_args, combination_argv, combination_from
 from hpa_tf.workers import die_with_parent
 
 
 class JobError(ValueError):
     """A data folder or setting the job cannot run with; the message says what to fix."""
+
+
+# The submission's default, chosen on held-out training images of the demo (docs/recipe.md,
+# python -m benchmarks.bench_combine): the single-cell models alone (when a round trains them; else
+# all models), half their cell score and half their best cell's.
+DEFAULT_COMBINATION = Combination("blend", cell_weight=0.5)
 
 
 @dataclass
@@ -70,6 +81,8 @@ class Job:
     bit_depth: int = 8  # of the records: 16 keeps the precision of dim 16-bit files
     label_source: str = "cells"  # what round 1's single-cell models learn from (round 2 on: the cell models')
     cell_view: str = "masked"
+    final_models: str | None = None  # the models the submission weighs (FINAL_MODELS); None: cell, or all at --rounds 0
+    combination: Combination = DEFAULT_COMBINATION
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)  # training and labelling stages: skipped as done
 
@@ -82,8 +95,35 @@ class Job:
         path = fs.join(self.data_dir, "truth")
         return path if fs.exists(fs.join(path, "images.csv")) else None
 
+    @property
+    def submitted_models(self) -> str:
+        """The ``FINAL_MODELS`` name the submission weighs."""
+        return self.final_models or ("cell" if self.rounds else "all")
+
     def split_folds(self, k: int) -> list[int]:
         return [f for f in range(self.folds) if f % self.splits == k]
+
+
+# The models the submission weighs (the others are scored too, for the results table, at weight 0).
+FINAL_MODELS = {"all": ("image", "cells", "cell"), "cell": ("cell",), "cells+cell": ("cells", "cell"),
+                "image+cell": ("image", "cell"), "round0": ("image", "cells")}
+
+
+def final_weights(job: Job) -> list[float]:
+    """One weight per model the job predicts with (its round-0 image and cell-bag models, then the
+    last round's single-cell models): 1 for the kinds ``job.submitted_models`` names (all: every
+    model trained), else 0.
+
+    >>> final_weights(Job("r", final_models="cell", splits=2))
+    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    kinds = ["image"] * job.splits + ["cells"] * job.splits + (["cell"] * job.splits if job.rounds else [])
+    name = job.submitted_models
+    chosen = set(kinds) if name == "all" else set(FINAL_MODELS[name])
+    if not chosen <= set(kinds):
+        raise JobError(f"--final-models {name}: the job trains no {' or '.join(sorted(chosen - set(kinds)))} model with "
+                       f"--rounds {job.rounds}; choose among {', '.join(FINAL_MODELS)} (with --rounds 0: all or round0)")
+    return [1.0 if kind in chosen else 0.0 for kind in kinds]
 
 
 def check_layout(data: str) -> None:
@@ -164,6 +204,7 @@ def models_of(job: Job, round_: int, kind: str) -> list[str]:
 def run_job(job: Job) -> dict:
     """Every stage of the job; returns what ``OUT/results.md`` reports."""
     check_settings(job)
+    weights = final_weights(job)
     if job.data:
         check_layout(job.data)
     for stale in ("submission.csv", "results.md", fs.join("pred", "submission.csv")):  # rewritten at the end: a
@@ -226,7 +267,8 @@ def run_job(job: Job) -> dict:
     _stage(job, "predict the test images",
            _python("-m", "hpa_tf.predict", "--data", fs.join(data, "test"), "--models",
                    *[fs.join(m, "best.keras") for m in final], "--out", pred, *sample_args, "--workers", "1",
-                   "--cell-view", job.cell_view, "--overwrite", *(["--truth", truth] if truth else [])))
+                   "--cell-view", job.cell_view, "--weights", *map(str, weights), *combination_argv(job.combination),
+                   "--overwrite", *(["--truth", truth] if truth else [])))
     fs.write_bytes(fs.join(job.run, "submission.csv"), fs.read_bytes(pred))
     results = {}
     if truth:
@@ -257,7 +299,8 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
     lines = [f"# The main job on {job.data_dir}", "",
              f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds}, round-1 labels from "
              f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
-             f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "") + ".", ""]
+             f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "") + ". Submission: "
+             f"`--final-models {job.submitted_models}`, {job.combination.describe()}.", ""]
     if results:
         lines += ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()] + [""]
     else:
@@ -297,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="round 1's labels: the cell-bag models' cell heads (best on SynthHPA), the image models' "
                         "CAM x cell, or their mean; later rounds use the previous round's single-cell models")
     parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"))
+    parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
+                        help="the models the submission weighs (all are scored, for the results table): all, the "
+                        "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "
+                        "image and single-cell, round 0's")
+    add_combination_args(parser, DEFAULT_COMBINATION)
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every training, e.g. train.epochs=3")
     args = parser.parse_args(argv)
@@ -305,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size,
               args.seed, args.workers, args.folds, args.splits, args.rounds, args.image_config, args.cells_config,
               args.cell_config, args.set, bit_depth=args.bit_depth, label_source=args.label_source,
-              cell_view=args.cell_view)
+              cell_view=args.cell_view, final_models=args.final_models,
+              combination=combination_from(args, parser))
     run_job(job)
     return 0
 

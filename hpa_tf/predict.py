@@ -2,7 +2,9 @@
 
     python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
-        [--combine image_x_cell|cell|image] [--weights 1 1] [--cell-view masked|centred|cam|none] \\
+        [--combine image_x_cell|blend|cell|image] [--cell-weight 0.5] [--negative model|complement|mean] \\
+        [--small-cells FRACTION FACTOR] [--border-factor F] [--average mean|rank] [--weights 1 1] \\
+        [--cell-view masked|centred|cam|none] \\
         [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16|keep] [--jit] \\
         [--sample-submission sample_submission.csv] [--truth synth/truth] \\
         [--time-budget 8h30m] [--budget-drop tta,cell_view,models]
@@ -10,6 +12,10 @@
 Each model's input contract (saved inside it by train_tpu.py) says how its inputs are cut and which
 segmenter made its training masks; that segmenter is used unless --segmenter names one (another kind is
 refused unless --force). The cells of --group images share fixed-size batches, under --strategy.
+
+The combination flags (:mod:`hpa_tf.inference.combine`) say how the models' image- and cell-level
+scores become one per cell: the rule, the Negative class, lower scores for small and edge cells,
+probabilities or ranks averaged (what each gained on the demo: ``docs/recipe.md``).
 
 Every cell gets all 19 classes with their confidence. Scores are cached per image in
 ``OUT.cache/`` (a killed run resumes; another ``--combine`` reuses them); bad images get an empty
@@ -34,7 +40,7 @@ import sys
 
 from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.budget import parse_duration
-from hpa_tf.inference.combine import CELL_VIEWS, RULES
+from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, NEGATIVE_RULES, RULES, Combination
 from hpa_tf.inference.plan import DEFAULT_ORDER, parse_drop_order
 from hpa_tf.inference.tta import TTA_MODES
 
@@ -44,6 +50,44 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_combination_args(parser: argparse.ArgumentParser, default: Combination | None = None) -> None:
+    """The flags of a :class:`Combination` (predict.py's and the job's), ``default``'s values by default."""
+    default = default or Combination()
+    parser.add_argument("--combine", choices=RULES, default=default.rule,
+                        help="image_x_cell: mean image x mean cell score; blend: --cell-weight x cell + the rest x image; "
+                        "cell: the cell scores alone; image: the image score on every cell")
+    parser.add_argument("--cell-weight", type=float, default=default.cell_weight, help="with --combine blend: the cell share")
+    parser.add_argument("--negative", choices=NEGATIVE_RULES, default=default.negative,
+                        help="Negative as the models say, as prod(1 - p) of the 18 other classes, or the mean of both")
+    parser.add_argument("--small-cells", nargs=2, type=float, metavar=("FRACTION", "FACTOR"),
+                        default=[default.small_area, default.small_factor],
+                        help="scores of a cell smaller than FRACTION x its image's median cell area times FACTOR")
+    parser.add_argument("--border-factor", type=float, default=default.border_factor,
+                        help="scores of a cell cut by the image's edge times this")
+    parser.add_argument("--average", choices=AVERAGES, default=default.average,
+                        help="across models: of the probabilities, or of their ranks over the test set")
+
+
+def combination_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Combination:
+    """The :class:`Combination` of parsed flags; a bad value is a usage error naming it."""
+    try:
+        return Combination(args.combine, args.cell_weight, args.negative, args.small_cells[0], args.small_cells[1],
+                           args.border_factor, args.average)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def combination_argv(combination: Combination) -> list[str]:
+    """The flags that give ``combination`` (to pass it to a predict.py command).
+
+    >>> combination_argv(Combination("cell"))[:2]
+    ['--combine', 'cell']
+    """
+    c = combination
+    return ["--combine", c.rule, "--cell-weight", str(c.cell_weight), "--negative", c.negative, "--small-cells",
+            str(c.small_area), str(c.small_factor), "--border-factor", str(c.border_factor), "--average", c.average]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="compute dtype of the models, whatever they were trained in (outputs stay float32); keep: as trained")
     parser.add_argument("--group", type=at_least(1), default=8, help="images scored together (their cells share batches)")
     parser.add_argument("--tta", choices=TTA_MODES, default="none")
-    parser.add_argument("--combine", choices=RULES, default="image_x_cell")
+    add_combination_args(parser)
     parser.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: equal)")
     parser.add_argument("--cell-view", choices=CELL_VIEWS, default="masked",
                         help="how an image model scores each cell: its CAM over the cell's mask (cam), or one cell at "
@@ -86,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         parse_drop_order(args.budget_drop, len(args.models))
     except ValueError as err:
         parser.error(f"--budget-drop: {err}")
+    combination = combination_from(args, parser)
     if args.weights and len(args.weights) != len(args.models):
         parser.error(f"--weights: {len(args.weights)} values for {len(args.models)} models")
     if args.weights and (min(args.weights) < 0 or sum(args.weights) <= 0):
@@ -98,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = RunConfig(
         data=args.data, models=args.models, out=args.out, segmenter=args.segmenter, tta=args.tta,
-        combine=args.combine, weights=args.weights, cell_view=args.cell_view, batch=args.batch, workers=args.workers,
+        combine=combination, weights=args.weights, cell_view=args.cell_view, batch=args.batch, workers=args.workers,
         sample_submission=args.sample_submission, cache=args.cache, overwrite=args.overwrite, overlays=args.overlays,
         truth=args.truth, truth_split=args.truth_split, strategy=args.strategy, logical_cpus=args.logical_cpus,
         jit=args.jit, precision=args.precision, group=args.group, force=args.force,

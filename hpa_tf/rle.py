@@ -212,6 +212,23 @@ def mask_runs(encoded: str, height: int, width: int) -> tuple[np.ndarray, np.nda
     return (ends - counts)[fg], counts[fg]
 
 
+def mask_area_border(encoded: str, height: int, width: int) -> tuple[int, bool]:
+    """Pixels of an encoded mask and whether it touches the image's edge (a cell cut by it), from
+    its runs: no mask is built. The same ``border`` as the records' (:func:`hpa_tf.data.crops.cell_crops`).
+
+    >>> mask_area_border('eNozNTIyMDAwBgAFgwFd', 4, 5)  # rows 1-2, columns 1-3 of 4 x 5
+    (6, False)
+    """
+    starts, lengths = mask_runs(encoded, height, width)
+    if not starts.size:
+        return 0, False
+    ends = starts + lengths - 1
+    # A run that wraps into the next column covers that column's first row and the last of its own.
+    edge = ((starts % height == 0) | (ends % height == height - 1) | (ends // height > starts // height)).any()
+    edge = bool(edge or starts[0] < height or ends[-1] >= (width - 1) * height)
+    return int(lengths.sum()), edge
+
+
 def decode_mask(encoded: str, height: int, width: int) -> np.ndarray:
     """Decode an EncodedMask string into a boolean HxW mask.
 

@@ -48,7 +48,7 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     strings = sub.set_index("ID")["PredictionString"].fillna("")
     assert strings.drop(bad).str.len().gt(0).all() and strings[bad] == ""
     results = (run / "results.md").read_text()
-    for expected in ("default combination", "oracle image labels", "per-cell labels against the truth",
+    for expected in ("**submission**", "oracle image labels", "per-cell labels against the truth",
                      "naive: every cell gets its image's labels", "cell-bag models (2), their cell head",
                      "single-cell models (2), their best cell x each cell", "| **total** |"):
         assert expected in results, expected
@@ -89,7 +89,9 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     for bad, message in ((["--set", "train.epochs=abc"], "train.epochs must be an integer"),
                          (["--set", "train.epoks=3"], "unknown key 'train.epoks'"),
                          (["--set", "train.model_dir=/tmp/one"], "the job sets .*train.model_dir"),
-                         (["--set", "data.val_folds=[]"], "the job sets .*data.val_folds")):
+                         (["--set", "data.val_folds=[]"], "the job sets .*data.val_folds"),
+                         (["--rounds", "0", "--final-models", "cell"], "--final-models cell: the job trains no cell"),
+                         (["--combine", "blend", "--cell-weight", "2"], "cell_weight must be in")):
         result = _job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()

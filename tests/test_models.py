@@ -150,3 +150,33 @@ def test_a_bfloat16_model_loads_in_float32(tmp_path):
     cells = load_model(str(tmp_path / "cells.keras"))
     bag = {"cells": x[:1, None, :32, :32].repeat(3, axis=1), "mask": np.ones((1, 3), "float32")}
     assert cells(bag)["cells"].dtype == "float32" and cells(bag)["cells"].shape == (1, 3, 19)
+
+
+def test_avg_and_max_pooling_of_a_cell_learns_a_single_bright_spot(tmp_path):
+    """model.pooling=avgmax: a cell model learns a class shown by one small bright dot (the max
+    half sees it), saves and loads back; an image model refuses it (its CAM needs avg or gem)."""
+    from hpa_tf.config import ConfigError, load_config
+    from hpa_tf.models import build_model, cell_model
+
+    rng = np.random.default_rng(0)
+    x = (rng.random((128, 32, 32, 4)) * 0.3).astype("float32")
+    y = np.zeros((128, 19), "float32")
+    for i in range(0, 128, 2):  # every other cell: a 2 x 2 bright green dot somewhere
+        r, c = rng.integers(2, 28, 2)
+        x[i, r : r + 2, c : c + 2, 1] = 1.0
+        y[i, 12] = 1.0
+    keras.utils.set_random_seed(0)
+    model = cell_model("small_cnn", 32, pooling="avgmax")
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    probs = model.predict(x, verbose=0)[:, 12]
+    assert model.evaluate(x, y, verbose=0) < 0.5 * before
+    assert probs[0::2].min() > probs[1::2].max()  # every dotted cell above every plain one
+    model.save(tmp_path / "cell.keras")
+    assert np.allclose(keras.models.load_model(tmp_path / "cell.keras").predict(x[:4], verbose=0),
+                       model.predict(x[:4], verbose=0), atol=1e-6)
+    assert isinstance(build_model(load_config("demo_cpu_cell", ["model.pooling=avgmax"])).get_layer("pool"),
+                      keras.layers.Concatenate)
+    with pytest.raises(ConfigError, match="avgmax"):
+        load_config("demo_cpu", ["model.pooling=avgmax"])

@@ -10,13 +10,14 @@ import pandas as pd
 import pytest
 from conftest import SAMPLE_512, SAMPLE_512_ID
 
-from hpa_tf.inference import ModelScores, PrepareSpec, combine, prepare_array
+from hpa_tf.inference import Combination, ModelScores, PrepareSpec, combine, prepare_array
+from hpa_tf.inference.combine import to_ranks
 from hpa_tf.inference.predictor import Predictor, ScoringModel, top_class_overlay
 from hpa_tf.inference.report import TRUE_IMAGE_ROW, report
 from hpa_tf.inference.runner import RunConfig, run
 from hpa_tf.io import read_image
 from hpa_tf.models import cell_bag_model
-from hpa_tf.rle import decode_mask
+from hpa_tf.rle import decode_mask, mask_area_border
 from hpa_tf.segmentation import Segmentation
 from hpa_tf.submission import read_submission
 from predict import main as predict_main
@@ -54,6 +55,22 @@ def test_one_cell_at_a_time_tells_the_cells_of_an_image_apart():
         by_rule = {rule: combine([scores], 2, rule) for rule in ("image", "cell", "image_x_cell")}
         assert by_rule["image"][0, 0] == by_rule["image"][1, 0]  # whole-image scores cannot tell them apart
         assert by_rule["image_x_cell"][1, 0] > 0.98 > 0.01 > by_rule["image_x_cell"][0, 0]
+
+
+def test_the_predictor_lowers_cells_cut_by_the_edge_and_small_cells_from_their_masks():
+    image, cells = _two_cells()
+    cells[0:6, 50:64] = 3  # a sliver cut by the top edge
+    image[cells == 3, 1] = 255
+    prepared = prepare_array(image, Segmentation(cells, cells), PrepareSpec("", image_sizes=(32,)), "a")
+    plain = Predictor([ScoringModel.wrap(_green_detector(32))])
+    scores = plain.score(prepared)
+    base = plain.combine(scores, prepared)
+    lowered = Predictor(plain.models, rule=Combination(border_factor=0.5, small_area=0.5, small_factor=0.1))
+    out = lowered.combine(scores, prepared)
+    np.testing.assert_allclose(out[:2], base[:2])  # the two whole cells keep their scores
+    np.testing.assert_allclose(out[2], base[2] * 0.5 * 0.1)  # cut by the edge and 84 px against a median of 576
+    with pytest.raises(ValueError, match="whole test set"):
+        Predictor(plain.models, rule=Combination(average="rank")).combine(scores, prepared)
 
 
 def _green_cam_classifier(size: int) -> keras.Model:
@@ -108,6 +125,65 @@ def test_rules_and_weights():
         combine([a], 2, "cell")
     with pytest.raises(ValueError, match="rule"):
         combine([a], 2, "vote")
+    # A model at weight 0 is left out of both levels (the job weighs the models it does not submit with 0).
+    np.testing.assert_allclose(combine([a, b], 2, "image_x_cell", [0, 1]), combine([b], 2, "image_x_cell"))
+    with pytest.raises(ValueError, match="cell-level"):
+        combine([a, b], 2, "cell", [1, 0])
+
+
+def test_blend_moves_from_the_image_score_to_the_cell_score_with_its_weight():
+    s = ModelScores(np.full(19, 0.9), np.array([[0.1] * 19, [0.5] * 19]))
+    blends = [combine([s], 2, Combination("blend", cell_weight=w))[:, 3] for w in (0.0, 0.3, 0.7, 1.0)]
+    np.testing.assert_allclose(blends[0], [0.9, 0.9])  # all image: the cells tie
+    np.testing.assert_allclose(blends[3], [0.1, 0.5])  # all cell
+    np.testing.assert_allclose(blends[2], [0.7 * 0.1 + 0.3 * 0.9, 0.7 * 0.5 + 0.3 * 0.9])
+    assert blends[1][1] - blends[1][0] < blends[2][1] - blends[2][0]  # more cell weight: cells further apart
+    with pytest.raises(ValueError, match="cell_weight"):
+        Combination("blend", cell_weight=1.5)
+
+
+def test_negative_from_the_other_classes():
+    """A cell sure of another class is not Negative; a cell sure of none is, whatever the models' own
+    Negative score says."""
+    cells = np.full((2, 19), 0.05)
+    cells[0, 4] = 0.95  # cell 0 shows nuclear speckles
+    cells[:, 18] = 0.5  # the models cannot tell Negative apart
+    s = ModelScores(np.ones(19), cells)
+    own = combine([s], 2, Combination("cell"))[:, 18]
+    complement = combine([s], 2, Combination("cell", negative="complement"))[:, 18]
+    mean = combine([s], 2, Combination("cell", negative="mean"))[:, 18]
+    np.testing.assert_allclose(own, [0.5, 0.5])
+    np.testing.assert_allclose(complement, [0.05 * 0.95**17, 0.95**18])
+    np.testing.assert_allclose(mean, (own + complement) / 2)
+    assert complement[1] > 0.35 > 0.05 > complement[0]
+    np.testing.assert_allclose(combine([s], 2, Combination("cell", negative="complement"))[:, :18], cells[:, :18])
+
+
+def test_small_and_edge_cells_rank_below_whole_cells():
+    s = ModelScores(np.ones(19), np.full((4, 19), 0.6))
+    area, border = np.array([1000, 900, 100, 1100]), np.array([0, 1, 0, 1])
+    c = Combination("cell", small_area=0.25, small_factor=0.5, border_factor=0.8)
+    out = combine([s], 4, c, area=area, border=border)
+    np.testing.assert_allclose(out[:, 7], [0.6, 0.6 * 0.8, 0.6 * 0.5, 0.6 * 0.8])  # median area 950: 100 is small
+    np.testing.assert_allclose(combine([s], 4, Combination("cell"), area=area, border=border), s.cells)
+    with pytest.raises(ValueError, match="area and border"):
+        combine([s], 4, c)
+
+
+def test_rank_averaging_lets_models_of_other_scales_count_alike():
+    """Model a's probabilities barely move (0.30-0.32), b's span 0.1-0.9: their mean follows b alone,
+    their mean rank follows both."""
+    a = [0.30, 0.31, 0.32]
+    b = [0.9, 0.1, 0.5]
+    images = [[ModelScores(np.full(19, a[i]), np.full((1, 19), a[i])), ModelScores(np.full(19, b[i]), np.full((1, 19), b[i]))]
+              for i in range(3)]
+    by_mean = [combine(m, 1, "cell")[0, 0] for m in images]
+    by_rank = [combine(m, 1, Combination("cell", average="rank"))[0, 0] for m in to_ranks(images)]
+    assert np.argsort(by_mean).tolist() == [1, 2, 0]  # b's order
+    np.testing.assert_allclose(by_rank, [(1 / 3 + 1) / 2, (2 / 3 + 1 / 3) / 2, (1 + 2 / 3) / 2])
+    assert np.argsort(by_rank).tolist() == [1, 0, 2]
+    ranked = to_ranks([[ModelScores(np.zeros(19), None)], [ModelScores(np.ones(19), np.zeros((2, 19)))]])
+    assert ranked[0][0].cells is None and ranked[1][0].cells.shape == (2, 19)  # no cells stays no cells
 
 
 def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, saved_models, tmp_path):
@@ -139,9 +215,24 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
 
     # The results table re-scores from the cache: its combination row is the submission's score.
     results = report(str(out), str(synth_dir / "truth"), str(synth_dir / "sample_submission.csv"), {}, str(tmp_path / "rep"))
-    assert results["default combination (image x cell, all models)"]["mAP"] == pytest.approx(summary["map"])
+    assert results["**submission**: image x cell, all models"]["mAP"] == pytest.approx(summary["map"])
     assert len(results) == 6 and (tmp_path / "rep" / "ap_per_class.png").stat().st_size > 0
     assert 0.0 <= results[TRUE_IMAGE_ROW]["mAP"] <= 1.0
+
+    # Another combination reuses the cache: cells cut by the edge (their masks say which) score half.
+    halved = tmp_path / "halved.csv"
+    run(RunConfig(data=str(data), models=saved_models, out=str(halved), cache=str(tmp_path / "sub.csv.cache"),
+                  workers=0, tta="flip", sample_submission=str(synth_dir / "sample_submission.csv"), overlays=0,
+                  combine=Combination(border_factor=0.5)))
+    edge_cells = 0
+    for before, after in zip(rows, read_submission(str(halved))):
+        if not before.masks:
+            continue
+        edge = np.array([mask_area_border(m, before.height, before.width)[1] for m in before.masks])
+        np.testing.assert_allclose(after.confidences, before.confidences * np.where(edge[before.mask_index], 0.5, 1.0),
+                                   rtol=1e-5)
+        edge_cells += int(edge.sum())
+    assert edge_cells > 0
 
     # A killed run resumes: drop two cached images; the rerun scores only those and gives the same CSV.
     cached = sorted((tmp_path / "sub.csv.cache").glob("*.npz"))

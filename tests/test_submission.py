@@ -6,7 +6,7 @@ import numpy as np
 import pycocotools.mask as coco
 import pytest
 
-from hpa_tf.rle import MaskDecodeError, decode_mask, encode_label_image, encode_mask, mask_runs
+from hpa_tf.rle import MaskDecodeError, decode_mask, encode_label_image, encode_mask, mask_area_border, mask_runs
 from hpa_tf.submission import ImagePrediction, SubmissionError, read_submission, write_submission
 
 from conftest import SAMPLE_2048
@@ -33,6 +33,28 @@ def test_byte_identical_to_pycocotools_on_random_and_edge_masks():
         enc = encode_mask(m)
         assert enc == reference_encode(m)
         assert np.array_equal(decode_mask(enc, *m.shape), m)
+
+
+def test_area_and_border_from_the_runs_equal_the_masks():
+    """Prediction lowers cells cut by the image's edge: the runs must say which ones, on every side."""
+    rng = np.random.default_rng(1)
+    masks = []
+    for _ in range(300):
+        h, w = rng.integers(2, 40, 2)
+        m = np.zeros((h, w), bool)
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        m[y0 : rng.integers(y0 + 1, h + 1), x0 : rng.integers(x0 + 1, w + 1)] = True  # a box, edge or not
+        masks.append(m)
+    wrap = np.zeros((6, 6), bool)
+    wrap[4:, 2], wrap[:2, 3] = True, True  # runs on both sides of a column break, not at the edge rows in one run
+    masks += [wrap, np.zeros((4, 4), bool)]
+    sides = {"top": 0, "bottom": 0, "left": 0, "right": 0}
+    for m in masks:
+        edge = bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
+        assert mask_area_border(encode_mask(m), *m.shape) == (int(m.sum()), edge)
+        for side, line in (("top", m[0]), ("bottom", m[-1]), ("left", m[:, 0]), ("right", m[:, -1])):
+            sides[side] += int(line.any() and m.sum() > line.sum())
+    assert min(sides.values()) > 10  # every edge was touched by many masks
 
 
 def test_label_image_of_real_cells_encodes_each_cell_like_the_reference():

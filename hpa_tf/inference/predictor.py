@@ -30,13 +30,14 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.data.contract import InputContract, to_model_size, to_record_depth
-from hpa_tf.inference.combine import CELL_VIEWS, ModelScores, combine
+from hpa_tf.inference.combine import CELL_VIEWS, Combination, ModelScores, combine
 from hpa_tf.inference.plan import Plan
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models import CamScorer, contract_of, load_model, mask_weights
 from hpa_tf.models.cam import sigmoid
+from hpa_tf.rle import mask_area_border
 from hpa_tf.segmentation import cell_segmenter
 from hpa_tf.training.strategy import replica_compiled
 
@@ -98,7 +99,7 @@ class Predictor:
     """
 
     def __init__(self, models: Sequence[ScoringModel], segmenter: str = "classical", tta: str = "none",
-                 rule: str = "image_x_cell", cell_view: str = "masked", batch: int = 16,
+                 rule: str | Combination = "image_x_cell", cell_view: str = "masked", batch: int = 16,
                  strategy: tf.distribute.Strategy | None = None, jit: bool = False,
                  clock: Callable[[], float] = time.monotonic):
         if not models:
@@ -106,7 +107,7 @@ class Predictor:
         if cell_view not in CELL_VIEWS:
             raise ValueError(f"cell_view must be one of {CELL_VIEWS}, not {cell_view!r}")
         self.models, self.segmenter, self.tta = list(models), segmenter, tta
-        self.rule, self.cell_view = rule, cell_view
+        self.rule, self.cell_view = Combination.parse(rule), cell_view
         self.strategy = strategy
         self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
         self.batch = -(-max(int(batch), 1) // self.replicas) * self.replicas  # whole per-replica batches
@@ -362,9 +363,17 @@ class Predictor:
         """Each model's image-level and cell-level probabilities on one prepared image."""
         return self.score_many([prepared])[0]
 
-    def combine(self, scores: Sequence[ModelScores], n_cells: int) -> np.ndarray:
-        """The (n_cells, 19) answer under this predictor's rule and weights."""
-        return combine(scores, n_cells, self.rule, self.weights)
+    def combine(self, scores: Sequence[ModelScores], prepared: Prepared) -> np.ndarray:
+        """The (n_cells, 19) answer of one prepared image under this predictor's combination and
+        weights (rank averaging needs a whole test set: :func:`hpa_tf.inference.runner.assemble`)."""
+        if self.rule.average == "rank":
+            raise ValueError("rank averaging ranks the scores over a whole test set, not one image: predict a folder "
+                             "(predict.py) or combine the cached scores with hpa_tf.inference.runner.assemble")
+        geometry = {}
+        if self.rule.needs_geometry:
+            sides = [mask_area_border(m, prepared.height, prepared.width) for m in prepared.masks]
+            geometry = {"area": np.array([a for a, _ in sides]), "border": np.array([b for _, b in sides])}
+        return combine(scores, prepared.n_cells, self.rule, self.weights, **geometry)
 
     def predict_image(self, image: np.ndarray, image_id: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Segment and score one (H, W, 4) image (uint8, uint16 or float in [0, 1]): ``(cell mask,
@@ -372,7 +381,7 @@ class Predictor:
         seg = cell_segmenter(self.segmenter).segment([image], [image_id])[0]
         spec = self.prepare_spec("")
         prepared = prepare_array(to_record_depth(image, spec.bit_depth), seg, spec, image_id)
-        return seg.cells, prepared.cell_ids, self.combine(self.score(prepared), prepared.n_cells)
+        return seg.cells, prepared.cell_ids, self.combine(self.score(prepared), prepared)
 
 
 def top_class_overlay(image: np.ndarray, cells: np.ndarray, cell_ids: np.ndarray, probs: np.ndarray,

@@ -24,7 +24,7 @@ import numpy as np
 from hpa_tf import fs
 from hpa_tf.cli import run
 from hpa_tf.inference.cache import Entry
-from hpa_tf.inference.combine import ModelScores
+from hpa_tf.inference.combine import Combination, ModelScores
 from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
 from hpa_tf.labels import CLASS_NAMES, NEGATIVE, NUM_CLASSES
 from hpa_tf.metrics import evaluate
@@ -41,11 +41,11 @@ KIND_ROWS = {
 
 def ablation_rows(kinds: list[str], view: str = "masked") -> list[tuple[str, list[int], str]]:
     """(row label, models used, rule) for each kind of model alone (the models of a kind together:
-    out-of-fold splits are averaged), the image and cell-bag models together when a single-cell
-    model is there too, and the default combination of all models.
+    out-of-fold splits are averaged), the image and cell-bag models together and the cell-bag and
+    single-cell models together when a single-cell model is there too, and all models (image x cell).
 
     >>> [r[0] for r in ablation_rows(["image", "cells"])][-1]
-    'default combination (image x cell, all models)'
+    'all models, image x cell'
     """
     rows = []
     by_kind: dict[str, list[int]] = {}
@@ -57,8 +57,31 @@ def ablation_rows(kinds: list[str], view: str = "masked") -> list[tuple[str, lis
     if "cell" in by_kind and len(by_kind) > 1:
         first = [k for k, kind in enumerate(kinds) if kind != "cell"]
         rows.append(("image and cell-bag models without the single-cell model (image x cell)", first, "image_x_cell"))
-    rows.append(("default combination (image x cell, all models)", list(range(len(kinds))), "image_x_cell"))
+        if "cells" in by_kind and "image" in by_kind:
+            rows.append(("cell-bag and single-cell models (image x cell)", by_kind["cells"] + by_kind["cell"],
+                         "image_x_cell"))
+    rows.append(("all models, image x cell", list(range(len(kinds))), "image_x_cell"))
     return rows
+
+
+KIND_NAMES = {"image": "image", "cells": "cell-bag", "cell": "single-cell"}
+
+
+def submission_row(kinds: list[str], weights: list[float], combination: Combination) -> str:
+    """The label of the submission's own row: its combination and the models it weighs.
+
+    >>> submission_row(["image", "cell", "cell"], [0, 1, 1], Combination("cell"))
+    '**submission**: cell, single-cell models (2)'
+    """
+    used = [kind for kind, w in zip(kinds, weights) if w > 0]
+    if len(used) == len(kinds):
+        models = "all models"
+    else:
+        counts = {KIND_NAMES[k]: used.count(k) for k in dict.fromkeys(used)}
+        models = " and ".join(f"{name} model{'s' if n > 1 else ''} ({n})" for name, n in counts.items())
+    if len({w for w in weights if w > 0}) > 1:
+        models += f" (weights {' '.join(f'{w:g}' for w in weights)})"
+    return f"**submission**: {combination.describe()}, {models}"
 
 
 TRUE_IMAGE_ROW = "true image labels x the combination's cell scores (what a perfect image-level model would add)"
@@ -123,6 +146,7 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     data = json.loads(fs.read_text(f"{pred[:-4] if pred.endswith('.csv') else pred}.summary.json"))["config"]
     ids, sizes = image_order(data["data"], sample_submission)
     weights = data["weights"] or [1.0] * len(kinds)
+    combination = Combination.parse(data.get("combine", "image_x_cell"))
     truth = Truth.load(truth_dir, split)
     results: dict[str, dict] = {}
     for label, path in references.items():
@@ -131,8 +155,13 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     entries = load_cached(cache_dir, ids, len(kinds), dropped)  # read once, combined once per row
     reduced = sum(1 for pieces in dropped.values() if pieces)
     fill_sizes(data["data"], ids, entries, sizes)
+    equal = [1.0] * len(kinds)  # each row's models weigh alike, whatever the submission's weights
+    plain = combination == Combination() and len(set(weights)) == 1
     for label, use, rule in ablation_rows(kinds, key["cell_view"]):
-        results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, weights, use)).to_dict()
+        if not (plain and len(use) == len(kinds) and rule == "image_x_cell"):  # else the submission's own row
+            results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, equal, use)).to_dict()
+    results[submission_row(kinds, weights, combination)] = evaluate(
+        truth, assemble(entries, ids, sizes, combination, weights)).to_dict()
     if any(s is not None and s.cells is not None for e in entries.values() for s in e[4]):
         known = with_true_image_labels(entries, truth)
         results[TRUE_IMAGE_ROW] = evaluate(truth, assemble(known, ids, sizes, "image_x_cell", weights)).to_dict()

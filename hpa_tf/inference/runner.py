@@ -19,7 +19,7 @@ import posixpath
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import cv2
 import numpy as np
@@ -32,14 +32,14 @@ from hpa_tf.cli import require_writable
 from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
 from hpa_tf.inference.budget import LEDGER, TimeBudget, format_duration
-from hpa_tf.inference.combine import combine
+from hpa_tf.inference.combine import Combination, combine, to_ranks
 from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, Plan, applicable, model_piece, parse_drop_order
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import has_any_channel, probe_size, read_image, scan_image_ids, to_8bit_view
 from hpa_tf.lock import FolderLock
 from hpa_tf.models import read_contract
-from hpa_tf.rle import decode_mask, encode_label_image
+from hpa_tf.rle import decode_mask, encode_label_image, mask_area_border
 from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
 from hpa_tf.segmentation.runner import segment_folder
 from hpa_tf.submission import ImagePrediction, write_submission
@@ -64,7 +64,7 @@ class RunConfig:
     out: str
     segmenter: str | None = None  # None: the one the models were trained with (their input contracts)
     tta: str = "none"
-    combine: str = "image_x_cell"
+    combine: Combination = field(default_factory=Combination)
     weights: list[float] | None = None
     cell_view: str = "masked"
     batch: int = 16
@@ -268,24 +268,36 @@ def load_cached(cache_dir: str, ids: Sequence[str], n_models: int,
     return entries
 
 
-def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[str, tuple[int, int]], rule: str,
-             weights: Sequence[float], use: Sequence[int] | None = None) -> list[ImagePrediction]:
-    """Submission rows from cached entries under a rule; ``use`` picks a subset of the models
-    (ablations). An image without an entry gets an empty row of the size ``sizes`` gives it. An
-    image whose time-budget plan dropped a model is scored by the models it kept, their weights
+def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[str, tuple[int, int]],
+             rule: str | Combination, weights: Sequence[float], use: Sequence[int] | None = None) -> list[ImagePrediction]:
+    """Submission rows from cached entries under a rule or :class:`Combination`; ``use`` picks a
+    subset of the models (ablations). An image without an entry gets an empty row of the size
+    ``sizes`` gives it. Rank averaging ranks each model's scores over all ``entries``. An image
+    whose time-budget plan dropped a model is scored by the models it kept, their weights
     renormalised (an ablation row none of whose models scored it gets an empty row)."""
+    combination = Combination.parse(rule)
+    scored = [i for i in ids if i in entries]
+    all_scores = [entries[i][4] for i in scored]
+    if combination.average == "rank":
+        all_scores = to_ranks(all_scores)
+    by_id = dict(zip(scored, all_scores))
     rows = []
     for image_id in ids:
         if image_id not in entries:
             w, h = sizes[image_id]
             rows.append(ImagePrediction(image_id, w, h))
             continue
-        w, h, _, masks, scores = entries[image_id]
+        w, h, _, masks, _ = entries[image_id]
+        scores = by_id[image_id]
         picked = [k for k in (range(len(scores)) if use is None else use) if scores[k] is not None]
         if not picked:  # an ablation of models only, all dropped for this image by its time-budget plan
             rows.append(ImagePrediction(image_id, *sizes.get(image_id, (w, h))))
             continue
-        probs = combine([scores[k] for k in picked], len(masks), rule, [weights[k] for k in picked])
+        geometry = {}
+        if combination.needs_geometry:
+            area, border = zip(*(mask_area_border(m, h, w) for m in masks)) if masks else ((), ())
+            geometry = {"area": np.array(area), "border": np.array(border)}
+        probs = combine([scores[k] for k in picked], len(masks), combination, [weights[k] for k in picked], **geometry)
         if image_id in sizes and sizes[image_id] != (w, h):
             masks, kept = rescale_masks(image_id, masks, (w, h), sizes[image_id])
             w, h, probs = *sizes[image_id], probs[kept]
@@ -356,7 +368,7 @@ def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], st
 
     def feasible(plan: Plan) -> bool:  # the rule can combine what the plan keeps
         weighted = sum(w for k, w in enumerate(predictor.weights) if plan.uses(k)) > 0
-        return weighted and (cfg.combine == "image" or predictor.gives_cells(plan))
+        return weighted and (cfg.combine.rule == "image" or predictor.gives_cells(plan))
 
     return TimeBudget(cfg.time_budget, order, n, labels=labels, pieces=pieces, workers=cfg.workers, clock=clock,
                       started=started, feasible=feasible, ledger=fs.join(cfg.cache_dir, LEDGER), say=tqdm.write)

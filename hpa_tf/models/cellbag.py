@@ -26,7 +26,7 @@ def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = No
                    contract: dict | None = None) -> keras.Model:
     """``cell_bag_model("efficientnet_b0", 128)``; ``cells_per_bag=None`` accepts any bag size.
 
-    ``pooling`` (avg | gem) pools each cell's feature map, ``bag_pooling`` (max | lse) the cells;
+    ``pooling`` (avg | gem | avgmax) pools each cell's feature map, ``bag_pooling`` (max | lse) the cells;
     ``contract``: its input contract, carried by an identity layer named ``input_contract``.
     """
     cells = keras.Input((cells_per_bag, cell_size, cell_size, 4), name="cells")

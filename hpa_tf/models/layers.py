@@ -31,22 +31,27 @@ class GeM(keras.layers.Layer):
         return {**super().get_config(), "p": self.p_init, "eps": self.eps}
 
 
-POOLINGS = ("avg", "gem")
+POOLINGS = ("avg", "gem", "avgmax")
 
 
 def spatial_pool(features, pooling: str = "avg"):
-    """Feature map (B, h, w, C) -> (B, C) by average or :class:`GeM` pooling, the layer named ``pool``.
+    """Feature map (B, h, w, C) -> (B, C) by average or :class:`GeM` pooling, or (B, 2C) by the
+    average and the max side by side (``avgmax``), the layer named ``pool``.
 
     GeM lets a few bright spots (a centrosome, nuclear bodies) outweigh the rest of the map,
-    which an average dilutes.
+    which an average dilutes; ``avgmax`` keeps both the spread (the average) and the brightest
+    spot (the max) for the head to weigh.
 
-    >>> tuple(spatial_pool(keras.Input((4, 4, 3)), "gem").shape)
-    (None, 3)
+    >>> tuple(spatial_pool(keras.Input((4, 4, 3)), "gem").shape), tuple(spatial_pool(keras.Input((4, 4, 3)), "avgmax").shape)
+    ((None, 3), (None, 6))
     """
     if pooling == "avg":
         return keras.layers.GlobalAveragePooling2D(name="pool")(features)
     if pooling == "gem":
         return GeM(name="pool")(features)
+    if pooling == "avgmax":
+        return keras.layers.Concatenate(name="pool")([keras.layers.GlobalAveragePooling2D()(features),
+                                                      keras.layers.GlobalMaxPooling2D()(features)])
     raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
 
 

@@ -1,0 +1,171 @@
+"""Which models and combination rules score best, from a finished job run: no model runs again on
+the test set (its scores come from the run's prediction cache), so every row uses the same cells.
+
+    python -m benchmarks.bench_combine --run runs/demo                    # the test set
+    python -m benchmarks.bench_combine --run runs/demo --validation 64    # and held-out training images
+
+Rows: combinations (:class:`hpa_tf.inference.combine.Combination`); columns: the subsets of the
+job's models (``--final-models``); cells: mAP with the competition metric.
+
+``--validation N`` also scores every row on N training images per out-of-fold split, each predicted
+by the models of the split that held it out (their image, cell-bag and single-cell models never saw
+it; predicted once into ``RUN/combine_val/``, about a second per image on 2 CPU cores): a second
+set, not the test set, to choose a default on. In ``python -m benchmarks`` it reads ``runs/demo``
+(``make demo`` first) with ``--validation 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io as _io
+import json
+import posixpath
+import sys
+
+import pandas as pd
+from tqdm import tqdm
+
+from hpa_tf import fs
+from hpa_tf.inference.combine import Combination
+from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
+from hpa_tf.job import FINAL_MODELS
+from hpa_tf.metrics import evaluate
+from hpa_tf.truth import Truth
+
+COMBINATIONS = [
+    Combination("image_x_cell"),
+    Combination("cell"),
+    Combination("blend", cell_weight=0.3),
+    Combination("blend", cell_weight=0.4),
+    Combination("blend", cell_weight=0.5),
+    Combination("blend", cell_weight=0.6),
+    Combination("blend", cell_weight=0.7),
+    Combination("blend", cell_weight=0.9),
+    Combination(negative="complement"),
+    Combination(negative="mean"),
+    Combination(small_area=0.25, small_factor=0.5),
+    Combination(small_area=0.5, small_factor=0.5),
+    Combination(border_factor=0.8),
+    Combination(border_factor=0.5),
+    Combination(average="rank"),
+    Combination("blend", cell_weight=0.5, negative="mean"),
+    Combination("blend", cell_weight=0.5, small_area=0.25, small_factor=0.5),
+    Combination("blend", cell_weight=0.5, average="rank"),
+]
+
+
+def subsets(kinds: list[str]) -> dict[str, list[int]]:
+    """``--final-models`` name -> indices of the models it weighs, for the subsets these models allow.
+
+    >>> subsets(["image", "cells", "cell"])["cells+cell"]
+    [1, 2]
+    """
+    out = {}
+    for name, chosen in FINAL_MODELS.items():
+        use = [k for k, kind in enumerate(kinds) if kind in chosen]
+        if set(chosen) <= set(kinds):
+            out[name] = use
+    return out
+
+
+def score_table(entries: dict, ids: list[str], sizes: dict, kinds: list[str], truth: Truth,
+                combinations: list[Combination]) -> dict[str, dict[str, float]]:
+    """{combination: {subset: mAP}}."""
+    table: dict[str, dict[str, float]] = {}
+    weights = [1.0] * len(kinds)
+    cases = [(c, name, use) for c in combinations for name, use in subsets(kinds).items()]
+    for combination, name, use in tqdm(cases, desc="combinations", unit="row"):
+        rows = assemble(entries, ids, sizes, combination, weights, use)
+        table.setdefault(combination.describe(), {})[name] = evaluate(truth, rows).map
+    return table
+
+
+def _kinds(cache_dir: str) -> list[str]:
+    return [kind for kind, _ in json.loads(fs.read_text(fs.join(cache_dir, "key.json")))["sizes"]]
+
+
+def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str, float]]:
+    """The table on the run's test set, from ``RUN/pred/submission.csv.cache``."""
+    pred = fs.join(run, "pred", "submission.csv")
+    if not fs.exists(f"{pred}.cache"):
+        raise FileNotFoundError(f"{pred}.cache: no prediction cache; run the job (make demo RUN={run}) first")
+    config = json.loads(fs.read_text(fs.join(run, "pred", "submission.summary.json")))["config"]
+    ids, sizes = image_order(config["data"], config["sample_submission"])
+    entries = load_cached(f"{pred}.cache", ids, len(_kinds(f"{pred}.cache")))
+    fill_sizes(config["data"], ids, entries, sizes)
+    return score_table(entries, ids, sizes, _kinds(f"{pred}.cache"), Truth.load(config["truth"], "test"), combinations)
+
+
+def on_validation_set(run: str, per_split: int, combinations: list[Combination]) -> dict[str, dict[str, float]]:
+    """The table on ``per_split`` held-out training images per split, predicted once by their
+    split's models into ``RUN/combine_val/``."""
+    from hpa_tf.inference.runner import RunConfig
+    from hpa_tf.inference.runner import run as predict
+
+    config = json.loads(fs.read_text(fs.join(run, "pred", "submission.summary.json")))["config"]
+    root = posixpath.dirname(config["data"].rstrip("/"))
+    folds = pd.read_csv(_io.StringIO(fs.read_text(fs.join(run, "records", "folds.csv"))), dtype={"ID": str})
+    splits = range(_kinds(fs.join(run, "pred", "submission.csv.cache")).count("image"))  # the job's: one of each per split
+    truth = Truth.load(config["truth"], "train")
+    sizes_all = {i: (int(w), int(h)) for i, w, h in zip(truth.images["ID"], truth.images["ImageWidth"],
+                                                         truth.images["ImageHeight"])}
+    entries, kinds, ids = {}, None, []
+    for k in splits:
+        held = sorted(folds.loc[folds["fold"] % len(splits) == k, "ID"])[:per_split]
+        out = fs.join(run, "combine_val", f"split{k}.csv")
+        sample = fs.join(run, "combine_val", f"split{k}_sample.csv")
+        fs.makedirs(posixpath.dirname(out))
+        fs.write_text(sample, "ID,ImageWidth,ImageHeight,PredictionString\n"
+                      + "".join(f"{i},{sizes_all[i][0]},{sizes_all[i][1]},\n" for i in held))
+        models = [fs.join(run, f"round{r}", kind, f"split{k}", "best.keras")
+                  for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
+        predict(RunConfig(data=fs.join(root, "train"), models=models, out=out, sample_submission=sample,
+                          cell_view=config["cell_view"], workers=1, overlays=0))
+        kinds = _kinds(f"{out}.cache")
+        entries.update(load_cached(f"{out}.cache", held, len(kinds)))
+        ids += held
+    chosen = Truth(truth.truth_dir, truth.images[truth.images["ID"].isin(ids)].reset_index(drop=True),
+                   {i: truth.cell_labels[i] for i in ids})
+    return score_table(entries, ids, {i: sizes_all[i] for i in ids}, kinds, chosen, combinations)
+
+
+def markdown(table: dict[str, dict[str, float]]) -> str:
+    """One row per combination, one column per subset of models; the best cell in bold."""
+    columns = list(next(iter(table.values())))
+    best = max(v for row in table.values() for v in row.values())
+    lines = ["| combination | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in table.items():
+        cells = [f"**{row[c]:.4f}**" if row[c] == best else f"{row[c]:.4f}" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(quick: bool = False, demo: str = "runs/demo") -> dict:
+    """The benchmark registry's entry: the tables of ``runs/demo`` (``make demo`` first)."""
+    out = {"test": on_test_set(demo, COMBINATIONS[:2] if quick else COMBINATIONS)}
+    if not quick:
+        out["validation"] = on_validation_set(demo, 64, COMBINATIONS)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_combine", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default="runs/demo", help="a finished job run (python -m hpa_tf.job / make demo)")
+    parser.add_argument("--validation", type=int, default=0, metavar="N",
+                        help="also score N held-out training images per split (predicted once)")
+    parser.add_argument("--out", help="write the tables (Markdown) and their figures (JSON) here")
+    args = parser.parse_args(argv)
+    tables = {"test": on_test_set(args.run, COMBINATIONS)}
+    if args.validation:
+        tables["validation"] = on_validation_set(args.run, args.validation, COMBINATIONS)
+    text = "\n\n".join(f"### {name}\n\n{markdown(t)}" for name, t in tables.items())
+    print(text)
+    if args.out:
+        fs.makedirs(args.out)
+        fs.write_text(fs.join(args.out, "combine.md"), text + "\n")
+        fs.write_text(fs.join(args.out, "combine.json"), json.dumps(tables, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
