@@ -3,7 +3,6 @@ the ``hpacellseg:`` segmenter on it. The fixtures under data/official_segmenter 
 (the official architecture, fewer blocks and channels) written by PyTorch in both serialisations
 (``make_fixtures.py``), with PyTorch's output for one input, so the default run needs no PyTorch."""
 
-import io
 import os
 import pickle
 import zipfile
