@@ -218,6 +218,7 @@ def test_workers_die_with_a_killed_predict(many_images, tiny_model, tmp_path):
     assert _gone(workers), "a prediction worker outlived the killed predict.py"
 
 
+@pytest.mark.slow  # 90 s; test_training.py::test_a_killed_run_resumes_to_the_uninterrupted_run_bit_for_bit runs by default
 def test_kill_9_in_training_resumes_to_the_uninterrupted_run(built_records, tmp_path):
     def cmd(model_dir):
         return [sys.executable, str(ROOT / "train_tpu.py"), "--config", "demo_cpu", "--set", f"data.records={built_records}",

@@ -182,6 +182,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow  # 90 s; the mirrored tests on two logical CPUs run by default
 def test_two_workers_on_localhost_follow_one_process_and_resume(built_records, tmp_path):
     """MultiWorkerMirroredStrategy over two processes (TF_CONFIG) against MirroredStrategy on two
     logical CPUs, same global batch. Their batches differ (each worker reads half of the shards), so
