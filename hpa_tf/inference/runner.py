@@ -357,6 +357,23 @@ def prediction_overlay(image: np.ndarray, rows: ImagePrediction, truth_classes: 
     return np.concatenate([left, np.full((size[1], 8, 3), 255, np.uint8), right], axis=1)
 
 
+def short_names(paths: Sequence[str]) -> list[str]:
+    """Each path by its file name, or by as many of its last parts as tell it from the others (a
+    job's models are all ``best.keras``).
+
+    >>> short_names(["runs/image/split0/best.keras", "runs/cell/split0/best.keras", "x/last.keras"])
+    ['image/split0/best.keras', 'cell/split0/best.keras', 'last.keras']
+    """
+    parts = [p.rstrip("/").split("/") for p in paths]
+    out = []
+    for i, own in enumerate(parts):
+        depth = 1
+        while depth < len(own) and any(other[-depth:] == own[-depth:] for j, other in enumerate(parts) if j != i):
+            depth += 1
+        out.append("/".join(own[-depth:]))
+    return out
+
+
 def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], started: float) -> TimeBudget:
     """The run's time budget, resumed from its cache folder's ledger when there is one."""
     n = len(predictor.models)
@@ -364,7 +381,7 @@ def _budget(cfg: RunConfig, predictor: Predictor, clock: Callable[[], float], st
     order = applicable(parse_drop_order(cfg.budget_drop, n), cfg.tta, cfg.cell_view, kinds)
     pieces = applicable([TTA, CELL_VIEW, *(model_piece(k) for k in range(1, n))], cfg.tta, cfg.cell_view, kinds)
     labels = {TTA: f"TTA ({cfg.tta})", CELL_VIEW: f"cell views ({cfg.cell_view})"}
-    labels.update({model_piece(k): f"model {k + 1} ({posixpath.basename(p)})" for k, p in enumerate(cfg.models)})
+    labels.update({model_piece(k): f"model {k + 1} ({name})" for k, name in enumerate(short_names(cfg.models))})
 
     def feasible(plan: Plan) -> bool:  # the rule can combine what the plan keeps
         weighted = sum(w for k, w in enumerate(predictor.weights) if plan.uses(k)) > 0
