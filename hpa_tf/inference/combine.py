@@ -183,6 +183,17 @@ def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination
     return probs
 
 
+def cell_geometry(combination: Combination, masks: Sequence[str], height: int, width: int) -> dict[str, np.ndarray]:
+    """``area`` (pixels) and ``border`` (cut by the image's edge) of each encoded cell mask, as
+    :func:`combine` takes them, when ``combination`` needs them; else ``{}``."""
+    if not combination.needs_geometry:
+        return {}
+    from hpa_tf.rle import mask_area_border
+
+    sides = [mask_area_border(m, height, width) for m in masks]
+    return {"area": np.array([a for a, _ in sides]), "border": np.array([b for _, b in sides])}
+
+
 def to_ranks(images: Sequence[Sequence[ModelScores]]) -> list[list[ModelScores]]:
     """Each model's scores over a whole test set (``images[i][k]``: model k on image i) replaced by
     their rank in (0, 1] per class: image level among the images, cell level among all cells.

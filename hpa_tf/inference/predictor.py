@@ -30,14 +30,13 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.data.contract import InputContract, to_model_size, to_record_depth
-from hpa_tf.inference.combine import CELL_VIEWS, Combination, ModelScores, combine
+from hpa_tf.inference.combine import CELL_VIEWS, Combination, ModelScores, cell_geometry, combine
 from hpa_tf.inference.plan import Plan
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
 from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models import CamScorer, contract_of, load_model, mask_weights
 from hpa_tf.models.cam import sigmoid
-from hpa_tf.rle import mask_area_border
 from hpa_tf.segmentation import cell_segmenter
 from hpa_tf.training.strategy import replica_compiled
 
@@ -369,10 +368,7 @@ class Predictor:
         if self.rule.average == "rank":
             raise ValueError("rank averaging ranks the scores over a whole test set, not one image: predict a folder "
                              "(predict.py) or combine the cached scores with hpa_tf.inference.runner.assemble")
-        geometry = {}
-        if self.rule.needs_geometry:
-            sides = [mask_area_border(m, prepared.height, prepared.width) for m in prepared.masks]
-            geometry = {"area": np.array([a for a, _ in sides]), "border": np.array([b for _, b in sides])}
+        geometry = cell_geometry(self.rule, prepared.masks, prepared.height, prepared.width)
         return combine(scores, prepared.n_cells, self.rule, self.weights, **geometry)
 
     def predict_image(self, image: np.ndarray, image_id: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

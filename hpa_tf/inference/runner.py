@@ -32,14 +32,14 @@ from hpa_tf.cli import require_writable
 from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
 from hpa_tf.inference.budget import LEDGER, TimeBudget, format_duration
-from hpa_tf.inference.combine import Combination, combine, to_ranks
+from hpa_tf.inference.combine import Combination, cell_geometry, combine, to_ranks
 from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, Plan, applicable, model_piece, parse_drop_order
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
 from hpa_tf.io import has_any_channel, probe_size, read_image, scan_image_ids, to_8bit_view
 from hpa_tf.lock import FolderLock
 from hpa_tf.models import read_contract
-from hpa_tf.rle import decode_mask, encode_label_image, mask_area_border
+from hpa_tf.rle import decode_mask, encode_label_image
 from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
 from hpa_tf.segmentation.runner import segment_folder
 from hpa_tf.submission import ImagePrediction, write_submission
@@ -293,10 +293,7 @@ def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[st
         if not picked:  # an ablation of models only, all dropped for this image by its time-budget plan
             rows.append(ImagePrediction(image_id, *sizes.get(image_id, (w, h))))
             continue
-        geometry = {}
-        if combination.needs_geometry:
-            area, border = zip(*(mask_area_border(m, h, w) for m in masks)) if masks else ((), ())
-            geometry = {"area": np.array(area), "border": np.array(border)}
+        geometry = cell_geometry(combination, masks, h, w)
         probs = combine([scores[k] for k in picked], len(masks), combination, [weights[k] for k in picked], **geometry)
         if image_id in sizes and sizes[image_id] != (w, h):
             masks, kept = rescale_masks(image_id, masks, (w, h), sizes[image_id])
