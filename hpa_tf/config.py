@@ -102,6 +102,7 @@ class DataConfig(Section):
 class AugmentConfig(Section):
     flip: bool = True
     rot90: bool = True
+    rotate: float = 0.0  # free rotation: angle from U(-rotate, rotate) degrees; 0 = off, 180 = any angle
     crop_min: float = 0.75  # random resized crop: smallest side fraction; 1.0 = off
     brightness: float = 0.0  # an offset fakes signal in the dim green channel: off by default
     contrast: float = 0.2
@@ -110,6 +111,8 @@ class AugmentConfig(Section):
     p_swap: float = 0.02  # green replaced by red (-> Microtubules, 10) or yellow (-> ER, 6)
 
     def validate(self) -> None:
+        if not 0.0 <= self.rotate <= 180.0:
+            raise ConfigError(f"augment.rotate: {self.rotate} must be in [0, 180] (degrees)")
         if not 0.0 < self.crop_min <= 1.0:
             raise ConfigError(f"augment.crop_min: {self.crop_min} must be in (0, 1]")
         for key in ("brightness", "contrast", "cutout", "p_negative", "p_swap"):

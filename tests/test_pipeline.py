@@ -34,9 +34,33 @@ def test_label_aware_augmentation_changes_pixels_and_labels_together():
 
 def test_geometric_and_intensity_keep_static_shapes():
     img = _image()
-    out = augment.augment_image(img, tf.zeros(19), load_config().augment.to_dict() | {"cutout": 0.25})
-    assert out[0].shape == (16, 16, 4) and out[1].shape == (19,)
-    assert 0.0 <= float(tf.reduce_min(out[0])) and float(tf.reduce_max(out[0])) <= 1.0
+    for cell in (False, True):
+        out = augment.augment_image(img, tf.zeros(19), load_config().augment.to_dict() | {"cutout": 0.25, "rotate": 180.0},
+                                    cell=cell)
+        assert out[0].shape == (16, 16, 4) and out[1].shape == (19,)
+        assert 0.0 <= float(tf.reduce_min(out[0])) and float(tf.reduce_max(out[0])) <= 1.0
+
+
+def test_free_rotation_is_a_rotation_about_the_centre_with_the_chosen_fill():
+    from scipy import ndimage
+
+    img = np.zeros((2, 33, 33, 4), np.float32)
+    img[:, 16, 18:30, 1] = 1.0  # a bar right of the centre
+    img[:, :3, :, 2] = 1.0  # a band along the top edge
+    seed = tf.constant([3, 4])
+    out = augment.rotate(tf.constant(img), 90.0, "CONSTANT", seed).numpy()
+    angles = augment._uniform(seed, -90.0, 90.0, shape=[2]).numpy()
+    assert abs(angles[0] - angles[1]) > 5  # each image of a bag turns on its own
+    for k, angle in enumerate(angles):  # counter-clockwise in degrees, as scipy's reference
+        reference = ndimage.rotate(img[k, ..., 1], angle, reshape=False, order=1)
+        assert np.abs(out[k, ..., 1] - reference).max() < 1e-4
+    assert out[..., 1].sum() == pytest.approx(img[..., 1].sum(), rel=0.05)  # the bar is inside: kept whole
+    assert out[:, 16, 16, 0].max() == 0.0  # CONSTANT: pixels from outside are background
+    reflected = augment.rotate(tf.constant(img), 90.0, "REFLECT", seed).numpy()
+    assert reflected[..., 2].sum() > out[..., 2].sum()  # REFLECT brings the band back into the corners
+    assert np.array_equal(augment.rotate(tf.constant(img), 0.0, seed=seed), img)  # 0 = off
+    one = augment.rotate(tf.constant(img[0]), 90.0, "CONSTANT", seed)
+    assert one.shape == (33, 33, 4)
 
 
 def test_image_and_cell_bag_pipelines_over_records(built_records):

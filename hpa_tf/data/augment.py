@@ -74,6 +74,38 @@ def geometric(images: tf.Tensor, flip: bool, rot90: bool, seed: tf.Tensor | None
     return images
 
 
+def rotate(images: tf.Tensor, max_degrees: float, fill_mode: str = "CONSTANT",
+           seed: tf.Tensor | None = None) -> tf.Tensor:
+    """Rotate about the centre by an angle drawn from U(-max_degrees, max_degrees) (one angle per
+    image of a bag), bilinear; pixels from outside are zero (``CONSTANT``: a cell crop's background)
+    or mirrored (``REFLECT``: a field, which goes on beyond its edge). 0 = off, 180 = any angle.
+
+    Free-angle rotation on top of flips and quarter turns (the winners' shift-scale-rotate): a cell
+    or a field has no preferred direction. TensorFlow's projective-transform op (what
+    ``keras.layers.RandomRotation`` runs), with a stateless angle.
+
+    >>> rotate(tf.zeros([2, 64, 64, 4]), 180.0, seed=tf.constant([1, 2])).shape
+    TensorShape([2, 64, 64, 4])
+    """
+    if max_degrees <= 0:
+        return images
+    batch = images if images.shape.rank == 4 else images[None]
+    n = tf.shape(batch)[0]
+    h, w = float(batch.shape[1]), float(batch.shape[2])
+    theta = _uniform(seed, -max_degrees, max_degrees, shape=[n]) * (3.141592653589793 / 180.0)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2): a rotation about the centre.
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    transforms = tf.stack([cos, -sin, cx - cos * cx + sin * cy,
+                           sin, cos, cy - sin * cx - cos * cy,
+                           tf.zeros_like(cos), tf.zeros_like(cos)], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=batch, transforms=transforms, output_shape=tf.shape(batch)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode=fill_mode)
+    out = tf.ensure_shape(out, batch.shape)
+    return out if images.shape.rank == 4 else out[0]
+
+
 def random_resized_crop(image: tf.Tensor, min_fraction: float, seed: tf.Tensor | None = None) -> tf.Tensor:
     """Crop a random square of side U(min_fraction, 1) x the image and resize it back (static shape)."""
     if min_fraction >= 1.0:
@@ -111,10 +143,15 @@ def cutout(image: tf.Tensor, fraction: float, seed: tf.Tensor | None = None) -> 
     return image * tf.cast(~inside, image.dtype)[..., None]
 
 
-def augment_image(image: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """All image-level augmentations of the ``augment`` config section."""
+def augment_image(image: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None = None,
+                  cell: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """All image-level augmentations of the ``augment`` config section; ``cell``: the image is one
+    cell crop (a free rotation fills the corners with background, not with the mirrored field)."""
     s_geo, s_crop, s_int, s_cut, s_label = _seeds(seed, 5)
     image = geometric(image, cfg["flip"], cfg["rot90"], s_geo)
+    if cfg["rotate"] > 0:
+        s_rot = tf.random.experimental.stateless_fold_in(tf.cast(s_geo, tf.int64), 1)
+        image = rotate(image, cfg["rotate"], "CONSTANT" if cell else "REFLECT", s_rot)
     image = random_resized_crop(image, cfg["crop_min"], s_crop)
     image = intensity(image, cfg["brightness"], cfg["contrast"], s_int)
     image = cutout(image, cfg["cutout"], s_cut)
@@ -125,5 +162,7 @@ def augment_bag(cells: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None
     """Augmentations of a bag of cell crops (N, S, S, 4) sharing the image's labels."""
     s_geo, s_int, s_label = _seeds(seed, 3)
     cells = geometric(cells, cfg["flip"], cfg["rot90"], s_geo)
+    if cfg["rotate"] > 0:
+        cells = rotate(cells, cfg["rotate"], "CONSTANT", tf.random.experimental.stateless_fold_in(tf.cast(s_geo, tf.int64), 1))
     cells = intensity(cells, cfg["brightness"], cfg["contrast"], s_int)
     return label_aware(cells, labels, cfg["p_negative"], cfg["p_swap"], s_label)

@@ -283,7 +283,8 @@ def _cell_elements(data, aug, seed: int, examples: tf.data.Dataset) -> tf.data.D
         image = tf.ensure_shape(tf.io.decode_png(png, channels=4, dtype=dtype), [stored, stored, 4])
         cell = to_model_size(image, size, compilable=False)
         if aug is not None:
-            cell, soft = augment.augment_image(cell, soft, aug, tf.stack([tf.constant(seed, tf.int64), index * 1024 + position]))
+            cell, soft = augment.augment_image(cell, soft, aug, tf.stack([tf.constant(seed, tf.int64), index * 1024 + position]),
+                                               cell=True)
         return tf.ensure_shape(cell, [size, size, 4]), tf.ensure_shape(soft, [NUM_CLASSES])
 
     det = bool(data["deterministic"])
