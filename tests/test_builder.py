@@ -199,3 +199,42 @@ def test_several_sources_make_one_record_set(synth_dir, tmp_path):
     assert seen == want and len(want) == 8 - n_val and any(e["fold"] == 0 and e["source"] == b"external" for e in records)
     with pytest.raises(ValueError, match="no source \\['kaggle'\\]"):
         count_images(str(out), [0], ["kaggle"])
+
+
+def test_fields_of_one_antibody_or_well_share_a_fold(synth_dir, tmp_path):
+    """Fields of one antibody (HPA's {antibody}_{plate}_{well}_{field} IDs) or one well never sit on
+    both sides of a split, and the folds stay stratified; the competition's UUIDs fold as before."""
+    from tfrecord_builder.folds import assign_folds
+
+    rng = np.random.default_rng(0)
+    ids, labels = [], []
+    for antibody in range(60):
+        lab = sorted(set(rng.integers(0, 19, 2).tolist()))
+        for well, field in [("A1", 1), ("A1", 2), ("B3", 1)]:
+            ids.append(f"{1000 + antibody}_{170 + antibody % 3}_{well}_{field}")
+            labels.append(lab)
+    ids += [f"{k:08x}-bb99-11e8-b2b9-ac1f6b6435d0" for k in range(40)]
+    labels += [sorted(set(rng.integers(0, 19, 2).tolist())) for _ in range(40)]
+    for group_by, key in (("antibody", lambda i: i.split("_")[0]), ("well", lambda i: i.rsplit("_", 1)[0])):
+        folds = assign_folds(ids, labels, 4, group_by=group_by)
+        by_group: dict[str, set] = {}
+        for i in ids[:180]:
+            by_group.setdefault(key(i), set()).add(folds[i])
+        assert all(len(f) == 1 for f in by_group.values())
+        assert Counter(folds.values()).most_common()[-1][1] >= 40  # no fold starved
+    plain = assign_folds(ids, labels, 4, group_by="none")
+    assert any(len({plain[i] for i in ids[3 * a : 3 * a + 3]}) > 1 for a in range(60))  # what grouping prevents
+
+    # the builder: four fields of two antibodies, two folds
+    data, table = tmp_path / "train", pd.read_csv(synth_dir / "train.csv", dtype=str)
+    data.mkdir()
+    names = {old: new for old, new in zip(table["ID"], ["501_9_A1_1", "501_9_A1_2", "502_9_B2_1", "502_9_B2_2"])}
+    for old, new in names.items():
+        for c in ("red", "green", "blue", "yellow"):
+            shutil.copy(synth_dir / "train" / f"{old}_{c}.png", data / f"{new}_{c}.png")
+    table.assign(ID=table["ID"].map(names)).to_csv(tmp_path / "train.csv", index=False)
+    assert _build(data, tmp_path / "train.csv", tmp_path / "out") == 0
+    fold_of = pd.read_csv(tmp_path / "out" / "folds.csv").set_index("ID")["fold"]
+    assert fold_of["501_9_A1_1"] == fold_of["501_9_A1_2"] != fold_of["502_9_B2_1"] == fold_of["502_9_B2_2"]
+    with pytest.raises(ValueError, match="4 images in 2 groups .* --group-by none"):
+        _build(data, tmp_path / "train.csv", tmp_path / "three", "--folds", "3")

@@ -2,7 +2,7 @@
 
     python -m tfrecord_builder build --data DIR --labels train.csv --out OUT
         [--source NAME DIR LABELS ...] [--segmenter classical|hpacellseg|precomputed:DIR] [--image-size 512] [--cell-size 128]
-        [--shard-mb 150] [--workers N] [--folds 5] [--compression none|gzip]
+        [--shard-mb 150] [--workers N] [--folds 5] [--group-by antibody|well|none] [--compression none|gzip]
         [--runner local|beam --beam-options="--runner=DataflowRunner ..."] [--overwrite]
     python -m tfrecord_builder inspect OUT [--png sheet.png]
 
@@ -16,7 +16,10 @@ made from other inputs (another label, image, setting or fold count) is refused 
 inputs changed: what ``python -m hpa_tf.job`` uses). Several data sources
 (``--source competition data/train data/train.csv --source external ext/train ext/train.csv``) go
 into one record set: folds stratified over all of them, each record stores its source, so training
-can keep external images out of validation (``data.val_sources``).
+can keep external images out of validation (``data.val_sources``). The fields of one antibody share a
+fold when their IDs say which (HPA's ``{antibody}_{plate}_{well}_{field}``; ``--group-by well``: of
+one well; :mod:`tfrecord_builder.folds`), so no model validates on, or labels, near-copies of its
+training images.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from hpa_tf.lock import FolderLock
 from hpa_tf.segmentation import check_segmenter, runs_on_accelerator
 from hpa_tf.segmentation.runner import segment_folder
 from tfrecord_builder.build import BuildConfig, ImageJob, build_example
+from tfrecord_builder.folds import GROUPINGS, group_of
 from tfrecord_builder.identity import records_made_from
 from tfrecord_builder.shards import (
     FOLDS,
@@ -193,8 +197,13 @@ def build(args: argparse.Namespace) -> int:
     jobs = _jobs(config, args.classes)
     if len(jobs) < args.folds:
         raise BuildError(f"{len(jobs)} images cannot make {args.folds} folds; use --folds {len(jobs)} or fewer")
+    n_groups = len({group_of(j.image_id, args.group_by) for j in jobs})
+    if args.folds > 1 and n_groups < args.folds:
+        raise BuildError(f"{len(jobs)} images in {n_groups} groups (--group-by {args.group_by}, from their IDs) cannot "
+                         f"make {args.folds} folds that keep each group together; use --folds {n_groups} or fewer, or "
+                         "--group-by none")
     require_writable(args.out, "--out")
-    made_from = records_made_from(config, jobs, args.folds)
+    made_from = records_made_from(config, jobs, args.folds, group_by=args.group_by)
     with FolderLock(args.out, "tfrecord_builder build"):
         _check_inputs(args.out, made_from, args.overwrite, args.replace_changed)
         if provenance.read(args.out) is not None and all(
@@ -221,7 +230,7 @@ def build(args: argparse.Namespace) -> int:
             run_local(work, args.out, plan, todo, args.workers)
         metas = [read_meta(args.out, s) for s in range(len(plan))]
         labels = {j.image_id: j.labels for j in jobs}
-        manifest = write_manifest(args.out, config.to_dict(), metas, labels, args.folds, args.seed)
+        manifest = write_manifest(args.out, config.to_dict(), metas, labels, args.folds, args.seed, args.group_by)
         provenance.write(args.out, "records", made_from, files=[MANIFEST, FOLDS])
     c = manifest.counts
     errors = fs.join(args.out, "errors.csv")
@@ -267,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--shard-mb", type=at_least(0.001, float), default=150.0, help="target shard size in MB")
     b.add_argument("--workers", type=at_least(1), default=1)
     b.add_argument("--folds", type=at_least(1), default=5, help="1 = no validation folds")
+    b.add_argument("--group-by", choices=GROUPINGS, default="antibody",
+                   help="keep in one fold the fields of one antibody (default) or one well, as their IDs tell "
+                   "(HPA's {antibody}_{plate}_{well}_{field}); none: every image on its own")
     b.add_argument("--seed", type=int, default=0, help="seeds the shard shuffle and the folds")
     b.add_argument("--compression", choices=("none", "gzip"), default="none")
     b.add_argument("--bit-depth", type=int, choices=(8, 16), default=8,

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from hpa_tf import fs
 from hpa_tf.data.schema import SCHEMA_VERSION
 from hpa_tf.provenance import digest, quick_file_digest
+from tfrecord_builder.folds import groups_of
 from tfrecord_builder.build import BuildConfig, ImageJob
 
 
@@ -56,8 +57,10 @@ def segmenter_files(spec: str) -> dict[str, str]:
     return out
 
 
-def records_made_from(config: BuildConfig, jobs: Sequence[ImageJob], n_folds: int, progress: bool = True) -> dict:
-    """The ``made_from`` of the record set ``config`` and ``jobs`` build with ``n_folds`` folds."""
+def records_made_from(config: BuildConfig, jobs: Sequence[ImageJob], n_folds: int, progress: bool = True,
+                      group_by: str = "antibody") -> dict:
+    """The ``made_from`` of the record set ``config`` and ``jobs`` build with ``n_folds`` folds, the
+    images of a group (``group_by``: :mod:`tfrecord_builder.folds`) in one fold."""
     sources = {}
     for name, data, _ in config.sources:  # keyed so that a refusal names what changed: labels, image list, files
         mine = [j for j in jobs if j.source == name]
@@ -66,5 +69,9 @@ def records_made_from(config: BuildConfig, jobs: Sequence[ImageJob], n_folds: in
                          "image_list": digest(sorted(files)),
                          "image_files": _folder_digest(data, files, f"source {name}", progress)}
     settings = {k: v for k, v in config.to_dict().items() if k != "sources"}
+    folds = {"n_folds": n_folds, "seed": config.seed}
+    groups = groups_of([j.image_id for j in jobs], group_by)
+    if groups:  # only when grouping moves images: records of ungrouped IDs stay current
+        folds["groups"] = digest(sorted(groups.items()))
     return {"schema": SCHEMA_VERSION, "sources": sources, "settings": settings,
-            "segmenter_files": segmenter_files(config.segmenter), "folds": {"n_folds": n_folds, "seed": config.seed}}
+            "segmenter_files": segmenter_files(config.segmenter), "folds": folds}

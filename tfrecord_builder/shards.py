@@ -115,15 +115,15 @@ def read_meta(out: str, index: int) -> dict:
 
 
 def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[str, Sequence[int]],
-                   n_folds: int, seed: int) -> Manifest:
+                   n_folds: int, seed: int, group_by: str = "antibody") -> Manifest:
     """Summarise all shards into ``manifest.json``; assign folds over the images that were built
-    (``folds.csv``: multi-label stratified, so no fold is left empty by images that failed); list
-    bad images in ``errors.csv``."""
+    (``folds.csv``: multi-label stratified, so no fold is left empty by images that failed, the
+    images of one antibody or well together: ``group_by``); list bad images in ``errors.csv``."""
     class_counts = np.sum([m["class_counts"] for m in metas], axis=0).astype(int)
     ids = sorted(i for m in metas for i in m["ids"])
     source_of = {i: src for m in metas for i, src in zip(m["ids"], m.get("sources", ["main"] * len(m["ids"])))}
     errors = [e for m in metas for e in m["errors"]]
-    folds = assign_folds(ids, [labels[i] for i in ids], n_folds, seed) if ids else {}
+    folds = assign_folds(ids, [labels[i] for i in ids], n_folds, seed, group_by) if ids else {}
     fold_counts: dict[str, int] = {}
     by_source: dict[str, dict[str, int]] = {}
     for i in ids:
@@ -135,7 +135,8 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[s
         out, SCHEMA_VERSION, config,
         counts={"images": len(ids), "cells": int(sum(m["n_cells"] for m in metas)), "errors": len(errors),
                 "shards": len(metas)},
-        folds={"n_folds": n_folds, "seed": seed, "images_per_fold": dict(sorted(fold_counts.items())), "file": FOLDS},
+        folds={"n_folds": n_folds, "seed": seed, "group_by": group_by, "images_per_fold": dict(sorted(fold_counts.items())),
+               "file": FOLDS},
         shards={kind: [Shard(**m["files"][kind]) for m in metas] for kind in KINDS},
         sources={name: {"images": sum(per.values()), "images_per_fold": dict(sorted(per.items()))}
                  for name, per in sorted(by_source.items())},
