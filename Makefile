@@ -12,6 +12,7 @@ DATA ?=
 WHEELHOUSE ?= wheelhouse
 KAGGLE_PYTHON ?= 3.12
 MODELS ?=
+JOB_ARGS ?=
 
 .PHONY: install demo demo-long test test-all bench wheelhouse clean
 
@@ -26,11 +27,12 @@ install: $(STAMP)
 
 # The main job end to end (python -m hpa_tf.job): on SynthHPA generated into $(RUN)/synth, or with
 # DATA=DIR on any folder in the competition's layout (DIR/train/, train.csv, test/,
-# sample_submission.csv, truth/ if any). Writes $(RUN)/submission.csv and $(RUN)/results.md; a rerun
+# sample_submission.csv, truth/ if any); JOB_ARGS: more of the job's flags (e.g. "--label-mix kaggle2021
+# --texture-scale 0.5", SynthHPA nearer real data). Writes $(RUN)/submission.csv and $(RUN)/results.md; a rerun
 # skips the stages that are done.
 demo: $(STAMP)
 	$(PY) -m hpa_tf.job --run $(RUN) $(if $(DATA),--data $(DATA)) --n-train $(N_TRAIN) --n-test $(N_TEST) \
-		--workers $(WORKERS) $(if $(TRAIN_SET),--set $(TRAIN_SET))
+		--workers $(WORKERS) $(if $(TRAIN_SET),--set $(TRAIN_SET)) $(JOB_ARGS)
 
 # The longer CPU benchmark: the same job and models on 2000 training images and 64 test images (the
 # demo's 32 among them).

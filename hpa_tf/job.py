@@ -83,6 +83,8 @@ class Job:
     cell_view: str = "masked"
     final_models: str | None = None  # the models the submission weighs (FINAL_MODELS); None: cell, or all at --rounds 0
     combination: Combination = DEFAULT_COMBINATION
+    label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
+    texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)  # training and labelling stages: skipped as done
 
@@ -212,7 +214,8 @@ def run_job(job: Job) -> dict:
     if not job.data:
         _stage(job, "generate SynthHPA", _python("-m", "hpa_tf.synthetic", "--out", job.data_dir, "--n-train",
                                                   str(job.n_train), "--n-test", str(job.n_test), "--size", str(job.size),
-                                                  "--seed", str(job.seed), "--workers", str(job.workers)))
+                                                  "--seed", str(job.seed), "--label-mix", job.label_mix,
+                                                  "--texture-scale", str(job.texture_scale), "--workers", str(job.workers)))
     data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
     _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
                                          fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
@@ -327,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=at_least(1), default=32, help="SynthHPA test images")
     parser.add_argument("--size", type=at_least(64), default=1024, help="SynthHPA image size")
     parser.add_argument("--seed", type=int, default=0, help="SynthHPA seed")
+    parser.add_argument("--label-mix", choices=("flattened", "kaggle2021"), default="flattened",
+                        help="SynthHPA's image label sets: flattened (rare classes made common; the results tables), or "
+                        "the real Kaggle 2021 sets as often as there")
+    parser.add_argument("--texture-scale", type=float, default=1.0,
+                        help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
     parser.add_argument("--workers", type=at_least(1), default=2)
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
     parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
@@ -354,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
               args.seed, args.workers, args.folds, args.splits, args.rounds, args.image_config, args.cells_config,
               args.cell_config, args.set, bit_depth=args.bit_depth, label_source=args.label_source,
               cell_view=args.cell_view, final_models=args.final_models,
-              combination=combination_from(args, parser))
+              combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale)
     run_job(job)
     return 0
 

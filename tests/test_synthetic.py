@@ -6,7 +6,7 @@ from hpa_tf.io import read_image
 from hpa_tf.labels import NEGATIVE, parse_labels
 from hpa_tf.synthetic import patterns as P
 from hpa_tf.synthetic.__main__ import main
-from hpa_tf.synthetic.generator import class_probabilities, generate
+from hpa_tf.synthetic.generator import class_probabilities, generate, kaggle2021_label_sets, sample_image_labels
 from hpa_tf.synthetic.layout import make_layout, smooth_noise
 from hpa_tf.truth import Truth
 
@@ -91,6 +91,31 @@ def test_label_frequencies_follow_the_competition_but_flattened():
     assert p[0] / p[11] < 8  # 8797 / 78 = 113 in the real data
 
 
+def test_the_harder_setting_draws_real_label_sets_and_finer_textures():
+    sets, p = kaggle2021_label_sets()
+    assert len(sets) > 300 and abs(p.sum() - 1) < 1e-9
+    rng = np.random.default_rng(0)
+    drawn = [sample_image_labels(rng, "kaggle2021") for _ in range(3000)]
+    assert all(d in sets for d in drawn) and max(map(len, drawn)) >= 4
+    share = lambda c: np.mean([c in d for d in drawn])  # noqa: E731
+    assert abs(share(0) - 8797 / 21806) < 0.03 and share(11) < 0.01  # as common / as rare as in train.csv
+    assert share(11) < share(0) / 50  # 78 / 8797 in train.csv; flattened, the spindle has 1/8 of Nucleoplasm's share
+
+    def correlation_length(green: np.ndarray) -> float:
+        """Pixels to where the fine detail's autocorrelation falls to one half."""
+        x = green.astype(np.float32)
+        x -= cv2.GaussianBlur(x, (0, 0), 6)
+        ac = np.fft.irfft2(np.abs(np.fft.rfft2(x)) ** 2, s=x.shape)
+        r = (ac[0, :40] + ac[:40, 0]) / (2 * ac[0, 0])
+        k = int(np.argmax(r < 0.5))
+        return k - 1 + (r[k - 1] - 0.5) / (r[k - 1] - r[k])
+
+    for i in (0, 1, 5):  # ER, microtubules, nucleoli + plasma membrane (smooth classes change little)
+        coarse, fine = generate(3, "train", i, 1024), generate(3, "train", i, 1024, texture_scale=0.5)
+        assert fine.labels == coarse.labels and np.array_equal(fine.cells, coarse.cells)  # same scene
+        assert correlation_length(fine.image[..., 1]) < 0.95 * correlation_length(coarse.image[..., 1])
+
+
 def test_cli_writes_hpa_format_and_resumes(synth_dir, capsys):
     train = pd.read_csv(synth_dir / "train.csv")
     assert list(train.columns) == ["ID", "Label"] and len(train) == 4
@@ -120,3 +145,6 @@ def test_mixed_sizes(tmp_path):
     assert main(["--out", str(tmp_path), "--n-train", "0", "--n-test", "6", "--size", "128,192", "--seed", "1"]) == 0
     sizes = set(pd.read_csv(tmp_path / "truth" / "images.csv")["ImageWidth"])
     assert sizes == {128, 192}
+    # the harder setting is part of a run's parameters: another one in the same folder is refused
+    assert main(["--out", str(tmp_path), "--n-train", "0", "--n-test", "6", "--size", "128,192", "--seed", "1",
+                 "--label-mix", "kaggle2021"]) == 2

@@ -1,6 +1,7 @@
 """Write a SynthHPA dataset in HPA format with cell-level truth.
 
     python -m hpa_tf.synthetic --out synth --n-train 200 --n-test 60 --size 1024 --seed 0 --workers 2
+    python -m hpa_tf.synthetic --out hard --label-mix kaggle2021 --texture-scale 0.5   # nearer real data
 
 Layout of ``--out``::
 
@@ -31,7 +32,7 @@ from tqdm import tqdm
 
 from hpa_tf import fs
 from hpa_tf.cli import run
-from hpa_tf.synthetic.generator import SPLITS, pick_size
+from hpa_tf.synthetic.generator import LABEL_MIXES, SPLITS, pick_size
 from hpa_tf.synthetic.preview import write_preview
 from hpa_tf.synthetic.writer import make_one
 from hpa_tf.truth import CELLS_CSV, IMAGES_CSV
@@ -40,11 +41,12 @@ from hpa_tf.workers import die_with_parent
 PARAMS_FILE = "synthhpa.json"
 
 
-def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int]]:
+def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int, str, float]]:
     jobs = []
     for split, n in zip(SPLITS, (args.n_train, args.n_test)):
         for i in range(n):
-            jobs.append((args.out, args.seed, i, split, pick_size(args.seed, split, i, sizes)))
+            jobs.append((args.out, args.seed, i, split, pick_size(args.seed, split, i, sizes), args.label_mix,
+                         args.texture_scale))
     return jobs
 
 
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="1024", help="image size in px, or a comma list to mix sizes (e.g. 1728,2048)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--label-mix", choices=LABEL_MIXES, default="flattened",
+                        help="image label sets: 1-3 classes, rare ones made more common (flattened, the original), or "
+                        "the real Kaggle 2021 train.csv's sets as often as there (kaggle2021)")
+    parser.add_argument("--texture-scale", type=float, default=1.0,
+                        help="size of the patterns' strokes and dots against the cells (1: the original; 0.5: half, "
+                        "finer, as on a real 2048 px field)")
     parser.add_argument("--overwrite", action="store_true", help="start over even if the folder holds another run")
     args = parser.parse_args(argv)
     try:
@@ -73,14 +81,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--size {args.size!r}: give pixels, e.g. 1024 or 1728,2048")
     if not sizes or min(sizes) < 64:
         parser.error("--size must be at least 64 px")
+    if not 0.1 <= args.texture_scale <= 4.0:
+        parser.error(f"--texture-scale {args.texture_scale}: give a factor from 0.1 to 4")
     if args.n_train < 0 or args.n_test < 0:
         parser.error("--n-train and --n-test must be >= 0")
 
-    params = {"format": "synthhpa-1", "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test, "sizes": sizes}
+    params = {"format": "synthhpa-1", "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test, "sizes": sizes,
+              "label_mix": args.label_mix, "texture_scale": args.texture_scale}
     params_path = fs.join(args.out, PARAMS_FILE)
     if fs.exists(params_path) and not args.overwrite:
-        old = json.loads(fs.read_text(params_path))
-        if {k: old.get(k) for k in ("format", "seed", "sizes")} != {k: params[k] for k in ("format", "seed", "sizes")}:
+        old = {"label_mix": "flattened", "texture_scale": 1.0, **json.loads(fs.read_text(params_path))}  # older runs
+        same = ("format", "seed", "sizes", "label_mix", "texture_scale")
+        if {k: old.get(k) for k in same} != {k: params[k] for k in same}:
             print(f"error: {args.out} holds a SynthHPA run with other parameters ({old}); "
                   "use another --out or --overwrite", file=sys.stderr)
             return 2

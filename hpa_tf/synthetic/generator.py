@@ -5,11 +5,17 @@ What makes it a real challenge rather than a toy:
 - landmarks like HPA's: textured blue nuclei, red microtubules, a yellow ER network;
 - a distinct green pattern per class (see :mod:`hpa_tf.synthetic.patterns`);
 - 1-3 labels per image, drawn with frequencies following the competition's training set but
-  flattened (count ** 0.4) so that rare classes appear;
+  flattened (count ** 0.4) so that rare classes appear (``label_mix="flattened"``, the default);
+  or ``label_mix="kaggle2021"``: the label sets of the real 2021 ``train.csv``, drawn as often as
+  there (Nucleoplasm on 40 % of images, Nucleoplasm + Cytosol the commonest pair, the Mitotic
+  spindle on 1 image in 280: the rare classes as rare as in the competition);
 - single-cell heterogeneity: each image label has its own expression probability and every
   cell draws it independently (at least one cell expresses each label); a cell that expresses
   none is Negative (18); the Mitotic spindle shows only in dividing cells;
-- per-cell expression level, per-image exposure, blur and signal-dependent noise.
+- per-cell expression level, per-image exposure, blur and signal-dependent noise;
+- ``texture_scale``: the size of the green patterns' strokes, dots and blobs (and of the
+  landmarks') against the cells: 1 (the default) the original, 0.5 half as fine, nearer a real
+  2048 px field's filaments and puncta on its larger cells. Blur (the optics) does not change.
 
 Everything is drawn from ``numpy.random.SeedSequence([seed, split, index, stream])``, so an
 image depends only on those numbers, not on worker count or order.
@@ -17,7 +23,9 @@ image depends only on those numbers, not on worker count or order.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from importlib import resources
 
 import cv2
 import numpy as np
@@ -51,12 +59,35 @@ def class_probabilities() -> np.ndarray:
     return w / w.sum()
 
 
-def sample_image_labels(rng: np.random.Generator) -> list[int]:
-    """1-3 distinct classes, or ``[18]`` alone for a Negative image.
+LABEL_MIXES = ("flattened", "kaggle2021")
+
+
+@functools.cache
+def kaggle2021_label_sets() -> tuple[list[list[int]], np.ndarray]:
+    """The distinct label sets of the Kaggle 2021 ``train.csv`` and the probability of each (its
+    share of the 21,806 images), from the table shipped in this package."""
+    import io
+
+    import pandas as pd
+
+    text = resources.files("hpa_tf.synthetic").joinpath("kaggle2021_label_sets.csv").read_text()
+    table = pd.read_csv(io.StringIO(text), comment="#", dtype={"Label": str})
+    counts = table["images"].to_numpy(np.float64)
+    return [[int(c) for c in s.split("|")] for s in table["Label"]], counts / counts.sum()
+
+
+def sample_image_labels(rng: np.random.Generator, label_mix: str = "flattened") -> list[int]:
+    """1-3 distinct classes, or ``[18]`` alone for a Negative image (``flattened``); or one of the
+    real 2021 label sets as often as in the competition (``kaggle2021``).
 
     >>> sample_image_labels(np.random.default_rng(1))
     [1, 4, 16]
     """
+    if label_mix == "kaggle2021":
+        sets, p = kaggle2021_label_sets()
+        return sets[int(rng.choice(len(sets), p=p))]
+    if label_mix != "flattened":
+        raise ValueError(f"label_mix {label_mix!r} is not one of {', '.join(LABEL_MIXES)}")
     if rng.random() < _NEGATIVE_IMAGE_P:
         return [NEGATIVE]
     k = int(rng.choice(3, p=_LABEL_COUNT_P)) + 1
@@ -126,8 +157,10 @@ def pick_size(seed: int, split: str, index: int, sizes: list[int]) -> int:
     return int(sizes[_rng(seed, split, index, _SIZE).integers(len(sizes))])
 
 
-def generate(seed: int, split: str, index: int, size: int, render: bool = True) -> SynthImage:
-    """Generate image ``index`` of ``split`` for ``seed``, ``size`` x ``size`` pixels.
+def generate(seed: int, split: str, index: int, size: int, render: bool = True, label_mix: str = "flattened",
+             texture_scale: float = 1.0) -> SynthImage:
+    """Generate image ``index`` of ``split`` for ``seed``, ``size`` x ``size`` pixels, with the
+    ``label_mix`` and ``texture_scale`` (see the module docstring).
 
     ``render=False`` regenerates only the ID, labels and masks (identical to a full run):
     layout and labels use their own random stream, pixels another.
@@ -138,7 +171,7 @@ def generate(seed: int, split: str, index: int, size: int, render: bool = True) 
     """
     rng = _rng(seed, split, index, _LAYOUT)
     image_id = _draw_id(rng)
-    labels = sample_image_labels(rng)
+    labels = sample_image_labels(rng, label_mix)
     cell_map, cells = make_layout(rng, size, n_mitotic_min=2 if MITOTIC_SPINDLE in labels else 0)
     cell_labels = assign_cell_labels(rng, labels, cells)
     # A label whose only eligible cells were squeezed out cannot be shown: drop it.
@@ -146,12 +179,14 @@ def generate(seed: int, split: str, index: int, size: int, render: bool = True) 
     nuclei = np.zeros_like(cell_map)
     for k, cell in enumerate(cells, start=1):
         nuclei[cell.slices][cell.nucleus] = k
-    image = _render(_rng(seed, split, index, _PIXELS), size, cells, cell_labels) if render else None
+    image = _render(_rng(seed, split, index, _PIXELS), size, cells, cell_labels, texture_scale) if render else None
     return SynthImage(image_id, image, cell_map, nuclei, cell_labels, shown)
 
 
-def _render(rng: np.random.Generator, size: int, cells: list[Cell], cell_labels: list[list[int]]) -> np.ndarray:
-    s = size / 1024.0
+def _render(rng: np.random.Generator, size: int, cells: list[Cell], cell_labels: list[list[int]],
+            texture_scale: float = 1.0) -> np.ndarray:
+    optics = size / 1024.0
+    s = optics * texture_scale  # the patterns' scale; blur and noise grain stay the optics'
     tex = np.clip(smooth_noise(rng, (size, size), 3.0 * s), -2, 2) / 2.0
     er = np.exp(-((smooth_noise(rng, (size, size), 9.0 * s) / 0.3) ** 2))
     planes = np.zeros((4, size, size), np.float32)  # red, green, blue, yellow
@@ -174,7 +209,7 @@ def _render(rng: np.random.Generator, size: int, cells: list[Cell], cell_labels:
         for k, plane in enumerate((red, green, blue, yellow)):
             np.copyto(planes[k][sl], plane, where=cell.mask)  # cells never overlap
     out = np.empty((size, size, 4), np.uint8)
-    sigma = 0.9 * s
+    sigma = 0.9 * optics
     noise = rng.standard_normal((size + 64, size + 64), dtype=np.float32)
     for k in range(4):
         p = cv2.GaussianBlur(planes[k], (0, 0), sigma)
