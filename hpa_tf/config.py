@@ -180,6 +180,7 @@ class TrainConfig(Section):
     steps_per_execution: int = 1  # training steps per host call, under every strategy
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    ema: float = 0.0  # weight averaging: momentum of the weights' moving average (0.99-0.999); it validates and is saved; 0 = off
     warmup_epochs: float = 0.5
     keep_backups: int = 2  # epoch backups kept for resuming
     tensorboard: bool = True
@@ -193,6 +194,8 @@ class TrainConfig(Section):
             _at_least(f"train.{key}", getattr(self, key), 1)
         for key in ("steps_per_epoch", "logical_cpus", "weight_decay", "warmup_epochs"):
             _at_least(f"train.{key}", getattr(self, key), 0)
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"train.ema: {self.ema} must be in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate: {self.learning_rate} must be above 0")
 

@@ -63,8 +63,10 @@ def _kill_after(epoch: int):
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_run_bit_for_bit(built_records, tmp_path):
-    """Resume after a kill: the same weights, logs and best epoch as a run never killed."""
-    extra = ["train.epochs=4", *SMALL, "train.deterministic=true", "data.val_fold=1", "train.learning_rate=0.02"]
+    """Resume after a kill: the same weights, logs and best epoch as a run never killed (with weight
+    averaging: the averages are part of the backups)."""
+    extra = ["train.epochs=4", *SMALL, "train.deterministic=true", "data.val_fold=1", "train.learning_rate=0.02",
+             "train.ema=0.9"]
     train(_config(built_records, tmp_path / "whole", *extra))
     config = _config(built_records, tmp_path / "m", *extra)
     with pytest.raises(_Killed):
@@ -80,6 +82,32 @@ def test_a_killed_run_resumes_to_the_uninterrupted_run_bit_for_bit(built_records
     assert np.array_equal(_weights(tmp_path / "m" / "best.keras"), _weights(tmp_path / "whole" / "best.keras"))
     train(config)  # a finished run's folder trained again: a new run, with its own log
     assert pd.read_csv(tmp_path / "m" / "train_log.csv")["epoch"].tolist() == [0, 1, 2, 3]
+
+
+def test_weight_averaging_is_the_moving_average_and_gives_the_training_weights_back(built_records):
+    """train.ema: inside ``averaged()`` the model holds the exponential moving average of its
+    weights after each step (started at the first step's), and the training weights afterwards."""
+    from hpa_tf.training.loop import Trainer
+
+    config = load_config(str(ROOT / "configs" / "demo_cpu.yaml"), [f"data.records={built_records}", "data.image_size=32",
+                                                                   "train.ema=0.5", "train.learning_rate=0.05"])
+    trainer = Trainer(config, tf.distribute.get_strategy(), total_steps=4, warmup_steps=0)
+    rng = np.random.default_rng(0)
+    batches = iter(tf.data.Dataset.from_tensor_slices((rng.uniform(0, 1, (16, 32, 32, 4)).astype("float32"),
+                                                       (rng.uniform(0, 1, (16, 19)) < 0.2).astype("float32"))).batch(4))
+    weights = []
+    for _ in range(4):
+        trainer.train_steps(batches, 1)
+        weights.append([v.numpy() for v in trainer.model.trainable_variables])
+    expected = weights[0]
+    for step in weights[1:]:
+        expected = [0.5 * a + 0.5 * b for a, b in zip(expected, step)]
+    with trainer.averaged() as model:
+        assert all(np.allclose(v.numpy(), e, atol=1e-6) for v, e in zip(model.trainable_variables, expected))
+        assert not all(np.allclose(v.numpy(), w) for v, w in zip(model.trainable_variables, weights[-1]))
+    assert all(np.array_equal(v.numpy(), w) for v, w in zip(trainer.model.trainable_variables, weights[-1]))
+    with pytest.raises(ConfigError, match="train.ema"):
+        load_config(None, ["train.ema=1"])
 
 
 def test_a_truncated_backup_is_set_aside_and_the_one_before_used(built_records, tmp_path, capsys):

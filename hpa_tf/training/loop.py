@@ -12,11 +12,16 @@ Keras training machinery: the model's forward pass, a loss, and the optimizer's
 - ``train.jit_compile``: each replica's forward and backward pass (and its validation step) is
   XLA-compiled; the optimizer update stays outside (its cross-replica all-reduce).
 - Mixed float16 (GPUs) scales the loss (``LossScaleOptimizer``); bfloat16 (TPUs) needs no scaling.
+- ``train.ema``: the optimizer keeps a moving average of the weights (Keras' ``use_ema``);
+  :meth:`Trainer.averaged` puts it in the model to validate and save, then gives the training
+  weights back.
 - Validation sums per-class score histograms over replicas and steps in the graph
   (:mod:`hpa_tf.training.metrics`); padded examples (``valid == 0``) count nowhere.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import keras
 import numpy as np
@@ -57,8 +62,11 @@ class Trainer:
         with strategy.scope():
             self.model = build_model(config, InputContract.from_config(config))
             self.puzzle = PuzzleCAM(self.model, int(m["puzzle_tiles"])) if m["puzzle_tiles"] > 1 else None
+            ema = float(t["ema"])
             optimizer = keras.optimizers.AdamW(_schedule(float(t["learning_rate"]), total_steps, warmup_steps),
-                                               weight_decay=float(t["weight_decay"]))
+                                               weight_decay=float(t["weight_decay"]), use_ema=ema > 0,
+                                               ema_momentum=ema or 0.99)
+            self.base_optimizer = optimizer
             self.scaled = keras.mixed_precision.global_policy().name == "mixed_float16"
             self.optimizer = keras.optimizers.LossScaleOptimizer(optimizer) if self.scaled else optimizer
             self.optimizer.build(self.model.trainable_variables)
@@ -170,6 +178,22 @@ class Trainer:
         result["loss"] = loss / max(count, 1.0)
         result["images"] = int(count)
         return result
+
+    @contextlib.contextmanager
+    def averaged(self):
+        """Within the block the model holds the moving average of its weights (``train.ema``); the
+        training weights come back after it. Without ``train.ema``, the model as it is."""
+        if not self.base_optimizer.use_ema:
+            yield self.model
+            return
+        weights = self.model.trainable_variables
+        saved = [v.numpy() for v in weights]
+        self.base_optimizer.finalize_variable_values(weights)
+        try:
+            yield self.model
+        finally:
+            for v, value in zip(weights, saved):
+                v.assign(value)
 
     # --- state ------------------------------------------------------------------------------------
     def variables(self) -> list:

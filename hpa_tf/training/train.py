@@ -166,7 +166,8 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
         except Exception as err:
             raise backup.storage_error(model_dir, "the run's folder", err) from err
         save_config(config, folder.file("config.yaml"))
-        _repair_best(model_dir, state, trainer.model)
+        with trainer.averaged():
+            _repair_best(model_dir, state, trainer.model)
     writer = _summary_writer(model_dir) if chief and t["tensorboard"] else None
 
     val_ds = distribute(strategy, config, False, int(t["batch_size"])) if val_folds(config["data"]) else None
@@ -186,7 +187,8 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
             raise TrainingError(f"the training loss became {row['loss']} in epoch {epoch + 1}: lower "
                                 "train.learning_rate, or check the records with `python -m tfrecord_builder inspect`")
         if val_ds is not None:
-            val = trainer.evaluate(val_ds, val_steps, per_call)
+            with trainer.averaged():  # train.ema: the averaged weights are the ones validated and saved
+                val = trainer.evaluate(val_ds, val_steps, per_call)
             row.update(val_loss=val["loss"], val_auc=val["auc"], val_map=val["map"], val_f1=val["f1"])
             state["per_class"].append({"epoch": epoch, **{k: val[k] for k in ("auc", "map", "f1", "per_class")}})
         row["learning_rate"] = float(trainer.optimizer.learning_rate)
@@ -201,14 +203,19 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
             state["variables"], state["config"] = paths, config.to_dict()
             state["fingerprint"], state["made_from"] = fingerprint, made_from
             backup.save(backup_dir, epoch, arrays, state, int(t["keep_backups"]))
-            if improved:
-                _save_best(model_dir, trainer.model, epoch, row["val_map"])
+        if improved:
+            with trainer.averaged():
+                if chief:
+                    _save_best(model_dir, trainer.model, epoch, row["val_map"])
+        if chief:
             _write_logs(model_dir, state, writer)
             print(_summary_line(row, epochs))
         for hook in hooks:
             hook(epoch, row)
+    with trainer.averaged():
+        if chief:
+            save_model(trainer.model, fs.join(model_dir, "last.keras"))
     if chief:
-        save_model(trainer.model, fs.join(model_dir, "last.keras"))
         backup.remove_all(backup_dir)
         folder.finish(made_from)
     history = {k: [h.get(k) for h in state["history"]] for k in LOG_KEYS if k != "epoch"}
