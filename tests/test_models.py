@@ -180,3 +180,35 @@ def test_avg_and_max_pooling_of_a_cell_learns_a_single_bright_spot(tmp_path):
                       keras.layers.Concatenate)
     with pytest.raises(ConfigError, match="avgmax"):
         load_config("demo_cpu", ["model.pooling=avgmax"])
+
+
+def test_a_space_to_depth_stem_keeps_the_fine_texture_a_resize_loses(tmp_path):
+    """small_cnn_s2d: the 2 x 2 pixel blocks become channels (tf.nn.space_to_depth's order), so a
+    cell model at full size learns a 1 px texture that halving the cell's size removes."""
+    from hpa_tf.models import cell_model
+    from hpa_tf.models.layers import SpaceToDepth
+
+    x = np.random.default_rng(1).random((2, 8, 6, 4)).astype("float32")
+    assert np.array_equal(SpaceToDepth(2)(x).numpy(), tf.nn.space_to_depth(x, 2).numpy())
+    rng = np.random.default_rng(0)
+    n, size = 128, 32
+    cells = np.full((n, size, size, 4), 0.1, "float32")
+    y = np.zeros((n, 19), "float32")
+    level = rng.uniform(0.3, 0.7, n).astype("float32")
+    cells[..., 1] = level[:, None, None]
+    cells[0::2, 0::2, :, 1] += 0.2  # every other cell: 1 px stripes of the same mean brightness
+    cells[0::2, 1::2, :, 1] -= 0.2
+    y[0::2, 8] = 1.0
+    cells += rng.normal(0, 0.02, cells.shape).astype("float32")
+    halved = tf.image.resize(cells, [size // 2, size // 2], antialias=True).numpy()
+    stripes = np.abs(halved[0::2, ..., 1] - level[0::2, None, None]).mean()
+    assert stripes < 0.03  # at half size the stripes are gone: nothing for a 64 px demo model to learn
+    keras.utils.set_random_seed(0)
+    model = cell_model("small_cnn_s2d", size, pooling="gem")
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    model.fit(cells, y, epochs=8, batch_size=32, verbose=0)
+    probs = model.predict(cells, verbose=0)[:, 8]
+    assert probs[0::2].min() > probs[1::2].max()  # every striped cell above every flat one
+    model.save(tmp_path / "s2d.keras")
+    assert np.allclose(keras.models.load_model(tmp_path / "s2d.keras").predict(cells[:4], verbose=0),
+                       model.predict(cells[:4], verbose=0), atol=1e-6)

@@ -31,6 +31,39 @@ class GeM(keras.layers.Layer):
         return {**super().get_config(), "p": self.p_init, "eps": self.eps}
 
 
+@keras.saving.register_keras_serializable(package="hpa_tf")
+class SpaceToDepth(keras.layers.Layer):
+    """(B, H, W, C) -> (B, H / b, W / b, b * b * C): each b x b block of pixels becomes channels,
+    in ``tf.nn.space_to_depth``'s order (row in block, column in block, channel). Nothing is lost:
+    a stem that halves the resolution this way keeps every pixel for the first convolution (TResNet's
+    and YOLOv5's "Focus" stem), where a resize would blur filaments and puncta away. H and W must be
+    multiples of b.
+
+    >>> tuple(SpaceToDepth(2)(ops.ones((1, 8, 6, 4))).shape)
+    (1, 4, 3, 16)
+    """
+
+    def __init__(self, block: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.block = int(block)
+
+    def call(self, x):
+        b = self.block
+        shape = ops.shape(x)
+        h, w, c = shape[1], shape[2], x.shape[-1]
+        x = ops.reshape(x, (-1, h // b, b, w // b, b, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (-1, h // b, w // b, b * b * c))
+
+    def compute_output_shape(self, input_shape):
+        b = self.block
+        h, w = (None if d is None else d // b for d in input_shape[1:3])
+        return (input_shape[0], h, w, b * b * input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
 POOLINGS = ("avg", "gem", "avgmax")
 
 
