@@ -27,6 +27,7 @@ BENCHES = {
     "builder": "benchmarks.bench_builder",
     "pipeline": "benchmarks.bench_pipeline",
     "training": "benchmarks.bench_training",
+    "cell_models": "benchmarks.bench_cell_models",
     "predict": "benchmarks.bench_predict",
     "resize": "benchmarks.bench_resize",
     "combine": "benchmarks.bench_combine",

@@ -119,6 +119,11 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
                       + "".join(f"{i},{sizes_all[i][0]},{sizes_all[i][1]},\n" for i in held))
         models = [fs.join(run, f"round{r}", kind, f"split{k}", "best.keras")
                   for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
+        missing = [m for m in models if not fs.exists(m)]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]} is missing: held-out images need each split's models (a job run "
+                                    "with --final-fit all has one single-cell model on every image, nothing held out); "
+                                    "rerun the job with --final-fit splits, or leave out --validation")
         predict(RunConfig(data=fs.join(root, "train"), models=models, out=out, sample_submission=sample,
                           cell_view=config["cell_view"], workers=1, overlays=0))
         kinds = _kinds(f"{out}.cache")

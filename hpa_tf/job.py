@@ -83,6 +83,7 @@ class Job:
     cell_view: str = "masked"
     final_models: str | None = None  # the models the submission weighs (FINAL_MODELS); None: cell, or all at --rounds 0
     combination: Combination = DEFAULT_COMBINATION
+    final_fit: str = "all"  # the last round's single-cell models: one on all images, or one per split
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     timings: dict[str, float] = field(default_factory=dict)
@@ -102,6 +103,11 @@ class Job:
         """The ``FINAL_MODELS`` name the submission weighs."""
         return self.final_models or ("cell" if self.rounds else "all")
 
+    def cell_models(self, r: int) -> int:
+        """How many single-cell models round ``r`` trains (one on every image in the last round of
+        ``--final-fit all``)."""
+        return 1 if self.final_fit == "all" and r == self.rounds else self.splits
+
     def split_folds(self, k: int) -> list[int]:
         return [f for f in range(self.folds) if f % self.splits == k]
 
@@ -116,10 +122,10 @@ def final_weights(job: Job) -> list[float]:
     last round's single-cell models): 1 for the kinds ``job.submitted_models`` names (all: every
     model trained), else 0.
 
-    >>> final_weights(Job("r", final_models="cell", splits=2))
-    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+    >>> final_weights(Job("r", final_models="cell", final_fit="splits")), final_weights(Job("r"))
+    ([0.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 1.0])
     """
-    kinds = ["image"] * job.splits + ["cells"] * job.splits + (["cell"] * job.splits if job.rounds else [])
+    kinds = ["image"] * job.splits + ["cells"] * job.splits + (["cell"] * job.cell_models(job.rounds) if job.rounds else [])
     name = job.submitted_models
     chosen = set(kinds) if name == "all" else set(FINAL_MODELS[name])
     if not chosen <= set(kinds):
@@ -200,7 +206,15 @@ def _train(job: Job, name: str, config: str, model_dir: str, extra: list[str]) -
 
 
 def models_of(job: Job, round_: int, kind: str) -> list[str]:
+    if kind == "cell" and job.cell_models(round_) == 1:
+        return [fs.join(job.run, f"round{round_}", kind, "all")]
     return [fs.join(job.run, f"round{round_}", kind, f"split{k}") for k in range(job.splits)]
+
+
+def model_file(model_dir: str) -> str:
+    """The model a stage's folder submits: the best validated epoch, or the last one of a model
+    trained on every fold (no validation)."""
+    return fs.join(model_dir, "last.keras" if model_dir.rstrip("/").endswith("/all") else "best.keras")
 
 
 def run_job(job: Job) -> dict:
@@ -259,7 +273,10 @@ def run_job(job: Job) -> dict:
         meta = json.loads(fs.read_text(fs.join(labels, "meta.json")))
         if "quality" in meta:
             quality[r] = meta["quality"]
-        for k in range(job.splits):
+        if job.cell_models(r) == 1:
+            _train(job, f"round {r} single-cell model, all folds", job.cell_config, models_of(job, r, "cell")[0],
+                   ["data.val_folds=[]", f"data.cell_labels={labels}"])
+        for k in range(job.cell_models(r) if job.cell_models(r) > 1 else 0):
             folds = json.dumps(job.split_folds(k))
             _train(job, f"round {r} single-cell model, split {k}", job.cell_config, models_of(job, r, "cell")[k],
                    [f"data.val_folds={folds}", f"data.cell_labels={labels}"])
@@ -269,7 +286,7 @@ def run_job(job: Job) -> dict:
     pred = fs.join(job.run, "pred", "submission.csv")
     _stage(job, "predict the test images",
            _python("-m", "hpa_tf.predict", "--data", fs.join(data, "test"), "--models",
-                   *[fs.join(m, "best.keras") for m in final], "--out", pred, *sample_args, "--workers", "1",
+                   *[model_file(m) for m in final], "--out", pred, *sample_args, "--workers", "1",
                    "--cell-view", job.cell_view, "--weights", *map(str, weights), *combination_argv(job.combination),
                    "--overwrite", *(["--truth", truth] if truth else [])))
     fs.write_bytes(fs.join(job.run, "submission.csv"), fs.read_bytes(pred))
@@ -287,6 +304,8 @@ def run_job(job: Job) -> dict:
 def _validation(model_dir: str) -> str:
     from hpa_tf.training.folder import TrainingFolder
 
+    if model_file(model_dir).endswith("last.keras"):
+        return "trained on every fold: nothing held out"
     best = TrainingFolder(model_dir).best_epoch()
     if best is None:
         return "no log"
@@ -300,7 +319,8 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
     from hpa_tf.pseudo.quality import quality_markdown
 
     lines = [f"# The main job on {job.data_dir}", "",
-             f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds}, round-1 labels from "
+             f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds} (last round's single-cell "
+             f"models: `--final-fit {job.final_fit}`), round-1 labels from "
              f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
              f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "") + ". Submission: "
              f"`--final-models {job.submitted_models}`, {job.combination.describe()}.", ""]
@@ -348,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="round 1's labels: the cell-bag models' cell heads (best on SynthHPA), the image models' "
                         "CAM x cell, or their mean; later rounds use the previous round's single-cell models")
     parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"))
+    parser.add_argument("--final-fit", choices=("all", "splits"), default="all",
+                        help="the last round's single-cell models: one on every training image (the default: twice "
+                        "the images of a split's model, the same time, nothing held out to validate on), or one per "
+                        "out-of-fold split (each validated on the folds it holds out)")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
                         help="the models the submission weighs (all are scored, for the results table): all, the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "
@@ -362,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
               args.seed, args.workers, args.folds, args.splits, args.rounds, args.image_config, args.cells_config,
               args.cell_config, args.set, bit_depth=args.bit_depth, label_source=args.label_source,
               cell_view=args.cell_view, final_models=args.final_models,
-              combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale)
+              combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale,
+              final_fit=args.final_fit)
     run_job(job)
     return 0
 

@@ -41,7 +41,7 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     green = cv2.imread(str(data / "test" / f"{bad}_green.png"), cv2.IMREAD_UNCHANGED)
     cv2.imwrite(str(data / "test" / f"{bad}_green.png"), green[: green.shape[0] // 2])
     args = ["--data", "data", "--run", "run", "--folds", "2", "--splits", "2", "--workers", "1", "--set", *TINY]
-    first = _job(*args, cwd=tmp_path)
+    first = _job(*args, "--final-fit", "splits", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     sub = pd.read_csv(run / "submission.csv")
     assert sorted(sub["ID"]) == sorted(pd.read_csv(synth_dir / "sample_submission.csv")["ID"])
@@ -57,7 +57,7 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
         assert (run / "round0" / kind / "split1" / "best.keras").exists()
     assert (run / "round1" / "cell" / "split0" / "best.keras").exists()
 
-    again = _job(*args, cwd=tmp_path)
+    again = _job(*args, "--final-fit", "splits", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert not _ran(again) & (TRAININGS | CELL_MODELS | {LABELS}), _ran(again)
 
@@ -65,16 +65,30 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     model.write_bytes(model.read_bytes()[:1000])  # truncated: a disk full, a killed copy
     labels = run / "records" / "pseudo" / "round1" / "labels.npz"
     labels.write_bytes(labels.read_bytes()[:100])
-    redone = _job(*args, cwd=tmp_path)
+    redone = _job(*args, "--final-fit", "splits", cwd=tmp_path)
     assert redone.returncode == 0, redone.stderr[-3000:]
     # The labels, made again from the same models and records, are the same labels (labelling is
     # deterministic) with the same fingerprint: split 1's single-cell model trained on them stays.
     assert _ran(redone) & (TRAININGS | CELL_MODELS | {LABELS}) == {LABELS, "round 1 single-cell model, split 0"}
 
-    cam = _job(*args, "--label-source", "cam", cwd=tmp_path)
+    cam = _job(*args, "--label-source", "cam", "--final-fit", "splits", cwd=tmp_path)
     assert cam.returncode == 0, cam.stderr[-3000:]
     assert _ran(cam) & (TRAININGS | CELL_MODELS | {LABELS}) == CELL_MODELS | {LABELS}
     assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
+
+    # --final-fit all (the default): the last round's single-cell model learns from every image's
+    # out-of-fold labels; nothing upstream is redone, and the submission weighs that one model
+    full = _job(*args, "--label-source", "cam", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert _ran(full) & (TRAININGS | CELL_MODELS | {LABELS, "round 1 single-cell model, all folds"}) == {
+        "round 1 single-cell model, all folds"}
+    assert (run / "round1" / "cell" / "all" / "last.keras").exists()
+    import json
+
+    config = json.loads((run / "pred" / "submission.summary.json").read_text())["config"]
+    assert config["models"][-1].endswith("round1/cell/all/last.keras") and config["weights"] == [0, 0, 0, 0, 1]
+    results = (run / "results.md").read_text()
+    assert "single-cell model, each cell alone" in results and "trained on every fold: nothing held out" in results
 
 
 def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path):
