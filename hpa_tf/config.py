@@ -212,6 +212,12 @@ class ExperimentConfig(Section):
         """Check every section and the rules across sections; returns self."""
         for name in self.keys():
             getattr(self, name).validate()
+        if self.model.backbone == "small_cnn_s2d":
+            key = "data.image_size" if self.model.kind == "image" else "data.cell_size"
+            size = self.data.image_size if self.model.kind == "image" else self.data.cell_size
+            if size % 2:
+                raise ConfigError(f"{key}: {size} px cannot feed model.backbone=small_cnn_s2d, whose stem takes 2 x 2 "
+                                  f"pixel blocks; use an even size such as {size + 1}")
         if self.data.kind == "auto":
             self.data.kind = self.model.kind
         elif self.data.kind != self.model.kind:

@@ -212,3 +212,7 @@ def test_a_space_to_depth_stem_keeps_the_fine_texture_a_resize_loses(tmp_path):
     model.save(tmp_path / "s2d.keras")
     assert np.allclose(keras.models.load_model(tmp_path / "s2d.keras").predict(cells[:4], verbose=0),
                        model.predict(cells[:4], verbose=0), atol=1e-6)
+    from hpa_tf.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.cell_size: 63 px .* even size"):
+        load_config("demo_cpu_cell", ["model.backbone=small_cnn_s2d", "data.cell_size=63"])
