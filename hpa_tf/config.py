@@ -218,6 +218,10 @@ class ExperimentConfig(Section):
             if size % 2:
                 raise ConfigError(f"{key}: {size} px cannot feed model.backbone=small_cnn_s2d, whose stem takes 2 x 2 "
                                   f"pixel blocks; use an even size such as {size + 1}")
+            tiles = self.model.puzzle_tiles
+            if self.model.kind == "image" and tiles > 1 and size % (2 * tiles):
+                raise ConfigError(f"data.image_size: {size} px in {tiles} x {tiles} Puzzle-CAM tiles gives tiles of an odd "
+                                  f"size, which small_cnn_s2d's 2 x 2 stem cannot take; use a multiple of {2 * tiles}")
         if self.data.kind == "auto":
             self.data.kind = self.model.kind
         elif self.data.kind != self.model.kind:

@@ -15,7 +15,7 @@
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
-   default the single-cell models alone, blend 0.5 cell + 0.5 best cell (chosen by measurement:
+   default the single-cell models alone, blend 0.5 cell + 0.5 image, the image score being the best cell's (chosen by measurement:
    ``docs/recipe.md``);
 5. ``OUT/results.md``: with ``DIR/truth`` every method scored with the competition's metric, the
    reference rows and the per-cell labels' quality; always the validation of every model and the
@@ -83,6 +83,7 @@ class Job:
     cell_view: str = "masked"
     final_models: str | None = None  # the models the submission weighs (FINAL_MODELS); None: cell, or all at --rounds 0
     combination: Combination = DEFAULT_COMBINATION
+    group_by: str = "antibody"  # the records' folds keep an antibody's (or a well's) fields together
     final_fit: str = "all"  # the last round's single-cell models: one on all images, or one per split
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
@@ -233,7 +234,8 @@ def run_job(job: Job) -> dict:
     data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
     _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
                                          fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
-                                         "--shard-mb", "20", "--folds", str(job.folds), "--bit-depth", str(job.bit_depth),
+                                         "--shard-mb", "20", "--folds", str(job.folds), "--group-by", job.group_by,
+                                         "--bit-depth", str(job.bit_depth),
                                          "--replace-changed"))
     sample = fs.join(data, "sample_submission.csv")
     sample_args = ["--sample-submission", sample] if fs.exists(sample) else []
@@ -357,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
     parser.add_argument("--workers", type=at_least(1), default=2)
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
+    parser.add_argument("--group-by", choices=("antibody", "well", "none"), default="antibody",
+                        help="folds keep the fields of one antibody or well together, as the image IDs tell (see "
+                        "tfrecord_builder build --group-by)")
     parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
     parser.add_argument("--rounds", type=at_least(0), default=1, help="pseudo-label rounds (0: the image and cell-bag models only)")
     parser.add_argument("--image-config", default="demo_cpu")
@@ -380,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every training, e.g. train.epochs=3")
     args = parser.parse_args(argv)
+    if args.data and (args.label_mix != "flattened" or args.texture_scale != 1.0):
+        parser.error("--label-mix and --texture-scale shape the SynthHPA the job generates; with --data they do nothing")
+    if not 0.1 <= args.texture_scale <= 4.0:
+        parser.error(f"--texture-scale {args.texture_scale}: give a factor from 0.1 to 4")
     if args.splits > args.folds:
         parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
     job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size,
@@ -387,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
               args.cell_config, args.set, bit_depth=args.bit_depth, label_source=args.label_source,
               cell_view=args.cell_view, final_models=args.final_models,
               combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale,
-              final_fit=args.final_fit)
+              final_fit=args.final_fit, group_by=args.group_by)
     run_job(job)
     return 0
 

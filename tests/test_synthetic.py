@@ -145,6 +145,15 @@ def test_mixed_sizes(tmp_path):
     assert main(["--out", str(tmp_path), "--n-train", "0", "--n-test", "6", "--size", "128,192", "--seed", "1"]) == 0
     sizes = set(pd.read_csv(tmp_path / "truth" / "images.csv")["ImageWidth"])
     assert sizes == {128, 192}
-    # the harder setting is part of a run's parameters: another one in the same folder is refused
-    assert main(["--out", str(tmp_path), "--n-train", "0", "--n-test", "6", "--size", "128,192", "--seed", "1",
-                 "--label-mix", "kaggle2021"]) == 2
+    # the harder setting is part of a run's parameters: another one in the same folder is refused,
+    # and --overwrite starts over (no old pixels or masks pass for the new run's)
+    args = ["--out", str(tmp_path), "--n-train", "0", "--n-test", "4", "--size", "128,192", "--seed", "1"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "test").glob("*_green.png")}
+    assert main([*args, "--label-mix", "kaggle2021", "--texture-scale", "0.5"]) == 2
+    assert main([*args, "--label-mix", "kaggle2021", "--texture-scale", "0.5", "--overwrite"]) == 0
+    after = {p.name: p.read_bytes() for p in (tmp_path / "test").glob("*_green.png")}
+    assert len(after) == 4 and all(after[name] != before[name] for name in after)  # the 4 of 6 kept are new
+    truth = Truth.load(str(tmp_path / "truth"), "test")
+    for image_id in truth.images["ID"]:  # masks and labels of the new run agree
+        assert set(np.unique(truth.mask(image_id))) - {0} == set(truth.cell_labels[image_id])
+    assert len(list((tmp_path / "truth").glob("*_cells.png"))) == 4  # the two beyond --n-test 4 are gone

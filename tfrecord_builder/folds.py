@@ -6,7 +6,7 @@ protein: their labels are the same and they look alike. Spread over folds, a mod
 near-copies of its training images, and an out-of-fold labeller labels near-copies of what it
 learnt: both look better than they are. HPA's public images (the external data of the 2021
 competition) carry the antibody, plate, well and field in their IDs (``{antibody}_{plate}_{well}_{field}``,
-e.g. ``10580_1610_C1_1``, as :func:`hpa_tf.io.read_label_table` names them); other IDs that end in
+e.g. ``10580_1610_C1_1``, as the label-table reader (``hpa_tf.io.read_label_table``) names them); other IDs that end in
 ``_{well}_{field}`` (e.g. ``B2AI_1_untreated_A1_R1``) group by well; any other ID (the competition's
 UUIDs) is a group of its own.
 """

@@ -123,6 +123,8 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[s
     ids = sorted(i for m in metas for i in m["ids"])
     source_of = {i: src for m in metas for i, src in zip(m["ids"], m.get("sources", ["main"] * len(m["ids"])))}
     errors = [e for m in metas for e in m["errors"]]
+    # first: when the images left cannot make the folds, errors.csv already says which failed
+    fs.write_text(fs.join(out, "errors.csv"), pd.DataFrame(errors, columns=["ID", "error"]).to_csv(index=False))
     folds = assign_folds(ids, [labels[i] for i in ids], n_folds, seed, group_by) if ids else {}
     fold_counts: dict[str, int] = {}
     by_source: dict[str, dict[str, int]] = {}
@@ -144,6 +146,5 @@ def write_manifest(out: str, config: dict, metas: Sequence[dict], labels: dict[s
     )
     fold_table = pd.DataFrame({"ID": ids, "fold": [folds[i] for i in ids], "source": [source_of[i] for i in ids]})
     fs.write_text(fs.join(out, FOLDS), fold_table.to_csv(index=False))
-    fs.write_text(fs.join(out, "errors.csv"), pd.DataFrame(errors, columns=["ID", "error"]).to_csv(index=False))
     fs.write_text(fs.join(out, MANIFEST), manifest.to_json())
     return manifest

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from hpa_tf import fs
 from hpa_tf.cli import run
-from hpa_tf.synthetic.generator import LABEL_MIXES, SPLITS, pick_size
+from hpa_tf.synthetic.generator import LABEL_MIXES, SPLITS, image_id, pick_size
 from hpa_tf.synthetic.preview import write_preview
 from hpa_tf.synthetic.writer import make_one
 from hpa_tf.truth import CELLS_CSV, IMAGES_CSV
@@ -48,6 +48,19 @@ def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, in
             jobs.append((args.out, args.seed, i, split, pick_size(args.seed, split, i, sizes), args.label_mix,
                          args.texture_scale))
     return jobs
+
+
+def _remove_images(out: str, keep: set[str]) -> None:
+    """Delete the images and truth masks in ``out`` whose ID is not in ``keep`` (all with an empty
+    set): what an earlier, larger or different run left would otherwise pass for this run's."""
+    for folder in (*SPLITS, "truth"):
+        path = fs.join(out, folder)
+        if not fs.isdir(path):
+            continue
+        for name in fs.listdir(path):
+            stem = name.rsplit("_", 1)[0]
+            if name.endswith(".png") and stem not in keep:
+                fs.remove(fs.join(path, name))
 
 
 def _run(jobs: list, workers: int) -> Iterator[dict]:
@@ -71,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="image label sets: 1-3 classes, rare ones made more common (flattened, the original), or "
                         "the real Kaggle 2021 train.csv's sets as often as there (kaggle2021)")
     parser.add_argument("--texture-scale", type=float, default=1.0,
-                        help="size of the patterns' strokes and dots against the cells (1: the original; 0.5: half, "
-                        "finer, as on a real 2048 px field)")
-    parser.add_argument("--overwrite", action="store_true", help="start over even if the folder holds another run")
+                        help="size of the patterns' strokes and dots against the cells, 0.1 to 4 (1: the original; "
+                        "0.5: half, finer, as on a real 2048 px field)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over when the folder holds a run with other parameters (its images are deleted)")
     args = parser.parse_args(argv)
     try:
         sizes = [int(s) for s in str(args.size).split(",") if s.strip()]
@@ -89,17 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     params = {"format": "synthhpa-1", "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test, "sizes": sizes,
               "label_mix": args.label_mix, "texture_scale": args.texture_scale}
     params_path = fs.join(args.out, PARAMS_FILE)
-    if fs.exists(params_path) and not args.overwrite:
+    same = ("format", "seed", "sizes", "label_mix", "texture_scale")  # what an image's pixels depend on
+    ours = fs.exists(params_path)  # a SynthHPA folder: only then are images that are not this run's removed
+    if ours:
         old = {"label_mix": "flattened", "texture_scale": 1.0, **json.loads(fs.read_text(params_path))}  # older runs
-        same = ("format", "seed", "sizes", "label_mix", "texture_scale")
-        if {k: old.get(k) for k in same} != {k: params[k] for k in same}:
-            print(f"error: {args.out} holds a SynthHPA run with other parameters ({old}); "
-                  "use another --out or --overwrite", file=sys.stderr)
+        changed = [f"{k} {old.get(k)} (now {params[k]})" for k in same if old.get(k) != params[k]]
+        if changed and not args.overwrite:
+            print(f"error: {args.out} holds a SynthHPA run made with other parameters: {', '.join(changed)}; use another "
+                  "--out, or --overwrite to start over there", file=sys.stderr)
             return 2
+        if changed:  # start over: the old pixels would pass for finished images of the new run
+            _remove_images(args.out, keep=set())
     fs.makedirs(args.out)
     fs.write_text(params_path, json.dumps(params, indent=2))
 
     jobs = _jobs(args, sizes)
+    if ours:  # a smaller rerun: the images beyond it would pass for this run's
+        _remove_images(args.out, keep={image_id(seed, split, i) for _, seed, i, split, *_ in jobs})
     rows = list(tqdm(_run(jobs, args.workers), total=len(jobs), desc="SynthHPA", unit="img"))
     images = pd.DataFrame([{k: r[k] for k in ("ID", "split", "ImageWidth", "ImageHeight", "Label")} for r in rows])
     cells = pd.DataFrame(
