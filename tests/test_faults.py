@@ -202,6 +202,11 @@ def test_a_corrupt_cache_file_is_named_dropped_and_recomputed(many_images, tiny_
     assert _predict(data, tiny_model, out) == 0
     assert f"cache file {victim} cannot be read" in capsys.readouterr().out
     assert out.read_text() == first
+    # the same IDs in another folder (two SynthHPA sets of one seed): its scores are not these
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    assert _predict(other, tiny_model, out) == 2
+    assert re.search(r"holds scores of another run \(differs in \['data'\].*--overwrite", capsys.readouterr().err)
 
 
 def test_workers_die_with_a_killed_predict(many_images, tiny_model, tmp_path):

@@ -143,8 +143,11 @@ def _prepared_stream(spec: PrepareSpec, ids: Sequence[str], workers: int) -> Ite
 def _cache_key(cfg: RunConfig, predictor: Predictor) -> dict:
     # A retrained model of the same architecture has the same size: identify it by its content.
     models = [{"path": path, "sha256": hashlib.sha256(fs.read_bytes(path)).hexdigest()} for path in cfg.models]
+    # The images' folder too: two folders with the same IDs (two SynthHPA sets of one seed) must not
+    # share scores, masks and sizes.
     return {"models": models, "segmenter": cfg.segmenter, "tta": cfg.tta, "cell_view": cfg.cell_view,
-            "sizes": [[m.kind, m.size] for m in predictor.models], "precision": cfg.precision}
+            "sizes": [[m.kind, m.size] for m in predictor.models], "precision": cfg.precision,
+            "data": fs.absolute(cfg.data)}
 
 
 def resolve_segmenter(given: str | None, contracts: dict[str, dict | None], force: bool = False) -> str:
