@@ -15,8 +15,8 @@
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
-   default the single-cell models alone, blend 0.5 cell + 0.5 image, the image score being the best cell's (chosen by measurement:
-   ``docs/recipe.md``);
+   default the single-cell models alone, blend 0.5 cell + 0.5 image, the image score being the best
+   cell's (chosen by measurement: ``docs/recipe.md``);
 5. ``OUT/results.md``: with ``DIR/truth`` every method scored with the competition's metric, the
    reference rows and the per-cell labels' quality; always the validation of every model and the
    minutes of every stage.
@@ -48,6 +48,7 @@ from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.combine import Combination
 from hpa_tf.predict import add_combination_args, combination_argv, combination_from
 from hpa_tf.workers import die_with_parent
+from tfrecord_builder.folds import GROUPINGS
 
 
 class JobError(ValueError):
@@ -278,10 +279,11 @@ def run_job(job: Job) -> dict:
         if job.cell_models(r) == 1:
             _train(job, f"round {r} single-cell model, all folds", job.cell_config, models_of(job, r, "cell")[0],
                    ["data.val_folds=[]", f"data.cell_labels={labels}"])
-        for k in range(job.cell_models(r) if job.cell_models(r) > 1 else 0):
-            folds = json.dumps(job.split_folds(k))
-            _train(job, f"round {r} single-cell model, split {k}", job.cell_config, models_of(job, r, "cell")[k],
-                   [f"data.val_folds={folds}", f"data.cell_labels={labels}"])
+        else:
+            for k in range(job.splits):
+                folds = json.dumps(job.split_folds(k))
+                _train(job, f"round {r} single-cell model, split {k}", job.cell_config, models_of(job, r, "cell")[k],
+                       [f"data.val_folds={folds}", f"data.cell_labels={labels}"])
         labellers = models_of(job, r, "cell")
     if job.rounds:
         final += labellers
@@ -359,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
     parser.add_argument("--workers", type=at_least(1), default=2)
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
-    parser.add_argument("--group-by", choices=("antibody", "well", "none"), default="antibody",
+    parser.add_argument("--group-by", choices=GROUPINGS, default="antibody",
                         help="folds keep the fields of one antibody or well together, as the image IDs tell (see "
                         "tfrecord_builder build --group-by)")
     parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
