@@ -143,15 +143,18 @@ def cutout(image: tf.Tensor, fraction: float, seed: tf.Tensor | None = None) -> 
     return image * tf.cast(~inside, image.dtype)[..., None]
 
 
+def _rotation_seed(geometric_seed: tf.Tensor) -> tf.Tensor:
+    """The free rotation's seed, derived from the flips' (so configs without it draw as before)."""
+    return tf.random.experimental.stateless_fold_in(tf.cast(geometric_seed, tf.int64), 1)
+
+
 def augment_image(image: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None = None,
                   cell: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
     """All image-level augmentations of the ``augment`` config section; ``cell``: the image is one
     cell crop (a free rotation fills the corners with background, not with the mirrored field)."""
     s_geo, s_crop, s_int, s_cut, s_label = _seeds(seed, 5)
     image = geometric(image, cfg["flip"], cfg["rot90"], s_geo)
-    if cfg["rotate"] > 0:
-        s_rot = tf.random.experimental.stateless_fold_in(tf.cast(s_geo, tf.int64), 1)
-        image = rotate(image, cfg["rotate"], "CONSTANT" if cell else "REFLECT", s_rot)
+    image = rotate(image, cfg["rotate"], "CONSTANT" if cell else "REFLECT", _rotation_seed(s_geo))
     image = random_resized_crop(image, cfg["crop_min"], s_crop)
     image = intensity(image, cfg["brightness"], cfg["contrast"], s_int)
     image = cutout(image, cfg["cutout"], s_cut)
@@ -162,7 +165,6 @@ def augment_bag(cells: tf.Tensor, labels: tf.Tensor, cfg, seed: tf.Tensor | None
     """Augmentations of a bag of cell crops (N, S, S, 4) sharing the image's labels."""
     s_geo, s_int, s_label = _seeds(seed, 3)
     cells = geometric(cells, cfg["flip"], cfg["rot90"], s_geo)
-    if cfg["rotate"] > 0:
-        cells = rotate(cells, cfg["rotate"], "CONSTANT", tf.random.experimental.stateless_fold_in(tf.cast(s_geo, tf.int64), 1))
+    cells = rotate(cells, cfg["rotate"], "CONSTANT", _rotation_seed(s_geo))
     cells = intensity(cells, cfg["brightness"], cfg["contrast"], s_int)
     return label_aware(cells, labels, cfg["p_negative"], cfg["p_swap"], s_label)
