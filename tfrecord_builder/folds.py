@@ -14,6 +14,7 @@ UUIDs) is a group of its own.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,9 +48,7 @@ def group_of(image_id: str, group_by: str = "antibody") -> str:
 def groups_of(ids: Sequence[str], group_by: str = "antibody") -> dict[str, str] | None:
     """ID -> group for the IDs that share a group with another, or None when every image is alone."""
     groups = {i: group_of(i, group_by) for i in ids}
-    sizes: dict[str, int] = {}
-    for g in groups.values():
-        sizes[g] = sizes.get(g, 0) + 1
+    sizes = Counter(groups.values())
     shared = {i: g for i, g in groups.items() if sizes[g] > 1}
     return shared or None
 

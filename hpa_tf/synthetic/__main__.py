@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     params_path = fs.join(args.out, PARAMS_FILE)
     same = ("format", "seed", "sizes", "label_mix", "texture_scale")  # what an image's pixels depend on
     ours = fs.exists(params_path)  # a SynthHPA folder: only then are images that are not this run's removed
+    changed: list[str] = []
     if ours:
         old = {"label_mix": "flattened", "texture_scale": 1.0, **json.loads(fs.read_text(params_path))}  # older runs
         changed = [f"{k} {old.get(k)} (now {params[k]})" for k in same if old.get(k) != params[k]]
@@ -112,14 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {args.out} holds a SynthHPA run made with other parameters: {', '.join(changed)}; use another "
                   "--out, or --overwrite to start over there", file=sys.stderr)
             return 2
-        if changed:  # start over: the old pixels would pass for finished images of the new run
-            _remove_images(args.out, keep=set())
     fs.makedirs(args.out)
     fs.write_text(params_path, json.dumps(params, indent=2))
 
     jobs = _jobs(args, sizes)
-    if ours:  # a smaller rerun: the images beyond it would pass for this run's
-        _remove_images(args.out, keep={image_id(seed, split, i) for _, seed, i, split, *_ in jobs})
+    if ours:  # other parameters: start over; a smaller rerun: drop the images beyond it
+        _remove_images(args.out, keep=set() if changed else {image_id(seed, split, i) for _, seed, i, split, *_ in jobs})
     rows = list(tqdm(_run(jobs, args.workers), total=len(jobs), desc="SynthHPA", unit="img"))
     images = pd.DataFrame([{k: r[k] for k in ("ID", "split", "ImageWidth", "ImageHeight", "Label")} for r in rows])
     cells = pd.DataFrame(
