@@ -30,6 +30,12 @@ from hpa_tf import fs
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "cpu", "cpu_mirrored")
 MODEL_KINDS = ("image", "cells", "cell")
 
+# Settings added after models had been trained, at the value that means "off" (what every model trained
+# before the setting existed did). A model's provenance leaves a setting out while it is off, so
+# upgrading hpa-tf does not make every trained model look made from other inputs; a new on/off setting
+# belongs here with its off value.
+SWITCHED_OFF: dict[str, Any] = {"augment.rotate": 0.0, "augment.mixup": 0.0, "train.ema": 0.0}
+
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
@@ -109,10 +115,12 @@ class AugmentConfig(Section):
     cutout: float = 0.0  # side of the cut-out square as a fraction of the image; 0 = off
     p_negative: float = 0.02  # green scaled by U(0, 0.1), label set to Negative (18)
     p_swap: float = 0.02  # green replaced by red (-> Microtubules, 10) or yellow (-> ER, 6)
+    mixup: float = 0.0  # image and single-cell models: mixup's Beta(mixup, mixup); 0 = off, 0.2-0.4 usual
 
     def validate(self) -> None:
         if not 0.0 <= self.rotate <= 180.0:
             raise ConfigError(f"augment.rotate: {self.rotate} must be in [0, 180] (degrees)")
+        _at_least("augment.mixup", self.mixup, 0.0)
         if not 0.0 < self.crop_min <= 1.0:
             raise ConfigError(f"augment.crop_min: {self.crop_min} must be in (0, 1]")
         for key in ("brightness", "contrast", "cutout", "p_negative", "p_swap"):
@@ -222,6 +230,9 @@ class ExperimentConfig(Section):
             if self.model.kind == "image" and tiles > 1 and size % (2 * tiles):
                 raise ConfigError(f"data.image_size: {size} px in {tiles} x {tiles} Puzzle-CAM tiles gives tiles of an odd "
                                   f"size, which small_cnn_s2d's 2 x 2 stem cannot take; use a multiple of {2 * tiles}")
+        if self.augment.mixup > 0 and self.model.kind == "cells":
+            raise ConfigError("augment.mixup: mixup mixes the examples of image and single-cell models (model.kind image "
+                              "or cell); a cell bag's cells share their image's labels, so it has nothing to mix")
         if self.data.kind == "auto":
             self.data.kind = self.model.kind
         elif self.data.kind != self.model.kind:

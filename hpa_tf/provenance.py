@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -128,17 +128,20 @@ def damaged_files(folder: str, record: Provenance) -> list[str]:
     return bad
 
 
-def is_current(folder: str, kind: str, made_from: dict, say: bool = True) -> bool:
+def is_current(folder: str, kind: str, made_from: dict, say: bool = True,
+               normalize: Callable[[dict], dict] | None = None) -> bool:
     """Whether ``folder`` holds a complete ``kind`` artifact made from exactly ``made_from``, its
-    files intact. With ``say``, why not is printed when the folder holds another one."""
+    files intact. With ``say``, why not is printed when the folder holds another one. ``normalize``
+    maps a stored ``made_from`` to today's form (one written by an older hpa-tf) before comparing."""
     record = read(folder)
     if record is None:
         if say and fs.exists(folder) and fs.listdir(folder):
             print(f"{folder}: unfinished (no {FILE}); doing it again")
         return False
-    if record.kind != kind or record.fingerprint != fingerprint(kind, made_from):
+    stored = normalize(record.made_from) if normalize else record.made_from
+    if record.kind != kind or fingerprint(kind, stored) != fingerprint(kind, made_from):
         if say:
-            print(f"{folder}: made from other inputs ({', '.join(changed(record.made_from, made_from)) or 'kind'} "
+            print(f"{folder}: made from other inputs ({', '.join(changed(stored, made_from)) or 'kind'} "
                   "changed); redoing it")
         return False
     bad = damaged_files(folder, record)

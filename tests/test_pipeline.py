@@ -80,6 +80,28 @@ def test_image_and_cell_bag_pipelines_over_records(built_records):
     assert float(tf.reduce_max(tf.abs(x["cells"][0, n:]))) == 0.0  # padded cells are empty
 
 
+def test_mixup_mixes_pixels_and_labels_by_one_weight_the_same_way_each_time(built_records):
+    from hpa_tf.config import ConfigError
+
+    base = [f"data.records={built_records}", "data.image_size=32", "data.deterministic=true", "data.val_fold=0"]
+    plain_x, plain_y = next(iter(make_dataset(load_config(None, base), True, 4)))
+    cfg = load_config(None, [*base, "augment.mixup=0.4"])
+    x, y = next(iter(make_dataset(cfg, True, 4)))
+    a, b = plain_x.numpy().reshape(4, -1), plain_x.numpy()[::-1].reshape(4, -1)
+    lams = []
+    for i in range(4):
+        # x_i = lam a_i + (1 - lam) b_i: lam by least squares over the pixels, then the labels must agree.
+        lam = float(np.dot(x.numpy().reshape(4, -1)[i] - b[i], a[i] - b[i]) / np.dot(a[i] - b[i], a[i] - b[i]))
+        assert np.allclose(x.numpy().reshape(4, -1)[i], lam * a[i] + (1 - lam) * b[i], atol=1e-5)
+        assert np.allclose(y[i], lam * plain_y[i] + (1 - lam) * plain_y.numpy()[::-1][i], atol=1e-5)
+        lams.append(lam)
+    assert all(0 <= v <= 1 for v in lams) and len(set(np.round(lams, 4))) == 4, lams  # one weight per example
+    again = next(iter(make_dataset(cfg, True, 4)))[0]
+    assert np.array_equal(again, x) and not np.array_equal(next(iter(make_dataset(cfg, True, 4, epoch=1)))[0], x)
+    with pytest.raises(ConfigError, match="augment.mixup"):
+        load_config(None, ["model.kind=cells", "augment.mixup=0.2"])
+
+
 @pytest.mark.parametrize("n_files", [1, 3])
 def test_input_pipelines_split_the_records_disjointly_with_fewer_files_than_pipelines(tmp_path, n_files):
     """Two workers on one shard (or on 3 shards, unevenly): each worker reads its own part (whole

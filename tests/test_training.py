@@ -64,9 +64,9 @@ def _kill_after(epoch: int):
 
 def test_a_killed_run_resumes_to_the_uninterrupted_run_bit_for_bit(built_records, tmp_path):
     """Resume after a kill: the same weights, logs and best epoch as a run never killed (with weight
-    averaging: the averages are part of the backups)."""
+    averaging, whose averages are part of the backups, and mixup, seeded by the epoch)."""
     extra = ["train.epochs=4", *SMALL, "train.deterministic=true", "data.val_fold=1", "train.learning_rate=0.02",
-             "train.ema=0.9"]
+             "train.ema=0.9", "augment.mixup=0.4"]
     train(_config(built_records, tmp_path / "whole", *extra))
     config = _config(built_records, tmp_path / "m", *extra)
     with pytest.raises(_Killed):
@@ -108,6 +108,31 @@ def test_weight_averaging_is_the_moving_average_and_gives_the_training_weights_b
     assert all(np.array_equal(v.numpy(), w) for v, w in zip(trainer.model.trainable_variables, weights[-1]))
     with pytest.raises(ConfigError, match="train.ema"):
         load_config(None, ["train.ema=1"])
+
+
+def test_a_setting_switched_off_is_not_part_of_what_a_model_is_made_from(built_records, tmp_path, capsys):
+    """Upgrading hpa-tf: free rotation, mixup and EMA at their off values are left out of a model's
+    provenance, so a model recorded with them listed (as hpa-tf did when each was added), or before they
+    existed, is still current; one recorded with a setting switched on is not."""
+    from hpa_tf import provenance
+    from hpa_tf.training.folder import TrainingFolder, model_made_from
+
+    config = _config(built_records, tmp_path / "m")
+    folder = TrainingFolder(str(tmp_path / "m"))
+    folder.finish(model_made_from(config))
+    record = json.loads((tmp_path / "m" / provenance.FILE).read_text())
+    assert not {"rotate", "mixup"} & set(record["made_from"]["settings"]["augment"])
+
+    def recorded_with(**augment):
+        made_from = json.loads(json.dumps(record["made_from"]))
+        made_from["settings"]["augment"].update(augment)
+        provenance.write(str(tmp_path / "m"), "model", made_from)
+
+    recorded_with(rotate=0.0, mixup=0.0)
+    assert folder.is_current(config)
+    recorded_with(rotate=30.0)
+    assert not folder.is_current(config) and "augment.rotate" in capsys.readouterr().out
+    assert not folder.is_current(_config(built_records, tmp_path / "m", "augment.mixup=0.2"))
 
 
 def test_a_truncated_backup_is_set_aside_and_the_one_before_used(built_records, tmp_path, capsys):

@@ -313,9 +313,18 @@ def make_dataset(config, training: bool, batch_size: int, input_context=None, ep
     repeated, static shapes) or of the validation set (one pass in order, last batch partial).
 
     Elements: image models ``(image, labels)``; cell bags ``(inputs, targets, sample weights)``.
+    ``augment.mixup`` mixes the training batches of image and single-cell models (:func:`augment.mixup`).
     """
-    ds = _elements(config, training, input_context, epoch)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(AUTOTUNE)
+    ds = _elements(config, training, input_context, epoch).batch(batch_size, drop_remainder=training)
+    alpha = float(config["augment"]["mixup"])
+    if training and alpha > 0:
+        # Seeded by (epoch, input pipeline, batch): a resumed epoch mixes exactly as the first time.
+        pipeline = input_context.input_pipeline_id if input_context is not None else 0
+        base = tf.constant([epoch_seed(config["data"]["seed"], epoch), pipeline], tf.int64)
+        ds = ds.enumerate().map(
+            lambda i, batch: augment.mixup(*batch, alpha, tf.random.experimental.stateless_fold_in(base, i)),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)
 
 
 def validation_steps(n_images: int, per_replica_batch: int, replicas: int, pipelines: int = 1) -> int:

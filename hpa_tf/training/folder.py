@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from hpa_tf import fs, provenance
-from hpa_tf.config import _val_fold
+from hpa_tf.config import SWITCHED_OFF, _val_fold
 
 CONFIG, BEST, LAST, BEST_JSON = "config.yaml", "best.keras", "last.keras", "best.json"
 LOG, VAL_METRICS, BACKUP = "train_log.csv", "val_metrics.jsonl", "backup"
@@ -33,10 +33,28 @@ def _input_digest(value: str | None) -> str | None:
     return provenance.quick_file_digest(path) if value != "imagenet" and fs.exists(path) else value
 
 
+def without_switched_off(made_from: dict) -> dict:
+    """``made_from`` without the settings that are off (:data:`hpa_tf.config.SWITCHED_OFF`), so a
+    record written before such a setting existed, or while it was recorded, matches one written now.
+
+    >>> without_switched_off({"settings": {"train": {"ema": 0.0, "epochs": 3}}})
+    {'settings': {'train': {'epochs': 3}}}
+    """
+    if "settings" not in made_from:
+        return made_from
+    settings = json.loads(json.dumps(made_from["settings"]))
+    for key, off in SWITCHED_OFF.items():
+        section, name = key.split(".")
+        if name in settings.get(section, {}) and settings[section][name] == off:
+            del settings[section][name]
+    return {**made_from, "settings": settings}
+
+
 def model_made_from(config) -> dict:
-    """What a model trained with ``config`` is made from: the effective settings, the fingerprint of
-    its records (folds included) and of its per-cell labels, and the content of the weights it
-    starts from. Raises ValueError when the records or labels are not finished artifacts."""
+    """What a model trained with ``config`` is made from: the effective settings (less those switched
+    off, :func:`without_switched_off`), the fingerprint of its records (folds included) and of its
+    per-cell labels, and the content of the weights it starts from. Raises ValueError when the
+    records or labels are not finished artifacts."""
     from hpa_tf.data.cell_labels import labels_fingerprint, records_fingerprint
 
     settings = json.loads(json.dumps(config.to_dict()))
@@ -52,7 +70,8 @@ def model_made_from(config) -> dict:
             raise ValueError(f"data.cell_labels {labels} were made for another record set than {config.data.records} "
                              f"(records {made_for.get('records')} vs {records}): make them again with "
                              f"`python -m hpa_tf.pseudo --records {config.data.records} ...`")
-    return {"settings": settings, "records": records, "cell_labels": labels_fingerprint(labels) if labels else None}
+    made_from = {"settings": settings, "records": records, "cell_labels": labels_fingerprint(labels) if labels else None}
+    return without_switched_off(made_from)
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,7 @@ class TrainingFolder:
             made_from = model_made_from(config)
         except (ValueError, FileNotFoundError):
             return False
-        return provenance.is_current(self.path, "model", made_from, say)
+        return provenance.is_current(self.path, "model", made_from, say, normalize=without_switched_off)
 
     def forget(self) -> None:
         """Remove what a previous run left that a new run would not overwrite at once."""

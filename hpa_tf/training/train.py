@@ -37,7 +37,7 @@ from hpa_tf.config import save_config
 from hpa_tf.data.pipeline import count_images, distribute, read_manifest, val_folds, validation_steps
 from hpa_tf.lock import FolderLock
 from hpa_tf.training import backup
-from hpa_tf.training.folder import LOG_KEYS, TrainingFolder, model_made_from
+from hpa_tf.training.folder import LOG_KEYS, TrainingFolder, model_made_from, without_switched_off
 from hpa_tf.training.loop import Trainer
 from hpa_tf.training.strategy import (
     configure_logical_cpus,
@@ -144,8 +144,9 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
     made_from = model_made_from(config)
     fingerprint = provenance.fingerprint("model", made_from)
     restored = backup.load_latest(backup_dir, set_aside=chief)
-    if restored is not None and restored[1].get("fingerprint") != fingerprint:
-        what = provenance.changed(restored[1].get("made_from", {}), made_from) or ["made by an older hpa-tf"]
+    backed_up = without_switched_off(restored[1].get("made_from", {})) if restored is not None else {}
+    if restored is not None and provenance.fingerprint("model", backed_up) != fingerprint:
+        what = provenance.changed(backed_up, made_from) or ["made by an older hpa-tf"]
         print(f"{model_dir}: its backups are of another run ({', '.join(what)} changed): starting anew")
         restored = None
         if chief:
