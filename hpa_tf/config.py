@@ -34,7 +34,7 @@ MODEL_KINDS = ("image", "cells", "cell")
 # before the setting existed did). A model's provenance leaves a setting out while it is off, so
 # upgrading hpa-tf does not make every trained model look made from other inputs; a new on/off setting
 # belongs here with its off value.
-SWITCHED_OFF: dict[str, Any] = {"augment.rotate": 0.0, "augment.mixup": 0.0, "train.ema": 0.0}
+SWITCHED_OFF: dict[str, Any] = {"augment.rotate": 0.0, "augment.mixup": 0.0, "train.ema": 0.0, "data.repeat_threshold": 0.0}
 
 
 class ConfigError(ValueError):
@@ -91,6 +91,7 @@ class DataConfig(Section):
     max_eval_cells: int = 64
     shuffle_buffer: int = 256  # records (images)
     cell_shuffle_buffer: int = 4096  # model.kind cell: single cells, mixed across images
+    repeat_threshold: float = 0.0  # repeat factor sampling: images of classes in fewer than this share of images come up more often; 0 = off
     deterministic: bool = False
     seed: int = 0
 
@@ -102,6 +103,8 @@ class DataConfig(Section):
             _at_least(f"data.{key}", getattr(self, key), 8)
         for key in ("cells_per_bag", "max_eval_cells", "shuffle_buffer", "cell_shuffle_buffer"):
             _at_least(f"data.{key}", getattr(self, key), 1)
+        if not 0.0 <= self.repeat_threshold <= 1.0:
+            raise ConfigError(f"data.repeat_threshold: {self.repeat_threshold} must be in [0, 1] (a share of images; 0 = off)")
 
 
 @dataclass

@@ -1,8 +1,9 @@
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
-from hpa_tf.config import load_config
+from hpa_tf.config import ConfigError, load_config
 from hpa_tf.data import augment
 from hpa_tf.data.pipeline import count_images, make_dataset
 
@@ -81,8 +82,6 @@ def test_image_and_cell_bag_pipelines_over_records(built_records):
 
 
 def test_mixup_mixes_pixels_and_labels_by_one_weight_the_same_way_each_time(built_records):
-    from hpa_tf.config import ConfigError
-
     base = [f"data.records={built_records}", "data.image_size=32", "data.deterministic=true", "data.val_fold=0"]
     plain_x, plain_y = next(iter(make_dataset(load_config(None, base), True, 4)))
     cfg = load_config(None, [*base, "augment.mixup=0.4"])
@@ -100,6 +99,24 @@ def test_mixup_mixes_pixels_and_labels_by_one_weight_the_same_way_each_time(buil
     assert np.array_equal(again, x) and not np.array_equal(next(iter(make_dataset(cfg, True, 4, epoch=1)))[0], x)
     with pytest.raises(ConfigError, match="augment.mixup"):
         load_config(None, ["model.kind=cells", "augment.mixup=0.2"])
+
+
+def test_repeat_factor_sampling_shows_each_image_as_often_as_its_rarest_class_says(synth_dir, tmp_path):
+    from tfrecord_builder.__main__ import main as build
+
+    # Three images of Nucleoplasm alone (in every image: factor 1) and one with Nuclear bodies too (in a
+    # quarter of the images: factor sqrt(1 / 0.25) = 2 at threshold 1), so it comes up 2 / 5 of the time.
+    ids = pd.read_csv(synth_dir / "train.csv")["ID"].tolist()
+    pd.DataFrame({"ID": ids, "Label": ["0", "0", "0", "0|5"]}).to_csv(tmp_path / "train.csv", index=False)
+    assert build(["build", "--data", str(synth_dir / "train"), "--labels", str(tmp_path / "train.csv"), "--out",
+                  str(tmp_path / "records"), "--image-size", "16", "--cell-size", "16", "--folds", "2"]) == 0
+    base = [f"data.records={tmp_path / 'records'}", "data.image_size=8", "data.deterministic=true", "data.val_folds=[]",
+            "augment.p_negative=0", "augment.p_swap=0"]
+    for extra, rare_share in ((), 1 / 4), (("data.repeat_threshold=1.0",), 2 / 5):
+        labels = np.concatenate([y.numpy() for _, y in make_dataset(load_config(None, [*base, *extra]), True, 100).take(40)])
+        assert abs(labels[:, 5].mean() - rare_share) < 0.03 and labels[:, 0].min() == 1, (extra, labels[:, 5].mean())
+    with pytest.raises(ConfigError, match="data.repeat_threshold"):
+        load_config(None, ["data.repeat_threshold=2"])
 
 
 @pytest.mark.parametrize("n_files", [1, 3])

@@ -4,7 +4,8 @@ Training: file-level shuffle, parallel interleave, parallel parse, shuffle buffe
 static shapes (``drop_remainder=True``), prefetch, ``deterministic=False`` unless asked. Each
 epoch is its own dataset, its shuffles seeded by (``data.seed``, epoch) and each element's
 augmentations by its position too (stateless ops): a run resumed at an epoch boundary sees the
-batches an uninterrupted run sees.
+batches an uninterrupted run sees. With ``data.repeat_threshold``, images of rare classes come up more
+often (repeat factor sampling, :func:`repeat_factors`).
 Evaluation: one pass in file order. Fold selection uses the ``fold`` feature the builder stored
 (``folds.csv`` in the manifest says the same); with ``data.val_sources`` only those sources'
 images of the validation fold validate, and the other sources' images of that fold train (the usual
@@ -35,7 +36,7 @@ from hpa_tf.data import augment
 from hpa_tf.data.contract import to_model_size
 from hpa_tf.data.manifest import Manifest
 from hpa_tf.data.schema import cell_features, image_features
-from hpa_tf.labels import NUM_CLASSES
+from hpa_tf.labels import CLASS_NAMES, NUM_CLASSES
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -177,9 +178,48 @@ def _examples(data, kind: str, spec: dict, training: bool, folds: Sequence[int] 
         return hit & (ex["n_cells"] > 0) if need_cells else hit
 
     ds = ds.filter(keep)
+    if training and data["repeat_threshold"] > 0:
+        ds = _repeated(ds, repeat_factors(data["records"], float(data["repeat_threshold"])), seed)
     if training:
         ds = ds.shuffle(data["shuffle_buffer"], seed=seed).repeat()
     return ds.enumerate()
+
+
+def repeat_factors(records: str, threshold: float) -> list[float]:
+    """Each class's repeat factor ``max(1, sqrt(threshold / f_c))``, ``f_c`` the share of the record
+    set's images that have class ``c`` (the manifest's counts, every fold); 1 for a class no image has.
+
+    Repeat factor sampling (Gupta et al., LVIS, CVPR 2019; detectron2's ``RepeatFactorTrainingSampler``):
+    a training image comes up ``r_i = max`` over its classes of ``r_c`` times per pass, on average, so
+    a class in fewer than ``threshold`` of the images is seen more often, by about ``sqrt(threshold /
+    f_c)``, and images of common classes alone as before.
+
+    >>> repeat_factors("records", 0.25)  # doctest: +SKIP
+    [1.0, 1.34, ...]
+    """
+    manifest = read_manifest(records)
+    n = max(manifest.n_images, 1)
+    factors = []
+    for name in CLASS_NAMES:
+        share = manifest.class_frequencies.get(name, 0) / n
+        factors.append(max(1.0, (threshold / share) ** 0.5) if share > 0 else 1.0)
+    return factors
+
+
+def _repeated(ds: tf.data.Dataset, factors: list[float], seed: int) -> tf.data.Dataset:
+    """Each record ``floor(r_i)`` times, once more with probability ``r_i - floor(r_i)`` (a stateless
+    draw from the seed and the record's position), ``r_i`` its largest class repeat factor."""
+    table = tf.constant(factors, tf.float32)
+
+    def copies(position, ex):
+        r = tf.reduce_max(tf.where(tf.cast(ex["labels"], tf.float32) > 0, table, 1.0))
+        # Folded in, so the draw is not the one that augments the element at this position.
+        draw_seed = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), position]), 1)
+        u = tf.random.stateless_uniform([], draw_seed)
+        n = tf.cast(tf.floor(r), tf.int64) + tf.cast(u < r - tf.floor(r), tf.int64)
+        return tf.data.Dataset.from_tensors(ex).repeat(n)
+
+    return ds.enumerate().flat_map(copies)
 
 
 def _pixel_dtype(records: str) -> tf.DType:
