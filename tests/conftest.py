@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,16 +70,33 @@ def built_records(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return out
 
 
+def _built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A session fixture's folder built once for every xdist worker of the run (the first to take the
+    lock builds it, the others wait and share it; a build that failed is started again)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def learning_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough SynthHPA to learn from on a CPU: 120 images of 256 px, records of 128 px, 5 folds."""
+    """Enough SynthHPA to learn from on a CPU: 120 images of 256 px, records of 128 px, 5 folds
+    (built once for all test workers: a minute of 2 cores)."""
     from hpa_tf.synthetic.__main__ import main as synth
     from tfrecord_builder.__main__ import main as build
 
-    root = tmp_path_factory.mktemp("learn")
-    assert synth(["--out", str(root / "synth"), "--n-train", "120", "--n-test", "0", "--size", "256", "--seed", "5",
-                  "--workers", "2"]) == 0
-    out = root / "records"
-    assert build(["build", "--data", str(root / "synth" / "train"), "--labels", str(root / "synth" / "train.csv"),
-                  "--out", str(out), "--image-size", "128", "--cell-size", "48", "--shard-mb", "2", "--workers", "2"]) == 0
-    return out
+    def make(root: Path) -> None:
+        assert synth(["--out", str(root / "synth"), "--n-train", "120", "--n-test", "0", "--size", "256", "--seed", "5",
+                      "--workers", "2"]) == 0
+        assert build(["build", "--data", str(root / "synth" / "train"), "--labels", str(root / "synth" / "train.csv"),
+                      "--out", str(root / "records"), "--image-size", "128", "--cell-size", "48", "--shard-mb", "2",
+                      "--workers", "2"]) == 0
+
+    return _built_once(tmp_path_factory, "learn", make) / "records"

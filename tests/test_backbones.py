@@ -52,7 +52,10 @@ def _check(name: str, tmp_path, monkeypatch) -> None:
         assert error < 1e-3, f"{name}, weights={weights!r}: relative error {error:.3g}"
 
 
-@pytest.mark.parametrize("name", ONE_PER_FAMILY)
+# EfficientNet (0-255 and its extra rescaling), ResNet (caffe, BGR) and ConvNeXt (ImageNet mean/std) by
+# default; EfficientNetV2 (x / 128 - 1) and DenseNet (torch-style) take 40 s each: in the slow run.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("efficientnetv2_s", "densenet121")
+                                  else n for n in ONE_PER_FAMILY])
 def test_four_channel_backbone_computes_keras_features(name, tmp_path, monkeypatch):
     _check(name, tmp_path, monkeypatch)
 

@@ -31,8 +31,8 @@ LABELS = "round 1 per-cell labels, out of fold"
 
 def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tmp_path):
     """The job from another working directory with a relative --run; a rerun skips every stage; a
-    damaged model file, a truncated label file and another label source each redo exactly the
-    stages that must be redone."""
+    damaged model file, a truncated label file, and another label source with the final fit on every
+    image each redo exactly the stages that must be redone."""
     import cv2
 
     run, data = tmp_path / "run", tmp_path / "data"
@@ -71,17 +71,14 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     # deterministic) with the same fingerprint: split 1's single-cell model trained on them stays.
     assert _ran(redone) & (TRAININGS | CELL_MODELS | {LABELS}) == {LABELS, "round 1 single-cell model, split 0"}
 
-    cam = _job(*args, "--label-source", "cam", "--final-fit", "splits", cwd=tmp_path)
-    assert cam.returncode == 0, cam.stderr[-3000:]
-    assert _ran(cam) & (TRAININGS | CELL_MODELS | {LABELS}) == CELL_MODELS | {LABELS}
-    assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
-
-    # --final-fit all (the default): the last round's single-cell model learns from every image's
-    # out-of-fold labels; nothing upstream is redone, and the submission weighs that one model
+    # Another label source with --final-fit all (the default): the labels are made again and the last
+    # round's single-cell model learns from every image's out-of-fold labels; no round-0 model is
+    # retrained, nor the split models (the job no longer needs them), and the submission weighs that one model.
     full = _job(*args, "--label-source", "cam", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     assert _ran(full) & (TRAININGS | CELL_MODELS | {LABELS, "round 1 single-cell model, all folds"}) == {
-        "round 1 single-cell model, all folds"}
+        LABELS, "round 1 single-cell model, all folds"}
+    assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
     assert (run / "round1" / "cell" / "all" / "last.keras").exists()
     import json
 
@@ -91,8 +88,21 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     assert "single-cell model, each cell alone" in results and "trained on every fold: nothing held out" in results
 
 
-def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path):
-    """A folder not in the layout, an empty test/, a wrong --set value or key: one line, no stage run."""
+def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path, capsys):
+    """A folder not in the layout, an empty test/, a wrong --set value or key: one line, no stage run.
+    The command itself once (exit code, no traceback), then its main in this process (the same code
+    path without a TensorFlow start per case)."""
+    from hpa_tf.cli import run
+    from hpa_tf.job import main
+
+    def job(*argv):
+        try:
+            code = run(main, list(argv))
+        except SystemExit as err:  # argparse's own errors
+            code = err.code
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
     (tmp_path / "train").mkdir()
     result = _job("--data", str(tmp_path), "--run", str(tmp_path / "run"))
     assert result.returncode == 2
@@ -106,12 +116,12 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--set", "data.val_folds=[]"], "the job sets .*data.val_folds"),
                          (["--rounds", "0", "--final-models", "cell"], "--final-models cell: the job trains no cell"),
                          (["--combine", "blend", "--cell-weight", "2"], "cell_weight must be in")):
-        result = _job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
+        result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
     shutil.rmtree(data / "test")
     (data / "test").mkdir()
-    result = _job("--data", str(data), "--run", str(tmp_path / "empty"))
+    result = job("--data", str(data), "--run", str(tmp_path / "empty"))
     assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr
     assert "==" not in result.stdout
 

@@ -210,7 +210,8 @@ def test_mixed_precision_trains_and_loads_back_in_float32(built_records, tmp_pat
 
 @pytest.mark.parametrize("config_name, extra, input_shape", [
     ("demo_cpu.yaml", ["data.image_size=64"], (3, 64, 64, 4)),
-    ("demo_cpu.yaml", ["data.image_size=64", "model.puzzle_tiles=2"], (3, 64, 64, 4)),
+    pytest.param("demo_cpu.yaml", ["data.image_size=64", "model.puzzle_tiles=2"], (3, 64, 64, 4),
+                 marks=pytest.mark.slow),  # 55 s; Puzzle-CAM trains by default in test_pseudo
     ("demo_cpu_cell.yaml", ["data.cell_size=32", "data.max_eval_cells=8"], (3, 32, 32, 4)),
 ])
 def test_mirrored_on_two_logical_cpus_with_several_steps_per_call(built_records, tmp_path, config_name, extra, input_shape):
