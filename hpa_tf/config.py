@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ def _choice(key: str, value: Any, options: Sequence[Any]) -> None:
 
 
 def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
+    if not value >= low:  # NaN too
         raise ConfigError(f"{key}: {value!r} must be at least {low}")
 
 
@@ -93,7 +94,7 @@ class DataConfig(Section):
     cell_shuffle_buffer: int = 4096  # model.kind cell: single cells, mixed across images
     repeat_threshold: float = 0.0  # repeat factor sampling: images of classes in fewer than this share of images come up more often; 0 = off
     deterministic: bool = False
-    seed: int = 0
+    seed: int = 0  # the shuffles and augmentations, with the epoch
 
     def validate(self) -> None:
         _choice("data.kind", self.kind, ("auto", *MODEL_KINDS))
@@ -123,7 +124,8 @@ class AugmentConfig(Section):
     def validate(self) -> None:
         if not 0.0 <= self.rotate <= 180.0:
             raise ConfigError(f"augment.rotate: {self.rotate} must be in [0, 180] (degrees)")
-        _at_least("augment.mixup", self.mixup, 0.0)
+        if not 0.0 <= self.mixup <= 10.0:
+            raise ConfigError(f"augment.mixup: {self.mixup} must be in [0, 10] (mixup's Beta(a, a): 0 = off, 0.2-0.4 usual)")
         if not 0.0 < self.crop_min <= 1.0:
             raise ConfigError(f"augment.crop_min: {self.crop_min} must be in (0, 1]")
         for key in ("brightness", "contrast", "cutout", "p_negative", "p_swap"):
@@ -195,7 +197,7 @@ class TrainConfig(Section):
     warmup_epochs: float = 0.5
     keep_backups: int = 2  # epoch backups kept for resuming
     tensorboard: bool = True
-    seed: int = 0  # weights and augmentations
+    seed: int = 0  # the initial weights (data.seed: the shuffles and augmentations)
     deterministic: bool = False  # the same run twice gives the same weights (op determinism; may be slower on GPUs)
 
     def validate(self) -> None:
@@ -207,7 +209,7 @@ class TrainConfig(Section):
             _at_least(f"train.{key}", getattr(self, key), 0)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema: {self.ema} must be in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")
-        if self.learning_rate <= 0:
+        if not self.learning_rate > 0:  # NaN too
             raise ConfigError(f"train.learning_rate: {self.learning_rate} must be above 0")
 
 
@@ -235,7 +237,8 @@ class ExperimentConfig(Section):
                                   f"size, which small_cnn_s2d's 2 x 2 stem cannot take; use a multiple of {2 * tiles}")
         if self.augment.mixup > 0 and self.model.kind == "cells":
             raise ConfigError("augment.mixup: mixup mixes the examples of image and single-cell models (model.kind image "
-                              "or cell); a cell bag's cells share their image's labels, so it has nothing to mix")
+                              "or cell); a cell bag's cells share their image's labels, so it has nothing to mix: "
+                              "leave augment.mixup at 0 for model.kind cells")
         if self.data.kind == "auto":
             self.data.kind = self.model.kind
         elif self.data.kind != self.model.kind:
@@ -261,6 +264,9 @@ def _type_name(annotation: Any) -> str:
     return str(annotation)
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
     """``value`` as the field's type, or a ConfigError naming the key and where the value came from."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
@@ -283,6 +289,8 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
         return [_coerce(v, args[0], key, where) for v in value]
     if annotation is str and isinstance(value, bool):
         value = "on" if value else "off"  # YAML 1.1 reads off/no/false as False: the switch's spelling
+    if annotation is float and isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     ok = {
         int: isinstance(value, int) and not isinstance(value, bool),
         float: isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -29,7 +29,8 @@ with a setting, a label, an image, the fold count or a model changed) redoes exa
 downstream of the change. Records made from other inputs are built anew in ``OUT/records``.
 
 Everything that can be checked is checked before the first stage (configs and overrides, the
-layout, a test folder with images); stages run as child processes that die with the job; relative
+layout, a test folder with images); stages run as child processes that die with the job (the small
+reference and scoring stages run in the job's own process, saving a TensorFlow start each); relative
 paths are the caller's. Every stage is a command a user can also run alone; each is printed before it
 runs.
 """
@@ -41,6 +42,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpa_tf import fs, provenance
@@ -79,6 +81,7 @@ class Job:
     cells_config: str = "demo_cpu_cells"
     cell_config: str = "demo_cpu_cell"
     sets: list[str] = field(default_factory=list)  # --set overrides for every training
+    stage_sets: dict[str, list[str]] = field(default_factory=dict)  # --image-set / --cells-set / --cell-set: one kind's
     bit_depth: int = 8  # of the records: 16 keeps the precision of dim 16-bit files
     label_source: str = "cells"  # what round 1's single-cell models learn from (round 2 on: the cell models')
     cell_view: str = "masked"
@@ -90,6 +93,14 @@ class Job:
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)  # training and labelling stages: skipped as done
+
+    def configs(self) -> dict[str, str]:
+        """Each kind of training (image, cells, cell) and its config."""
+        return {"image": self.image_config, "cells": self.cells_config, "cell": self.cell_config}
+
+    def overrides(self, kind: str) -> list[str]:
+        """The user's overrides of one kind of training: ``--set``, then ``--KIND-set``."""
+        return [*self.sets, *self.stage_sets.get(kind, [])]
 
     @property
     def data_dir(self) -> str:
@@ -162,42 +173,54 @@ def check_settings(job: Job) -> None:
     is one line naming it, not an error after an hour of work); keys the job sets itself are refused."""
     from hpa_tf.config import ConfigError, load_config
 
-    owned = [s for s in job.sets if s.partition("=")[0].strip() in JOB_KEYS]
+    every = [*job.sets, *(s for sets in job.stage_sets.values() for s in sets)]
+    owned = [s for s in every if s.partition("=")[0].strip() in JOB_KEYS]
     if owned:
         raise JobError(f"--set {' '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
                        "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
                        "--label-source and the --*-config options instead")
-    for config in (job.image_config, job.cells_config, job.cell_config):
+    for kind, config in job.configs().items():
         try:
-            load_config(config, ["data.val_folds=[0]", *job.sets])
+            load_config(config, ["data.val_folds=[0]", *job.overrides(kind)])
         except ConfigError as err:
-            raise JobError(f"--set / {config}: {err}") from err
+            hint = ""
+            if kind == "cells" and "augment.mixup" in str(err):
+                hint = " (in the job: --image-set / --cell-set augment.mixup=A give it to those models alone)"
+            raise JobError(f"--set / --{kind}-set / {config}: {err}{hint}") from err
 
 
 def _python(*args: str) -> list[str]:
     return [sys.executable, *args]
 
 
-def _stage(job: Job, name: str, cmd: list[str], done: bool = False) -> None:
-    """Run one stage's command (unless ``done``), printed first, timed into ``job.timings``."""
+def _stage(job: Job, name: str, cmd: list[str], done: bool = False,
+           in_process: Callable[[list[str] | None], int] | None = None) -> None:
+    """Run one stage's command (unless ``done``), printed first, timed into ``job.timings``.
+    ``in_process``: the command's ``main``, called here with its arguments instead of starting a
+    Python (a small stage, seconds of work: a child would spend more starting TensorFlow)."""
     if done:
         print(f"== {name}: done before, skipped")
         return
     print(f"== {name}: {shlex.join(cmd)}", flush=True)
     start = time.perf_counter()
-    # die_with_parent: a killed job (kill -9 too) takes its running stage with it
-    result = subprocess.run(cmd, check=False, preexec_fn=die_with_parent)
+    if in_process is not None:
+        code = run(in_process, cmd[3:])  # cmd: python -m MODULE ARGS...
+        sys.stdout.flush()
+    else:
+        # die_with_parent: a killed job (kill -9 too) takes its running stage with it
+        code = subprocess.run(cmd, check=False, preexec_fn=die_with_parent).returncode
     job.timings[name] = job.timings.get(name, 0.0) + time.perf_counter() - start
-    if result.returncode:
-        raise JobError(f"stage {name!r} failed (exit code {result.returncode}); its command is printed above: "
+    if code:
+        raise JobError(f"stage {name!r} failed (exit code {code}); its command is printed above: "
                        "fix what it says and run the job again (finished stages are skipped)")
 
 
-def _train(job: Job, name: str, config: str, model_dir: str, extra: list[str]) -> None:
+def _train(job: Job, name: str, kind: str, model_dir: str, extra: list[str]) -> None:
     from hpa_tf.config import load_config
     from hpa_tf.training.folder import TrainingFolder
 
-    overrides = [*job.sets, f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra]
+    config = job.configs()[kind]
+    overrides = [*job.overrides(kind), f"data.records={fs.join(job.run, 'records')}", f"train.model_dir={model_dir}", *extra]
     folder, effective = TrainingFolder(model_dir), load_config(config, overrides)
     done = folder.is_current(effective)
     _stage(job, name, _python("-m", "hpa_tf.train", "--config", config, "--set", *overrides), done=done)
@@ -242,6 +265,8 @@ def run_job(job: Job) -> dict:
     sample_args = ["--sample-submission", sample] if fs.exists(sample) else []
     references = {}
     if truth:
+        from hpa_tf import baselines, metrics
+
         masks = fs.join(job.run, "masks")
         _stage(job, "segment the test images", _python("-m", "hpa_tf.segmentation", "--data", fs.join(data, "test"),
                                                         "--out", masks, "--workers", str(job.workers), "--truth", truth))
@@ -251,14 +276,14 @@ def run_job(job: Job) -> dict:
                                     ["--masks", masks])):
             sub = fs.join(job.run, f"reference_{kind}.csv")
             _stage(job, f"reference {kind}", _python("-m", "hpa_tf.baselines", "--data", data, "--kind", kind, *extra,
-                                                     "--out", sub))
+                                                     "--out", sub), in_process=baselines.main)
             _stage(job, f"score reference {kind}", _python("-m", "hpa_tf.metrics", "--truth", truth, "--submission", sub,
-                                                           "--json", f"{sub[:-4]}.json"))
+                                                           "--json", f"{sub[:-4]}.json"), in_process=metrics.main)
             references[label] = f"{sub[:-4]}.json"
     for k in range(job.splits):
         folds = json.dumps(job.split_folds(k))
-        _train(job, f"round 0 image model, split {k}", job.image_config, models_of(job, 0, "image")[k], [f"data.val_folds={folds}"])
-        _train(job, f"round 0 cell-bag model, split {k}", job.cells_config, models_of(job, 0, "cells")[k],
+        _train(job, f"round 0 image model, split {k}", "image", models_of(job, 0, "image")[k], [f"data.val_folds={folds}"])
+        _train(job, f"round 0 cell-bag model, split {k}", "cells", models_of(job, 0, "cells")[k],
                [f"data.val_folds={folds}"])
     final = models_of(job, 0, "image") + models_of(job, 0, "cells")
     labellers = final
@@ -277,12 +302,12 @@ def run_job(job: Job) -> dict:
         if "quality" in meta:
             quality[r] = meta["quality"]
         if job.cell_models(r) == 1:
-            _train(job, f"round {r} single-cell model, all folds", job.cell_config, models_of(job, r, "cell")[0],
+            _train(job, f"round {r} single-cell model, all folds", "cell", models_of(job, r, "cell")[0],
                    ["data.val_folds=[]", f"data.cell_labels={labels}"])
         else:
             for k in range(job.splits):
                 folds = json.dumps(job.split_folds(k))
-                _train(job, f"round {r} single-cell model, split {k}", job.cell_config, models_of(job, r, "cell")[k],
+                _train(job, f"round {r} single-cell model, split {k}", "cell", models_of(job, r, "cell")[k],
                        [f"data.val_folds={folds}", f"data.cell_labels={labels}"])
         labellers = models_of(job, r, "cell")
     if job.rounds:
@@ -326,7 +351,8 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
              f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds} (last round's single-cell "
              f"models: `--final-fit {job.final_fit}`), round-1 labels from "
              f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
-             f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "") + ". Submission: "
+             f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "")
+             + "".join(f", `--{kind}-set {' '.join(sets)}`" for kind, sets in job.stage_sets.items() if sets) + ". Submission: "
              f"`--final-models {job.submitted_models}`, {job.combination.describe()}.", ""]
     if results:
         lines += ["| method | mAP |", "|---|---|"] + [f"| {k} | {v['mAP']:.4f} |" for k, v in results.items()] + [""]
@@ -386,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     add_combination_args(parser, DEFAULT_COMBINATION)
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every training, e.g. train.epochs=3")
+    for kind, what in (("image", "the image models"), ("cells", "the cell-bag models"), ("cell", "the single-cell models")):
+        parser.add_argument(f"--{kind}-set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                            help=f"config overrides for {what} alone, after --set (e.g. augment.mixup=0.2)")
     args = parser.parse_args(argv)
     if args.data and (args.label_mix != "flattened" or args.texture_scale != 1.0):
         parser.error("--label-mix and --texture-scale shape the SynthHPA the job generates; with --data they do nothing")
@@ -395,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
     job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size,
               args.seed, args.workers, args.folds, args.splits, args.rounds, args.image_config, args.cells_config,
-              args.cell_config, args.set, bit_depth=args.bit_depth, label_source=args.label_source,
+              args.cell_config, args.set, {"image": args.image_set, "cells": args.cells_set, "cell": args.cell_set},
+              bit_depth=args.bit_depth, label_source=args.label_source,
               cell_view=args.cell_view, final_models=args.final_models,
               combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale,
               final_fit=args.final_fit, group_by=args.group_by)

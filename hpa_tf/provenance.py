@@ -138,6 +138,10 @@ def is_current(folder: str, kind: str, made_from: dict, say: bool = True,
         if say and fs.exists(folder) and fs.listdir(folder):
             print(f"{folder}: unfinished (no {FILE}); doing it again")
         return False
+    if record.fingerprint != fingerprint(record.kind, record.made_from):
+        if say:
+            print(f"{folder}: its {FILE} does not match its own fingerprint (edited or damaged); redoing it")
+        return False
     stored = normalize(record.made_from) if normalize else record.made_from
     if record.kind != kind or fingerprint(kind, stored) != fingerprint(kind, made_from):
         if say:

@@ -74,8 +74,9 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     # Another label source with --final-fit all (the default): the labels are made again and the last
     # round's single-cell model learns from every image's out-of-fold labels; no round-0 model is
     # retrained, nor the split models (the job no longer needs them), and the submission weighs that one model.
-    full = _job(*args, "--label-source", "cam", cwd=tmp_path)
+    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
+    assert "mixup: 0.2" in (run / "round1" / "cell" / "all" / "config.yaml").read_text()  # that stage's alone
     assert _ran(full) & (TRAININGS | CELL_MODELS | {LABELS, "round 1 single-cell model, all folds"}) == {
         LABELS, "round 1 single-cell model, all folds"}
     assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
@@ -115,7 +116,10 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--set", "train.model_dir=/tmp/one"], "the job sets .*train.model_dir"),
                          (["--set", "data.val_folds=[]"], "the job sets .*data.val_folds"),
                          (["--rounds", "0", "--final-models", "cell"], "--final-models cell: the job trains no cell"),
-                         (["--combine", "blend", "--cell-weight", "2"], "cell_weight must be in")):
+                         (["--combine", "blend", "--cell-weight", "2"], "cell_weight must be in"),
+                         (["--set", "augment.mixup=0.2"], "demo_cpu_cells: augment.mixup.*--image-set / --cell-set"),
+                         (["--cells-set", "train.epochs=0"], "--cells-set / demo_cpu_cells: train.epochs: 0"),
+                         (["--cell-set", "data.cell_labels=x"], "the job sets .*data.cell_labels")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()

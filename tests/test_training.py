@@ -132,6 +132,13 @@ def test_a_setting_switched_off_is_not_part_of_what_a_model_is_made_from(built_r
     assert folder.is_current(config)
     recorded_with(rotate=30.0)
     assert not folder.is_current(config) and "augment.rotate" in capsys.readouterr().out
+    # A record edited by hand (its settings no longer give its fingerprint) is current for nothing.
+    recorded_with(rotate=0.0)
+    edited = json.loads((tmp_path / "m" / provenance.FILE).read_text())
+    edited["made_from"]["settings"]["train"]["epochs"] = 99
+    (tmp_path / "m" / provenance.FILE).write_text(json.dumps(edited))
+    assert not folder.is_current(_config(built_records, tmp_path / "m", "train.epochs=99"))
+    assert "does not match its own fingerprint" in capsys.readouterr().out
     assert not folder.is_current(_config(built_records, tmp_path / "m", "augment.mixup=0.2"))
 
 
@@ -316,6 +323,10 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(None, ["data.kind=cells"])
     assert load_config(None, ["model.kind=cells"]).data.kind == "cells"  # data.kind follows by default
     assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+    assert load_config(None, ["train.learning_rate=3e-4"]).train.learning_rate == 3e-4  # a string to YAML 1.1
+    for bad in ("train.learning_rate=.nan", "train.weight_decay=.nan", "augment.mixup=.inf"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
     assert load_config(None, ["train.mixed_precision=off"]).train.mixed_precision == "off"  # not YAML's False
     # data.val_fold, the older name: one fold, -1 for none, or a list
     assert [load_config(None, [f"data.val_fold={v}"]).data.val_folds for v in (2, -1, "[0, 3]")] == [[2], [], [0, 3]]

@@ -358,9 +358,11 @@ def make_dataset(config, training: bool, batch_size: int, input_context=None, ep
     ds = _elements(config, training, input_context, epoch).batch(batch_size, drop_remainder=training)
     alpha = float(config["augment"]["mixup"])
     if training and alpha > 0:
-        # Seeded by (epoch, input pipeline, batch): a resumed epoch mixes exactly as the first time.
+        # Seeded by (epoch, input pipeline, batch): a resumed epoch mixes exactly as the first time; the
+        # fold-in keeps these draws apart from the per-record ones (seeded by the epoch and a position).
         pipeline = input_context.input_pipeline_id if input_context is not None else 0
-        base = tf.constant([epoch_seed(config["data"]["seed"], epoch), pipeline], tf.int64)
+        base = tf.random.experimental.stateless_fold_in(
+            tf.constant([epoch_seed(config["data"]["seed"], epoch), pipeline], tf.int64), 2)
         ds = ds.enumerate().map(
             lambda i, batch: augment.mixup(*batch, alpha, tf.random.experimental.stateless_fold_in(base, i)),
             num_parallel_calls=AUTOTUNE, deterministic=True)
