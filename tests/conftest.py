@@ -100,3 +100,16 @@ def learning_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--workers", "2"]) == 0
 
     return _built_once(tmp_path_factory, "learn", make) / "records"
+
+
+@pytest.fixture(scope="session")
+def many_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 training and 24 test SynthHPA images of 256 px: enough for a build or a prediction to be
+    caught mid-way (built once for all test workers)."""
+    from hpa_tf.synthetic.__main__ import main as synth
+
+    def make(root: Path) -> None:
+        assert synth(["--out", str(root), "--n-train", "40", "--n-test", "24", "--size", "256", "--seed", "9",
+                      "--workers", "2"]) == 0
+
+    return _built_once(tmp_path_factory, "many", make)

@@ -57,16 +57,6 @@ def _gone(pids: list[int], seconds: float = 10.0) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-def many_images(tmp_path_factory) -> Path:
-    """40 SynthHPA images of 256 px: enough for a build or a prediction to be caught mid-way."""
-    from hpa_tf.synthetic.__main__ import main as synth
-
-    root = tmp_path_factory.mktemp("many")
-    assert synth(["--out", str(root), "--n-train", "40", "--n-test", "24", "--size", "256", "--seed", "9", "--workers", "2"]) == 0
-    return root
-
-
 def _build_cmd(data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "tfrecord_builder", "build", "--data", str(data / "train"), "--labels",
             str(data / "train.csv"), "--out", str(out), "--image-size", "64", "--cell-size", "32", "--shard-mb", "0.02",

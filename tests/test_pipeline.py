@@ -113,8 +113,8 @@ def test_repeat_factor_sampling_shows_each_image_as_often_as_its_rarest_class_sa
     base = [f"data.records={tmp_path / 'records'}", "data.image_size=8", "data.deterministic=true", "data.val_folds=[]",
             "augment.p_negative=0", "augment.p_swap=0"]
     for extra, rare_share in ((), 1 / 4), (("data.repeat_threshold=1.0",), 2 / 5):
-        labels = np.concatenate([y.numpy() for _, y in make_dataset(load_config(None, [*base, *extra]), True, 100).take(40)])
-        assert abs(labels[:, 5].mean() - rare_share) < 0.03 and labels[:, 0].min() == 1, (extra, labels[:, 5].mean())
+        labels = np.concatenate([y.numpy() for _, y in make_dataset(load_config(None, [*base, *extra]), True, 100).take(20)])
+        assert abs(labels[:, 5].mean() - rare_share) < 0.035 and labels[:, 0].min() == 1, (extra, labels[:, 5].mean())
     with pytest.raises(ConfigError, match="data.repeat_threshold"):
         load_config(None, ["data.repeat_threshold=2"])
 
