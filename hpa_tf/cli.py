@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -48,11 +49,13 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
 
 def doc_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     """A parser whose description is the first paragraph of ``doc`` (a module docstring) and whose
-    epilog, shown as written, is the rest.
+    epilog, shown as written, is the rest; reStructuredText's double backticks and roles read as `code`.
 
     >>> doc_parser("tool", "Does a thing.\\n\\n    tool --x 1").description
     'Does a thing.'
     """
+    # Plain text on a terminal: ``code`` and Sphinx roles (:mod:`x`) as `code`.
+    doc = re.sub(r":(?:mod|func|class|meth|attr|data):`", "`", doc).replace("``", "`")
     head, _, rest = doc.partition("\n\n")
     parser = argparse.ArgumentParser(prog=prog_name(prog), description=head, epilog=rest,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,6 +3,7 @@
     python -m hpa_tf.job --run runs/demo                        # SynthHPA, generated into runs/demo/synth
     python -m hpa_tf.job --run OUT --data DIR                   # DIR/train/, DIR/train.csv, DIR/test/,
                                                                 # DIR/sample_submission.csv, DIR/truth/ (optional)
+    python -m hpa_tf.job --run OUT --cell-set train.ema=0.99     # a setting of the single-cell models alone
 
 1. records of ``DIR/train`` (``OUT/records``, ``--folds`` folds);
 2. round 0, out of fold: for each of ``--splits`` splits (split k holds out the folds f with
@@ -11,7 +12,9 @@
 3. each round r = 1 .. ``--rounds``: per-cell soft labels of every training cell from the previous
    round's models of the split that held its image out (``OUT/records/pseudo/round{r}``, scored against
    the truth when there is one), then a single-cell model per split trained on them
-   (``OUT/round{r}/cell/split{k}``);
+   (``OUT/round{r}/cell/split{k}``); the last round's, by default, one model on every training image
+   (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
+   split);
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
