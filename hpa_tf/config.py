@@ -341,8 +341,9 @@ def parse_value(raw: str) -> Any:
     return yaml.safe_load(raw) if raw.strip() else None
 
 
-def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
-    """Apply ``key.sub=value`` strings (values parsed as YAML) to a copy and validate it.
+def apply_overrides(config: ExperimentConfig, overrides: Sequence[str], flag: str = "--set") -> ExperimentConfig:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to a copy and validate it; errors
+    name ``flag``, the option that gave them.
 
     >>> apply_overrides(ExperimentConfig(), ["train.epochs=2"]).train.epochs
     2
@@ -351,11 +352,11 @@ def apply_overrides(config: ExperimentConfig, overrides: Sequence[str]) -> Exper
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=3")
+            raise ConfigError(f"{flag} {item!r}: expected key=value, e.g. train.epochs=3")
         update: Any = parse_value(raw)
         for part in reversed(key.strip().split(".")):
             update = {part: update}
-        _apply(out, update, f"--set {item}")
+        _apply(out, update, f"{flag} {item}")
     return out.validate()
 
 

@@ -3,7 +3,7 @@
     python -m hpa_tf.job --run runs/demo                        # SynthHPA, generated into runs/demo/synth
     python -m hpa_tf.job --run OUT --data DIR                   # DIR/train/, DIR/train.csv, DIR/test/,
                                                                 # DIR/sample_submission.csv, DIR/truth/ (optional)
-    python -m hpa_tf.job --run OUT --cell-set train.ema=0.99     # a setting of the single-cell models alone
+    python -m hpa_tf.job --run OUT --cell-set train.ema=0.99    # a setting of the single-cell models alone
 
 1. records of ``DIR/train`` (``OUT/records``, ``--folds`` folds);
 2. round 0, out of fold: for each of ``--splits`` splits (split k holds out the folds f with
@@ -167,6 +167,7 @@ def check_layout(data: str) -> None:
 
 # Settings each stage gets from the job: a --set of one would put every model in one folder, or
 # train the out-of-fold models on the folds they must label.
+KIND_NAMES = {"image": "the image models", "cells": "the cell-bag models", "cell": "the single-cell models"}
 JOB_KEYS = ("train.model_dir", "data.records", "data.val_folds", "data.val_fold", "data.cell_labels", "data.kind",
             "model.kind")
 
@@ -174,22 +175,26 @@ JOB_KEYS = ("train.model_dir", "data.records", "data.val_folds", "data.val_fold"
 def check_settings(job: Job) -> None:
     """Every training config with the job's overrides, before any stage runs (a wrong key or value
     is one line naming it, not an error after an hour of work); keys the job sets itself are refused."""
-    from hpa_tf.config import ConfigError, load_config
+    from hpa_tf.config import ConfigError, apply_overrides, load_config
 
-    every = [*job.sets, *(s for sets in job.stage_sets.values() for s in sets)]
-    owned = [s for s in every if s.partition("=")[0].strip() in JOB_KEYS]
+    given = [("--set", s) for s in job.sets] + [(f"--{kind}-set", s) for kind, sets in job.stage_sets.items() for s in sets]
+    owned = [f"{flag} {s.strip()}" for flag, s in given if s.partition("=")[0].strip() in JOB_KEYS]
     if owned:
-        raise JobError(f"--set {' '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
+        raise JobError(f"{', '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
                        "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
                        "--label-source and the --*-config options instead")
     for kind, config in job.configs().items():
+        what = f"({KIND_NAMES[kind]}: --{kind}-config {config})"
         try:
-            load_config(config, ["data.val_folds=[0]", *job.overrides(kind)])
+            common = load_config(config, ["data.val_folds=[0]", *job.sets])
         except ConfigError as err:
-            hint = ""
-            if kind == "cells" and "augment.mixup" in str(err):
-                hint = " (in the job: --image-set / --cell-set augment.mixup=A give it to those models alone)"
-            raise JobError(f"--set / --{kind}-set / {config}: {err}{hint}") from err
+            hint = " (in the job: --image-set / --cell-set give it to those models alone)" if (
+                kind == "cells" and "augment.mixup" in str(err)) else ""
+            raise JobError(f"{err} {what}{hint}") from err
+        try:
+            apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
+        except ConfigError as err:
+            raise JobError(f"{err} {what}") from err
 
 
 def _python(*args: str) -> list[str]:
@@ -415,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     add_combination_args(parser, DEFAULT_COMBINATION)
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every training, e.g. train.epochs=3")
-    for kind, what in (("image", "the image models"), ("cells", "the cell-bag models"), ("cell", "the single-cell models")):
+    for kind, example in (("image", "augment.mixup=0.2"), ("cells", "model.cell_loss_weight=0.3"), ("cell", "train.ema=0.99")):
         parser.add_argument(f"--{kind}-set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                            help=f"config overrides for {what} alone, after --set (e.g. augment.mixup=0.2)")
+                            help=f"config overrides for {KIND_NAMES[kind]} alone, after --set (e.g. {example})")
     args = parser.parse_args(argv)
     if args.data and (args.label_mix != "flattened" or args.texture_scale != 1.0):
         parser.error("--label-mix and --texture-scale shape the SynthHPA the job generates; with --data they do nothing")

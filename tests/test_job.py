@@ -117,9 +117,12 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--set", "data.val_folds=[]"], "the job sets .*data.val_folds"),
                          (["--rounds", "0", "--final-models", "cell"], "--final-models cell: the job trains no cell"),
                          (["--combine", "blend", "--cell-weight", "2"], "cell_weight must be in"),
-                         (["--set", "augment.mixup=0.2"], "demo_cpu_cells: augment.mixup.*--image-set / --cell-set"),
-                         (["--cells-set", "train.epochs=0"], "--cells-set / demo_cpu_cells: train.epochs: 0"),
-                         (["--cell-set", "data.cell_labels=x"], "the job sets .*data.cell_labels")):
+                         (["--set", "augment.mixup=0.2"], "augment.mixup: .*cell-bag models: --cells-config "
+                          "demo_cpu_cells.*--image-set / --cell-set"),
+                         (["--cell-set", "train.epoks=1"], "--cell-set train.epoks=1: unknown key 'train.epoks'.*"
+                          "single-cell models: --cell-config demo_cpu_cell"),
+                         (["--cells-set", "train.epochs=0"], "train.epochs: 0 must be at least 1 .*cell-bag models"),
+                         (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
