@@ -138,20 +138,38 @@ def is_current(folder: str, kind: str, made_from: dict, say: bool = True,
         if say and fs.exists(folder) and fs.listdir(folder):
             print(f"{folder}: unfinished (no {FILE}); doing it again")
         return False
-    if record.fingerprint != fingerprint(record.kind, record.made_from):
-        if say:
+    what = ["kind"] if record.kind != kind else differences(kind, record.fingerprint, record.made_from, made_from,
+                                                            normalize)
+    if what:
+        if say and what == [EDITED]:
             print(f"{folder}: its {FILE} does not match its own fingerprint (edited or damaged); redoing it")
-        return False
-    stored = normalize(record.made_from) if normalize else record.made_from
-    if record.kind != kind or fingerprint(kind, stored) != fingerprint(kind, made_from):
-        if say:
-            print(f"{folder}: made from other inputs ({', '.join(changed(stored, made_from)) or 'kind'} "
-                  "changed); redoing it")
+        elif say:
+            print(f"{folder}: made from other inputs ({', '.join(what)} changed); redoing it")
         return False
     bad = damaged_files(folder, record)
     if bad and say:
         print(f"{folder}: {', '.join(bad)} missing or changed since it was made; redoing it")
     return not bad
+
+
+EDITED = "its record"
+
+
+def differences(kind: str, recorded_fingerprint: str | None, recorded: Mapping, made_from: Mapping,
+                normalize: Callable[[dict], dict] | None = None) -> list[str]:
+    """Why a record (its fingerprint and ``made_from``) is not of ``made_from``: [] when it is;
+    ``[EDITED]`` when its ``made_from`` does not give its fingerprint (edited by hand or damaged); else
+    the keys that differ after ``normalize`` (:func:`changed`).
+
+    >>> differences("model", fingerprint("model", {"a": 1}), {"a": 1}, {"a": 2})
+    ['a']
+    """
+    if recorded_fingerprint != fingerprint(kind, recorded):
+        return [EDITED]
+    stored = normalize(dict(recorded)) if normalize else recorded
+    if fingerprint(kind, stored) == fingerprint(kind, made_from):
+        return []
+    return changed(stored, made_from) or ["made by an older hpa-tf"]
 
 
 def changed(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:

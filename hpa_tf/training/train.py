@@ -144,16 +144,13 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
     made_from = model_made_from(config)
     fingerprint = provenance.fingerprint("model", made_from)
     restored = backup.load_latest(backup_dir, set_aside=chief)
-    if restored is not None:
-        stored = restored[1].get("made_from", {})
-        intact = restored[1].get("fingerprint") == provenance.fingerprint("model", stored)
-        if not intact or provenance.fingerprint("model", without_switched_off(stored)) != fingerprint:
-            what = provenance.changed(without_switched_off(stored), made_from) if intact else ["its record"]
-            print(f"{model_dir}: its backups are of another run ({', '.join(what or ['made by an older hpa-tf'])} "
-                  "changed): starting anew")
-            restored = None
-            if chief:
-                backup.remove_all(backup_dir)
+    what = [] if restored is None else provenance.differences(
+        "model", restored[1].get("fingerprint"), restored[1].get("made_from", {}), made_from, without_switched_off)
+    if what:
+        print(f"{model_dir}: its backups are of another run ({', '.join(what)} changed): starting anew")
+        restored = None
+        if chief:
+            backup.remove_all(backup_dir)
     if restored is not None:
         arrays, state = restored
         trainer.restore(arrays, state["variables"], backup_dir)
