@@ -141,7 +141,7 @@ class ModelConfig(Section):
     weights: str | None = None  # None, "imagenet", "imagenet:PATH" (keras' file, offline), or a 3-channel weights file
     init_from: str | None = None  # a 4-channel hpa-tf checkpoint (.keras / .weights.h5) to start from
     pooling: str = "avg"  # feature map -> vector (image, or each cell): avg | gem | avgmax (cell models)
-    bag_pooling: str = "max"  # cell-bag image head: max | lse
+    bag_pooling: str = "max"  # cell-bag image head: max | lse | attention
     cell_loss_weight: float = 0.1
     image_loss_weight: float = 1.0
     dropout: float = 0.0
@@ -158,7 +158,7 @@ class ModelConfig(Section):
         if self.pooling == "avgmax" and self.kind == "image":
             raise ConfigError("model.pooling: avgmax pools cells (model.kind cells or cell); an image model's class "
                               "activation maps need avg or gem")
-        _choice("model.bag_pooling", self.bag_pooling, ("max", "lse"))
+        _choice("model.bag_pooling", self.bag_pooling, ("max", "lse", "attention"))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
         _at_least("model.puzzle_tiles", self.puzzle_tiles, 0)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from hpa_tf.models import (
-    BACKBONES, MaskedBagPool, MultiLabelLoss, cam_model, cell_bag_model, create_backbone, image_classifier, widen_stem,
+    BACKBONES, MaskedAttentionPool, MaskedBagPool, MultiLabelLoss, cam_model, cell_bag_model, create_backbone, image_classifier, widen_stem,
 )
 
 
@@ -55,11 +55,62 @@ def test_padded_cells_never_reach_the_image_head():
     mask = np.array([[1, 1, 1, 0]], "float32")
     for mode in ("max", "lse"):
         assert float(np.max(MaskedBagPool(mode)([logits, mask]))) < 1.0
-    model = cell_bag_model("small_cnn", 32)
-    cells = np.random.default_rng(0).random((1, 4, 32, 32, 4)).astype("float32")
-    base = model({"cells": cells, "mask": mask})["image"].numpy()
-    cells[0, 3] = 1.0  # change only the padded cell
-    assert np.allclose(model({"cells": cells, "mask": mask})["image"].numpy(), base, atol=1e-6)
+    features = np.random.default_rng(1).normal(size=(1, 4, 8)).astype("float32")
+    logits[0, :3] = np.random.default_rng(2).normal(size=(3, 19))
+    attention = MaskedAttentionPool(4)
+    pooled = attention([features, logits, mask]).numpy()
+    assert np.allclose(pooled, logits[:, :3].mean(axis=1), atol=1e-5)  # w starts at 0: the mean of the valid cells
+    attention.set_weights([w + np.random.default_rng(3).normal(size=w.shape).astype("float32") for w in attention.get_weights()])
+    weights = attention.attention(features, mask).numpy()
+    assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5) and np.all(weights[0, 3] == 0.0)
+    pooled = attention([features, logits, mask]).numpy()
+    assert np.all(pooled <= logits[:, :3].max(axis=1) + 1e-5) and np.all(pooled >= logits[:, :3].min(axis=1) - 1e-5)
+    assert np.all(attention([features, logits, np.zeros_like(mask)]).numpy() == 0.0)  # no valid cell: 0, not the padding
+    for pooling in ("max", "attention"):
+        model = cell_bag_model("small_cnn", 32, bag_pooling=pooling)
+        cells = np.random.default_rng(0).random((1, 4, 32, 32, 4)).astype("float32")
+        base = model({"cells": cells, "mask": mask})["image"].numpy()
+        cells[0, 3] = 1.0  # change only the padded cell
+        assert np.allclose(model({"cells": cells, "mask": mask})["image"].numpy(), base, atol=1e-6)
+
+
+def test_attention_pooling_learns_which_cell_of_a_bag_carries_the_image_label(tmp_path):
+    """model.bag_pooling=attention: trained on image labels alone (a bag is positive when one of its
+    8 cells has a bright dot), the image head separates the bags, the attention of that class goes to
+    the dotted cell, and the cell head ranks dotted cells above the rest; saves and loads back."""
+    from hpa_tf.config import load_config
+    from hpa_tf.models import build_model
+
+    rng = np.random.default_rng(0)
+    bags, n, size = 96, 8, 32
+    cells = (rng.random((bags, n, size, size, 4)) * 0.3).astype("float32")
+    labels = np.zeros((bags, 19), "float32")
+    dotted = rng.integers(0, n, bags)
+    for b in range(0, bags, 2):  # every other bag: one cell with a 3 x 3 bright green dot
+        r, c = rng.integers(2, size - 5, 2)
+        cells[b, dotted[b], r : r + 3, c : c + 3, 1] = 1.0
+        labels[b, 12] = 1.0
+    inputs = {"cells": cells, "mask": np.ones((bags, n), "float32")}
+    keras.utils.set_random_seed(0)
+    model = cell_bag_model("small_cnn", size, bag_pooling="attention", pooling="gem")
+    model.compile(keras.optimizers.Adam(3e-3), {"image": "binary_crossentropy"})  # no cell loss: image labels only
+    model.fit(inputs, {"image": labels}, epochs=12, batch_size=8, verbose=0)
+    out = model.predict(inputs, verbose=0)
+    assert out["image"][0::2, 12].min() > out["image"][1::2, 12].max()  # every positive bag above every negative one
+    features = keras.Model(model.inputs, model.get_layer("features_to_bags").output)(inputs)
+    weights = model.get_layer("bag_pool").attention(features, inputs["mask"]).numpy()[0::2, :, 12]
+    assert np.mean(weights.argmax(axis=1) == dotted[0::2]) > 0.9  # attention on the dotted cell
+    assert weights[np.arange(bags // 2), dotted[0::2]].mean() > 3.0 / n  # well above the mean's 1/8
+    cell_scores = out["cells"][0::2, :, 12]
+    others = np.ones_like(cell_scores, bool)
+    others[np.arange(bags // 2), dotted[0::2]] = False
+    assert cell_scores[~others].min() > np.median(cell_scores[others])
+    model.save(tmp_path / "attention.keras")
+    back = keras.models.load_model(tmp_path / "attention.keras")
+    small = {key: value[:3] for key, value in inputs.items()}
+    assert np.allclose(back(small)["image"], model(small)["image"], atol=1e-6)
+    built = build_model(load_config("demo_cpu_cells", ["model.bag_pooling=attention"]))
+    assert isinstance(built.get_layer("bag_pool"), MaskedAttentionPool)
 
 
 def test_save_load_round_trip_predicts_the_same(tmp_path):

@@ -11,7 +11,7 @@ from hpa_tf.models.cell import cell_model
 from hpa_tf.models.cellbag import cell_bag_model
 from hpa_tf.models.checkpoints import backbone_of, init_from, load_model, read_contract
 from hpa_tf.models.classifier import cam_model, image_classifier
-from hpa_tf.models.layers import GeM, MaskedBagPool
+from hpa_tf.models.layers import GeM, MaskedAttentionPool, MaskedBagPool
 from hpa_tf.models.losses import MultiLabelLoss
 
 
@@ -61,6 +61,6 @@ def build_loss(config: dict) -> MultiLabelLoss:
 
 
 __all__ = [
-    "BACKBONES", "CamScorer", "GeM", "MaskedBagPool", "MultiLabelLoss", "backbone_of", "build_loss", "build_model",
+    "BACKBONES", "CamScorer", "GeM", "MaskedAttentionPool", "MaskedBagPool", "MultiLabelLoss", "backbone_of", "build_loss", "build_model",
     "cam_model", "cell_bag_model", "cell_model", "mask_weights", "contract_of", "create_backbone", "image_classifier", "init_from", "load_model", "read_contract", "widen_stem",
 ]

@@ -15,6 +15,7 @@ from hpa_tf.labels import NUM_CLASSES
 from hpa_tf.models.backbones import create_backbone
 from hpa_tf.models.layers import (
     InputContract,
+    MaskedAttentionPool,
     MaskedBagPool,
     UnflattenBag,
     spatial_pool,
@@ -26,7 +27,9 @@ def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = No
                    contract: dict | None = None) -> keras.Model:
     """``cell_bag_model("efficientnet_b0", 128)``; ``cells_per_bag=None`` accepts any bag size.
 
-    ``pooling`` (avg | gem | avgmax) pools each cell's feature map, ``bag_pooling`` (max | lse) the cells;
+    ``pooling`` (avg | gem | avgmax) pools each cell's feature map, ``bag_pooling`` the cells' logits into
+    the image's: ``max``, ``lse`` (log-sum-exp, minus log N) or ``attention`` (learnt per-class weights
+    from each cell's pooled features, :class:`~hpa_tf.models.layers.MaskedAttentionPool`);
     ``contract``: its input contract, carried by an identity layer named ``input_contract``.
     """
     cells = keras.Input((cells_per_bag, cell_size, cell_size, 4), name="cells")
@@ -39,7 +42,11 @@ def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = No
         pooled = keras.layers.Dropout(dropout)(pooled)
     cell_logits = keras.layers.Dense(NUM_CLASSES, name="cell_logits")(pooled)
     bag_logits = UnflattenBag(name="to_bags")([cell_logits, cells])
-    image_logits = MaskedBagPool(bag_pooling, name="bag_pool")([bag_logits, mask])
+    if bag_pooling == "attention":
+        bag_features = UnflattenBag(name="features_to_bags")([pooled, cells])
+        image_logits = MaskedAttentionPool(name="bag_pool")([bag_features, bag_logits, mask])
+    else:
+        image_logits = MaskedBagPool(bag_pooling, name="bag_pool")([bag_logits, mask])
     outputs = {
         "cells": keras.layers.Activation("sigmoid", dtype="float32", name="cell_probs")(bag_logits),
         "image": keras.layers.Activation("sigmoid", dtype="float32", name="image_probs")(image_logits),
