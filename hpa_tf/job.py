@@ -393,22 +393,25 @@ def main(argv: list[str] | None = None) -> int:
                         "the real Kaggle 2021 sets as often as there")
     parser.add_argument("--texture-scale", type=float, default=1.0,
                         help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
-    parser.add_argument("--workers", type=at_least(1), default=2)
+    parser.add_argument("--workers", type=at_least(1), default=2,
+                        help="processes for generating SynthHPA, building the records and segmenting the test images")
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
     parser.add_argument("--group-by", choices=GROUPINGS, default="antibody",
                         help="folds keep the fields of one antibody or well together, as the image IDs tell (see "
                         "tfrecord_builder build --group-by)")
     parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
     parser.add_argument("--rounds", type=at_least(0), default=1, help="pseudo-label rounds (0: the image and cell-bag models only)")
-    parser.add_argument("--image-config", default="demo_cpu")
-    parser.add_argument("--cells-config", default="demo_cpu_cells")
-    parser.add_argument("--cell-config", default="demo_cpu_cell")
+    for kind, default in (("image", "demo_cpu"), ("cells", "demo_cpu_cells"), ("cell", "demo_cpu_cell")):
+        parser.add_argument(f"--{kind}-config", default=default,
+                            help=f"the config of {KIND_NAMES[kind]}: a name under hpa_tf/configs or a YAML file")
     parser.add_argument("--bit-depth", type=int, choices=(8, 16), default=8,
                         help="of the records (16: the full precision of dim 16-bit files; see the builder)")
     parser.add_argument("--label-source", default="cells", choices=("combined", "cells", "cam"),
                         help="round 1's labels: the cell-bag models' cell heads (best on SynthHPA), the image models' "
                         "CAM x cell, or their mean; later rounds use the previous round's single-cell models")
-    parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"))
+    parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"),
+                        help="how prediction scores each cell with an image model (predict.py --cell-view); "
+                        "none: an image model gives its image score only")
     parser.add_argument("--final-fit", choices=("all", "splits"), default="all",
                         help="the last round's single-cell models: one on every training image (the default: twice "
                         "the images of a split's model, the same time, nothing held out to validate on), or one per "

@@ -150,7 +150,8 @@ def test_a_truncated_backup_is_set_aside_and_the_one_before_used(built_records, 
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # the disk filled up mid-write
     train(config)
     out = capsys.readouterr().out
-    assert f"backup {newest} cannot be read" in out and "resuming" in out
+    assert f"backup {newest} cannot be read" in out
+    assert f"after epoch 1 of 3 (from {tmp_path / 'm' / 'backup' / 'epoch-00000.npz'}" in out  # the file it resumes from
     assert (tmp_path / "m" / "backup" / "epoch-00001.npz.corrupt").exists()
     assert pd.read_csv(tmp_path / "m" / "train_log.csv")["epoch"].tolist() == [0, 1, 2]  # epoch 1 trained again
 

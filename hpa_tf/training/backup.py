@@ -43,12 +43,17 @@ def _paths(folder: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def path_of(folder: str, epoch: int) -> str:
+    """The backup of ``epoch``, counted from 0 (Keras' progress shows that epoch as ``epoch + 1``)."""
+    return fs.join(folder, f"epoch-{epoch:05d}.npz")
+
+
 def save(folder: str, epoch: int, arrays: dict[str, np.ndarray], state: dict, keep: int = 2) -> str:
     """Write the backup of a finished ``epoch`` (0-based) and drop all but the newest ``keep``."""
     buf = io.BytesIO()
     np.savez(buf, **{_STATE: np.array(json.dumps(state))}, **arrays)
     data = buf.getvalue()
-    path = fs.join(folder, f"epoch-{epoch:05d}.npz")
+    path = path_of(folder, epoch)
     try:
         fs.makedirs(folder)
         fs.write_bytes(path, data)

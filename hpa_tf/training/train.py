@@ -154,7 +154,8 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
     if restored is not None:
         arrays, state = restored
         trainer.restore(arrays, state["variables"], backup_dir)
-        print(f"resuming {model_dir} after epoch {state['epoch'] + 1}")
+        print(f"resuming {model_dir} after epoch {state['epoch'] + 1} of {epochs} "
+              f"(from {backup.path_of(backup_dir, state['epoch'])}: backups count epochs from 0)")
     else:
         state = {"epoch": -1, "best": None, "history": [], "per_class": []}
     if chief:
