@@ -14,7 +14,8 @@
    the truth when there is one), then a single-cell model per split trained on them
    (``OUT/round{r}/cell/split{k}``); the last round's, by default, one model on every training image
    (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
-   split);
+   split); ``--cell-init cells`` starts each from the round-0 cell-bag model of its split (the model on
+   every image from split 0's), whose backbone has learnt the same cell crops from the image labels;
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
@@ -92,6 +93,7 @@ class Job:
     combination: Combination = DEFAULT_COMBINATION
     group_by: str = "antibody"  # the records' folds keep an antibody's (or a well's) fields together
     final_fit: str = "all"  # the last round's single-cell models: one on all images, or one per split
+    cell_init: str = "none"  # single-cell models start from nothing, or from their split's cell-bag model ("cells")
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     timings: dict[str, float] = field(default_factory=dict)
@@ -183,6 +185,7 @@ def check_settings(job: Job) -> None:
         raise JobError(f"{', '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
                        "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
                        "--label-source and the --*-config options instead")
+    backbones = {}
     for kind, config in job.configs().items():
         what = f"({KIND_NAMES[kind]}: --{kind}-config {config})"
         try:
@@ -192,9 +195,16 @@ def check_settings(job: Job) -> None:
                 kind == "cells" and "augment.mixup" in str(err)) else ""
             raise JobError(f"{err} {what}{hint}") from err
         try:
-            apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
+            common = apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
         except ConfigError as err:
             raise JobError(f"{err} {what}") from err
+        backbones[kind] = common.model.backbone
+    if job.cell_init == "cells" and any(s.partition("=")[0].strip() == "model.init_from" for s in job.overrides("cell")):
+        raise JobError("--cell-init cells sets the single-cell models' model.init_from itself; drop the model.init_from "
+                       "of --set / --cell-set, or use --cell-init none")
+    if job.cell_init == "cells" and job.rounds and backbones["cells"] != backbones["cell"]:
+        raise JobError(f"--cell-init cells starts the single-cell models from the cell-bag models' backbone, but they are "
+                       f"{backbones['cell']} and {backbones['cells']}: give both the same model.backbone, or --cell-init none")
 
 
 def _python(*args: str) -> list[str]:
@@ -242,6 +252,13 @@ def models_of(job: Job, round_: int, kind: str) -> list[str]:
     if kind == "cell" and job.cell_models(round_) == 1:
         return [fs.join(job.run, f"round{round_}", kind, "all")]
     return [fs.join(job.run, f"round{round_}", kind, f"split{k}") for k in range(job.splits)]
+
+
+def cell_init(job: Job, k: int) -> list[str]:
+    """The override that starts a single-cell model of split ``k`` from the round-0 cell-bag model of
+    that split (``--cell-init cells``): it learnt from the images the single-cell model learns from, so
+    an out-of-fold labeller stays out of fold."""
+    return [f"model.init_from={model_file(models_of(job, 0, 'cells')[k])}"] if job.cell_init == "cells" else []
 
 
 def model_file(model_dir: str) -> str:
@@ -311,12 +328,12 @@ def run_job(job: Job) -> dict:
             quality[r] = meta["quality"]
         if job.cell_models(r) == 1:
             _train(job, f"round {r} single-cell model, all folds", "cell", models_of(job, r, "cell")[0],
-                   ["data.val_folds=[]", f"data.cell_labels={labels}"])
+                   ["data.val_folds=[]", f"data.cell_labels={labels}", *cell_init(job, 0)])
         else:
             for k in range(job.splits):
                 folds = json.dumps(job.split_folds(k))
                 _train(job, f"round {r} single-cell model, split {k}", "cell", models_of(job, r, "cell")[k],
-                       [f"data.val_folds={folds}", f"data.cell_labels={labels}"])
+                       [f"data.val_folds={folds}", f"data.cell_labels={labels}", *cell_init(job, k)])
         labellers = models_of(job, r, "cell")
     if job.rounds:
         final += labellers
@@ -357,7 +374,7 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
 
     lines = [f"# The main job on {job.data_dir}", "",
              f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds} (last round's single-cell "
-             f"models: `--final-fit {job.final_fit}`), round-1 labels from "
+             f"models: `--final-fit {job.final_fit}`, `--cell-init {job.cell_init}`), round-1 labels from "
              f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
              f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "")
              + "".join(f", `--{kind}-set {' '.join(sets)}`" for kind, sets in job.stage_sets.items() if sets) + ". Submission: "
@@ -416,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the last round's single-cell models: one on every training image (the default: twice "
                         "the images of a split's model, the same time, nothing held out to validate on), or one per "
                         "out-of-fold split (each validated on the folds it holds out)")
+    parser.add_argument("--cell-init", choices=("none", "cells"), default="none",
+                        help="single-cell models start from random weights (none), or from the round-0 cell-bag model "
+                        "of their split (cells: its backbone, cell head and GeM exponent; the model on every image "
+                        "from split 0's)")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
                         help="the models the submission weighs (all are scored, for the results table): all, the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "
@@ -439,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
               bit_depth=args.bit_depth, label_source=args.label_source,
               cell_view=args.cell_view, final_models=args.final_models,
               combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale,
-              final_fit=args.final_fit, group_by=args.group_by)
+              final_fit=args.final_fit, cell_init=args.cell_init, group_by=args.group_by)
     run_job(job)
     return 0
 

@@ -72,11 +72,15 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     assert _ran(redone) & (TRAININGS | CELL_MODELS | {LABELS}) == {LABELS, "round 1 single-cell model, split 0"}
 
     # Another label source with --final-fit all (the default): the labels are made again and the last
-    # round's single-cell model learns from every image's out-of-fold labels; no round-0 model is
-    # retrained, nor the split models (the job no longer needs them), and the submission weighs that one model.
-    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", cwd=tmp_path)
+    # round's single-cell model learns from every image's out-of-fold labels, started from split 0's
+    # cell-bag model (--cell-init cells); no round-0 model is retrained, nor the split models (the job no
+    # longer needs them), and the submission weighs that one model.
+    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", "--cell-init", "cells", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
-    assert "mixup: 0.2" in (run / "round1" / "cell" / "all" / "config.yaml").read_text()  # that stage's alone
+    config_yaml = (run / "round1" / "cell" / "all" / "config.yaml").read_text()
+    assert "mixup: 0.2" in config_yaml  # that stage's alone
+    assert f"init_from: {run / 'round0' / 'cells' / 'split0' / 'best.keras'}" in config_yaml
+    assert "copied backbone small_cnn, class head" in full.stdout
     assert _ran(full) & (TRAININGS | CELL_MODELS | {LABELS, "round 1 single-cell model, all folds"}) == {
         LABELS, "round 1 single-cell model, all folds"}
     assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
@@ -122,7 +126,11 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cell-set", "train.epoks=1"], "--cell-set train.epoks=1: unknown key 'train.epoks'.*"
                           "single-cell models: --cell-config demo_cpu_cell"),
                          (["--cells-set", "train.epochs=0"], "train.epochs: 0 must be at least 1 .*cell-bag models"),
-                         (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets")):
+                         (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets"),
+                         (["--cell-init", "cells", "--cell-set", "model.backbone=resnet50"],
+                          "--cell-init cells .* resnet50 and small_cnn"),
+                         (["--cell-init", "cells", "--cell-set", "model.init_from=a.keras"],
+                          "--cell-init cells sets the single-cell models' model.init_from")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
