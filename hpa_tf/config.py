@@ -158,7 +158,7 @@ class ModelConfig(Section):
         if self.pooling == "avgmax" and self.kind == "image":
             raise ConfigError("model.pooling: avgmax pools cells (model.kind cells or cell); an image model's class "
                               "activation maps need avg or gem")
-        _choice("model.bag_pooling", self.bag_pooling, ("max", "lse", "attention"))
+        _choice("model.bag_pooling", self.bag_pooling, ("max", "lse", "attention"))  # models.cellbag.BAG_POOLINGS, without keras
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: {self.dropout} must be in [0, 1)")
         _at_least("model.puzzle_tiles", self.puzzle_tiles, 0)

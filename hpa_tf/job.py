@@ -199,10 +199,12 @@ def check_settings(job: Job) -> None:
         except ConfigError as err:
             raise JobError(f"{err} {what}") from err
         backbones[kind] = common.model.backbone
-    if job.cell_init == "cells" and any(s.partition("=")[0].strip() == "model.init_from" for s in job.overrides("cell")):
-        raise JobError("--cell-init cells sets the single-cell models' model.init_from itself; drop the model.init_from "
-                       "of --set / --cell-set, or use --cell-init none")
-    if job.cell_init == "cells" and job.rounds and backbones["cells"] != backbones["cell"]:
+        if kind == "cell" and job.cell_init == "cells" and common.model.init_from:
+            raise JobError(f"--cell-init cells sets the single-cell models' model.init_from itself, and it is already "
+                           f"{common.model.init_from} {what}: drop that, or use --cell-init none")
+    if job.cell_init == "cells" and not job.rounds:
+        raise JobError("--cell-init cells starts the single-cell models, and --rounds 0 trains none")
+    if job.cell_init == "cells" and backbones["cells"] != backbones["cell"]:
         raise JobError(f"--cell-init cells starts the single-cell models from the cell-bag models' backbone, but they are "
                        f"{backbones['cell']} and {backbones['cells']}: give both the same model.backbone, or --cell-init none")
 
@@ -434,9 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the images of a split's model, the same time, nothing held out to validate on), or one per "
                         "out-of-fold split (each validated on the folds it holds out)")
     parser.add_argument("--cell-init", choices=("none", "cells"), default="none",
-                        help="single-cell models start from random weights (none), or from the round-0 cell-bag model "
-                        "of their split (cells: its backbone, cell head and GeM exponent; the model on every image "
-                        "from split 0's)")
+                        help="single-cell models start as their config says (none: random weights unless model.weights "
+                        "or model.init_from), or from the round-0 cell-bag model of their split (cells: its backbone, "
+                        "and its cell head and GeM exponent where they fit; the model on every image from split 0's)")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
                         help="the models the submission weighs (all are scored, for the results table): all, the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "

@@ -129,8 +129,9 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets"),
                          (["--cell-init", "cells", "--cell-set", "model.backbone=resnet50"],
                           "--cell-init cells .* resnet50 and small_cnn"),
-                         (["--cell-init", "cells", "--cell-set", "model.init_from=a.keras"],
-                          "--cell-init cells sets the single-cell models' model.init_from")):
+                         (["--cell-init", "cells", "--cell-set", "model={init_from: a.keras}"],
+                          "--cell-init cells sets the single-cell models' model.init_from itself, and it is already a.keras"),
+                         (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains none")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()

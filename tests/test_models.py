@@ -66,6 +66,8 @@ def test_padded_cells_never_reach_the_image_head():
     pooled = attention([features, logits, mask]).numpy()
     assert np.all(pooled <= logits[:, :3].max(axis=1) + 1e-5) and np.all(pooled >= logits[:, :3].min(axis=1) - 1e-5)
     assert np.all(attention([features, logits, np.zeros_like(mask)]).numpy() == 0.0)  # no valid cell: 0, not the padding
+    with pytest.raises(ValueError, match="max, lse, attention, not 'attn'"):
+        cell_bag_model("small_cnn", 32, bag_pooling="attn")
     for pooling in ("max", "attention"):
         model = cell_bag_model("small_cnn", 32, bag_pooling=pooling)
         cells = np.random.default_rng(0).random((1, 4, 32, 32, 4)).astype("float32")

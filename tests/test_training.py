@@ -83,6 +83,17 @@ def test_a_killed_run_resumes_to_the_uninterrupted_run_bit_for_bit(built_records
     train(config)  # a finished run's folder trained again: a new run, with its own log
     assert pd.read_csv(tmp_path / "m" / "train_log.csv")["epoch"].tolist() == [0, 1, 2, 3]
 
+    # Killed between the last epoch's backup and its logs: the restart trains nothing and writes them.
+    last = _config(built_records, tmp_path / "last", *extra)
+    with pytest.raises(_Killed):
+        train(last, [_kill_after(3)])
+    for name, keep in (("train_log.csv", 4), ("val_metrics.jsonl", 3)):  # csv: the header and 3 epochs
+        path = tmp_path / "last" / name
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:keep]))
+    train(last)
+    assert pd.read_csv(tmp_path / "last" / "train_log.csv").drop(columns="seconds").equals(whole.drop(columns="seconds"))
+    assert len((tmp_path / "last" / "val_metrics.jsonl").read_text().splitlines()) == 4
+
 
 def test_weight_averaging_is_the_moving_average_and_gives_the_training_weights_back(built_records):
     """train.ema: inside ``averaged()`` the model holds the exponential moving average of its

@@ -22,6 +22,9 @@ from hpa_tf.models.layers import (
 )
 
 
+BAG_POOLINGS = ("max", "lse", "attention")
+
+
 def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = None, weights: str | None = None,
                    bag_pooling: str = "max", dropout: float = 0.0, pooling: str = "avg",
                    contract: dict | None = None) -> keras.Model:
@@ -32,6 +35,8 @@ def cell_bag_model(backbone: str, cell_size: int, cells_per_bag: int | None = No
     from each cell's pooled features, :class:`~hpa_tf.models.layers.MaskedAttentionPool`);
     ``contract``: its input contract, carried by an identity layer named ``input_contract``.
     """
+    if bag_pooling not in BAG_POOLINGS:
+        raise ValueError(f"bag_pooling must be one of {', '.join(BAG_POOLINGS)}, not {bag_pooling!r}")
     cells = keras.Input((cells_per_bag, cell_size, cell_size, 4), name="cells")
     mask = keras.Input((cells_per_bag,), name="mask")
     net = create_backbone(backbone, (cell_size, cell_size, 4), weights)

@@ -170,6 +170,8 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
         save_config(config, folder.file("config.yaml"))
         with trainer.averaged():
             _repair_best(model_dir, state, trainer.model)
+        if restored is not None:  # a kill between an epoch's backup and its logs: no later epoch rewrites them
+            _write_logs(model_dir, state, None)
     writer = _summary_writer(model_dir) if chief and t["tensorboard"] else None
 
     val_ds = distribute(strategy, config, False, int(t["batch_size"])) if val_folds(config["data"]) else None
