@@ -14,8 +14,8 @@
    the truth when there is one), then a single-cell model per split trained on them
    (``OUT/round{r}/cell/split{k}``); the last round's, by default, one model on every training image
    (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
-   split); ``--cell-init cells`` starts each from the round-0 cell-bag model of its split (the model on
-   every image from split 0's), whose backbone has learnt the same cell crops from the image labels;
+   split); each starts from the round-0 cell-bag model of its split (the model on every image from
+   split 0's), whose backbone has learnt the same cell crops from the image labels (``--cell-init``);
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
@@ -93,7 +93,8 @@ class Job:
     combination: Combination = DEFAULT_COMBINATION
     group_by: str = "antibody"  # the records' folds keep an antibody's (or a well's) fields together
     final_fit: str = "all"  # the last round's single-cell models: one on all images, or one per split
-    cell_init: str = "none"  # single-cell models start from nothing, or from their split's cell-bag model ("cells")
+    cell_init: str = "auto"  # single-cell models start from their split's cell-bag model ("cells"), or as their
+    # config says ("none"); auto: cells where the two kinds share a backbone and the config names no init_from
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     timings: dict[str, float] = field(default_factory=dict)
@@ -176,7 +177,8 @@ JOB_KEYS = ("train.model_dir", "data.records", "data.val_folds", "data.val_fold"
 
 def check_settings(job: Job) -> None:
     """Every training config with the job's overrides, before any stage runs (a wrong key or value
-    is one line naming it, not an error after an hour of work); keys the job sets itself are refused."""
+    is one line naming it, not an error after an hour of work); keys the job sets itself are refused.
+    Settles ``job.cell_init`` (auto: cells or none, said in one line when none)."""
     from hpa_tf.config import ConfigError, apply_overrides, load_config
 
     given = [("--set", s) for s in job.sets] + [(f"--{kind}-set", s) for kind, sets in job.stage_sets.items() for s in sets]
@@ -185,7 +187,7 @@ def check_settings(job: Job) -> None:
         raise JobError(f"{', '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
                        "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
                        "--label-source and the --*-config options instead")
-    backbones = {}
+    starts = {}
     for kind, config in job.configs().items():
         what = f"({KIND_NAMES[kind]}: --{kind}-config {config})"
         try:
@@ -198,15 +200,24 @@ def check_settings(job: Job) -> None:
             common = apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
         except ConfigError as err:
             raise JobError(f"{err} {what}") from err
-        backbones[kind] = common.model.backbone
-        if kind == "cell" and job.cell_init == "cells" and common.model.init_from:
-            raise JobError(f"--cell-init cells sets the single-cell models' model.init_from itself, and it is already "
-                           f"{common.model.init_from} {what}: drop that, or use --cell-init none")
-    if job.cell_init == "cells" and not job.rounds:
-        raise JobError("--cell-init cells starts the single-cell models, and --rounds 0 trains none")
-    if job.cell_init == "cells" and backbones["cells"] != backbones["cell"]:
-        raise JobError(f"--cell-init cells starts the single-cell models from the cell-bag models' backbone, but they are "
-                       f"{backbones['cell']} and {backbones['cells']}: give both the same model.backbone, or --cell-init none")
+        starts[kind] = (common.model.backbone, common.model.init_from, what)
+    _settle_cell_init(job, starts)
+
+
+def _settle_cell_init(job: Job, starts: dict[str, tuple]) -> None:
+    """``--cell-init``: auto becomes cells or none (said in one line when none, with the reason);
+    cells where it cannot work is an error. ``starts``: each kind's (backbone, model.init_from, what)."""
+    (bag_backbone, _, _), (backbone, own_init, what) = starts["cells"], starts["cell"]
+    why = ("--rounds 0 trains none" if not job.rounds
+           else own_init and f"model.init_from is already {own_init} {what}"
+           or backbone != bag_backbone and f"their backbone ({backbone}) is not the cell-bag models' ({bag_backbone})")
+    if job.cell_init == "auto":
+        job.cell_init = "none" if why else "cells"
+        if why and job.rounds:
+            print(f"the single-cell models start as their config says, not from the cell-bag models: {why}")
+    elif job.cell_init == "cells" and why:
+        raise JobError(f"--cell-init cells starts the single-cell models from the cell-bag models, but {why}: "
+                       "use --cell-init none" + ("" if not job.rounds else ", or change that"))
 
 
 def _python(*args: str) -> list[str]:
@@ -435,10 +446,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the last round's single-cell models: one on every training image (the default: twice "
                         "the images of a split's model, the same time, nothing held out to validate on), or one per "
                         "out-of-fold split (each validated on the folds it holds out)")
-    parser.add_argument("--cell-init", choices=("none", "cells"), default="none",
-                        help="single-cell models start as their config says (none: random weights unless model.weights "
-                        "or model.init_from), or from the round-0 cell-bag model of their split (cells: its backbone, "
-                        "and its cell head and GeM exponent where they fit; the model on every image from split 0's)")
+    parser.add_argument("--cell-init", choices=("auto", "cells", "none"), default="auto",
+                        help="single-cell models start from the round-0 cell-bag model of their split (cells: its "
+                        "backbone, and its cell head and GeM exponent where they fit; the model on every image from "
+                        "split 0's), or as their config says (none: random weights unless model.weights or "
+                        "model.init_from); auto (the default): cells where both kinds have one backbone and the "
+                        "single-cell config names no model.init_from, else none")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
                         help="the models the submission weighs (all are scored, for the results table): all, the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "

@@ -56,6 +56,11 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     for kind in ("image", "cells"):
         assert (run / "round0" / kind / "split1" / "best.keras").exists()
     assert (run / "round1" / "cell" / "split0" / "best.keras").exists()
+    # each split's single-cell model starts from the cell-bag model of its own split (the default
+    # --cell-init auto): the one that never saw the images that split's model must label
+    for k in (0, 1):
+        config_yaml = (run / "round1" / "cell" / f"split{k}" / "config.yaml").read_text()
+        assert f"init_from: {run / 'round0' / 'cells' / f'split{k}' / 'best.keras'}" in config_yaml
 
     again = _job(*args, "--final-fit", "splits", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -73,9 +78,9 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
 
     # Another label source with --final-fit all (the default): the labels are made again and the last
     # round's single-cell model learns from every image's out-of-fold labels, started from split 0's
-    # cell-bag model (--cell-init cells); no round-0 model is retrained, nor the split models (the job no
-    # longer needs them), and the submission weighs that one model.
-    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", "--cell-init", "cells", cwd=tmp_path)
+    # cell-bag model; no round-0 model is retrained, nor the split models (the job no longer needs
+    # them), and the submission weighs that one model.
+    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     config_yaml = (run / "round1" / "cell" / "all" / "config.yaml").read_text()
     assert "mixup: 0.2" in config_yaml  # that stage's alone
@@ -128,10 +133,10 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cells-set", "train.epochs=0"], "train.epochs: 0 must be at least 1 .*cell-bag models"),
                          (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets"),
                          (["--cell-init", "cells", "--cell-set", "model.backbone=resnet50"],
-                          "--cell-init cells .* resnet50 and small_cnn"),
+                          r"--cell-init cells .* their backbone \(resnet50\) is not the cell-bag models' \(small_cnn\)"),
                          (["--cell-init", "cells", "--cell-set", "model={init_from: a.keras}"],
-                          "--cell-init cells sets the single-cell models' model.init_from itself, and it is already a.keras"),
-                         (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains none")):
+                          "--cell-init cells .* model.init_from is already a.keras .*--cell-config demo_cpu_cell"),
+                         (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains none: use --cell-init none\n")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
@@ -140,6 +145,15 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     result = job("--data", str(data), "--run", str(tmp_path / "empty"))
     assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr
     assert "==" not in result.stdout
+
+    # --cell-init auto: from the cell-bag models where it can, else as the config says, with the reason
+    from hpa_tf.job import Job, check_settings
+
+    for cell_set, settled in (([], "cells"), (["model.backbone=resnet50"], "none"), (["model.init_from=a.keras"], "none")):
+        settings = Job(str(tmp_path / "auto"), stage_sets={"cell": cell_set})
+        check_settings(settings)
+        assert settings.cell_init == settled
+        assert ("start as their config says" in capsys.readouterr().out) is (settled == "none")
 
 
 def test_a_killed_job_takes_its_running_stage_with_it(synth_dir, tmp_path):
