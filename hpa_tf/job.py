@@ -14,8 +14,10 @@
    the truth when there is one), then a single-cell model per split trained on them
    (``OUT/round{r}/cell/split{k}``); the last round's, by default, one model on every training image
    (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
-   split); each starts from the round-0 cell-bag model of its split (the model on every image from
-   split 0's), whose backbone has learnt the same cell crops from the image labels (``--cell-init``);
+   split). Every round's single-cell models start from the round-0 cell-bag model of their split (the
+   model on every image from split 0's), whose backbone has learnt the same cell crops from the image
+   labels, unless the two kinds' backbones differ or the single-cell config names its own start
+   (``--cell-init``);
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
@@ -182,7 +184,7 @@ def check_settings(job: Job) -> None:
     from hpa_tf.config import ConfigError, apply_overrides, load_config
 
     given = [("--set", s) for s in job.sets] + [(f"--{kind}-set", s) for kind, sets in job.stage_sets.items() for s in sets]
-    owned = [f"{flag} {s.strip()}" for flag, s in given if s.partition("=")[0].strip() in JOB_KEYS]
+    owned = [f"{flag} {s.strip()}" for flag, s in given if set(_keys(s)) & set(JOB_KEYS)]
     if owned:
         raise JobError(f"{', '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
                        "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
@@ -200,24 +202,46 @@ def check_settings(job: Job) -> None:
             common = apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
         except ConfigError as err:
             raise JobError(f"{err} {what}") from err
-        starts[kind] = (common.model.backbone, common.model.init_from, what)
+        if common.model.init_from and not fs.exists(common.model.init_from):
+            raise JobError(f"model.init_from: {common.model.init_from} not found {what}")
+        starts[kind] = (common.model.backbone, common.model.init_from or common.model.weights, what)
     _settle_cell_init(job, starts)
+
+
+def _keys(override: str) -> list[str]:
+    """The config keys a ``KEY=VALUE`` override sets: ``train.epochs=3`` -> train.epochs, and
+    ``train={epochs: 3, model_dir: x}`` -> train.epochs, train.model_dir."""
+    from hpa_tf.config import parse_value
+
+    key, _, raw = override.partition("=")
+    key = key.strip()
+    try:
+        value = parse_value(raw)
+    except Exception:  # noqa: BLE001 - a value YAML cannot read is reported by the config check
+        return [key]
+    return [f"{key}.{sub}" for sub in value] if isinstance(value, dict) else [key]
 
 
 def _settle_cell_init(job: Job, starts: dict[str, tuple]) -> None:
     """``--cell-init``: auto becomes cells or none (said in one line when none, with the reason);
-    cells where it cannot work is an error. ``starts``: each kind's (backbone, model.init_from, what)."""
-    (bag_backbone, _, _), (backbone, own_init, what) = starts["cells"], starts["cell"]
-    why = ("--rounds 0 trains none" if not job.rounds
-           else own_init and f"model.init_from is already {own_init} {what}"
-           or backbone != bag_backbone and f"their backbone ({backbone}) is not the cell-bag models' ({bag_backbone})")
+    cells where it cannot work is an error. ``starts``: each kind's (backbone, model.init_from or
+    model.weights, what)."""
+    (bag_backbone, _, where), (backbone, own_start, what) = starts["cells"], starts["cell"]
+    why, fix = "", ""
+    if not job.rounds:
+        why = "--rounds 0 trains no single-cell model"
+    elif own_start:
+        why, fix = f"their config starts them from {own_start} {what}", "drop that model.init_from / model.weights"
+    elif backbone != bag_backbone:
+        why = f"their backbone is {backbone} {what} and the cell-bag models' {bag_backbone} {where}"
+        fix = "give both the same model.backbone"
     if job.cell_init == "auto":
         job.cell_init = "none" if why else "cells"
         if why and job.rounds:
             print(f"the single-cell models start as their config says, not from the cell-bag models: {why}")
     elif job.cell_init == "cells" and why:
         raise JobError(f"--cell-init cells starts the single-cell models from the cell-bag models, but {why}: "
-                       "use --cell-init none" + ("" if not job.rounds else ", or change that"))
+                       f"use --cell-init none" + (f", or {fix}" if fix else ""))
 
 
 def _python(*args: str) -> list[str]:
@@ -443,15 +467,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="how prediction scores each cell with an image model (predict.py --cell-view); "
                         "none: an image model gives its image score only")
     parser.add_argument("--final-fit", choices=("all", "splits"), default="all",
-                        help="the last round's single-cell models: one on every training image (the default: twice "
-                        "the images of a split's model, the same time, nothing held out to validate on), or one per "
+                        help="the last round's single-cell models: one on every training image (the default: the images "
+                        "of every split, each image's labels out of fold, nothing held out to validate on), or one per "
                         "out-of-fold split (each validated on the folds it holds out)")
     parser.add_argument("--cell-init", choices=("auto", "cells", "none"), default="auto",
                         help="single-cell models start from the round-0 cell-bag model of their split (cells: its "
                         "backbone, and its cell head and GeM exponent where they fit; the model on every image from "
                         "split 0's), or as their config says (none: random weights unless model.weights or "
                         "model.init_from); auto (the default): cells where both kinds have one backbone and the "
-                        "single-cell config names no model.init_from, else none")
+                        "single-cell config names no model.init_from or model.weights, else none")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
                         help="the models the submission weighs (all are scored, for the results table): all, the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "

@@ -133,10 +133,15 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cells-set", "train.epochs=0"], "train.epochs: 0 must be at least 1 .*cell-bag models"),
                          (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets"),
                          (["--cell-init", "cells", "--cell-set", "model.backbone=resnet50"],
-                          r"--cell-init cells .* their backbone \(resnet50\) is not the cell-bag models' \(small_cnn\)"),
+                          r"--cell-init cells .* their backbone is resnet50 \(the single-cell models.*and the cell-bag "
+                          r"models' small_cnn \(the cell-bag models: --cells-config demo_cpu_cells\): use --cell-init none, "
+                          "or give both the same model.backbone"),
                          (["--cell-init", "cells", "--cell-set", "model={init_from: a.keras}"],
-                          "--cell-init cells .* model.init_from is already a.keras .*--cell-config demo_cpu_cell"),
-                         (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains none: use --cell-init none\n")):
+                          "model.init_from: a.keras not found \\(the single-cell models: --cell-config demo_cpu_cell\\)"),
+                         (["--cell-init", "cells", "--cell-set", f"model.init_from={data / 'train.csv'}"],
+                          "their config starts them from .*train.csv .*: use --cell-init none, or drop that"),
+                         (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains no single-cell model: use --cell-init none\n"),
+                         (["--cell-set", "train={epochs: 2, model_dir: /tmp/x}"], "the job sets .*train.model_dir")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
@@ -149,7 +154,7 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     # --cell-init auto: from the cell-bag models where it can, else as the config says, with the reason
     from hpa_tf.job import Job, check_settings
 
-    for cell_set, settled in (([], "cells"), (["model.backbone=resnet50"], "none"), (["model.init_from=a.keras"], "none")):
+    for cell_set, settled in (([], "cells"), (["model.backbone=resnet50"], "none"), (["model.weights=imagenet"], "none")):
         settings = Job(str(tmp_path / "auto"), stage_sets={"cell": cell_set})
         check_settings(settings)
         assert settings.cell_init == settled
