@@ -96,7 +96,7 @@ class Job:
     group_by: str = "antibody"  # the records' folds keep an antibody's (or a well's) fields together
     final_fit: str = "all"  # the last round's single-cell models: one on all images, or one per split
     cell_init: str = "auto"  # single-cell models start from their split's cell-bag model ("cells"), or as their
-    # config says ("none"); auto: cells where the two kinds share a backbone and the config names no init_from
+    # config says ("none"); auto: cells where the two kinds share a backbone and the config names no start of its own
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     timings: dict[str, float] = field(default_factory=dict)
