@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from tqdm import tqdm
 
@@ -49,7 +49,8 @@ def _keyed_build(item: tuple[int, int, ImageJob], config: BuildConfig) -> tuple[
     return shard, (position, build_example(config, job))
 
 
-def _write_group(group: tuple[int, list[tuple[int, Built]]], out: str, n_shards: int, compression: str) -> int:
+def _write_group(group: tuple[int, Iterable[tuple[int, Built]]], out: str, n_shards: int, compression: str) -> int:
+    # Iterable, as GroupByKey gives it: recent Beam (2.78 here) checks the hint against what GroupByKey yields
     shard, items = group
     write_shard(out, shard, n_shards, [b for _, b in sorted(items, key=lambda x: x[0])], compression)
     return shard
