@@ -99,6 +99,7 @@ class Job:
     # config says ("none"); auto: cells where the two kinds share a backbone and the config names no start of its own
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
+    varying_share: float = 1.0  # SynthHPA's share of image labels that vary from cell to cell
     timings: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)  # training and labelling stages: skipped as done
 
@@ -316,7 +317,8 @@ def run_job(job: Job) -> dict:
         _stage(job, "generate SynthHPA", _python("-m", "hpa_tf.synthetic", "--out", job.data_dir, "--n-train",
                                                   str(job.n_train), "--n-test", str(job.n_test), "--size", str(job.size),
                                                   "--seed", str(job.seed), "--label-mix", job.label_mix,
-                                                  "--texture-scale", str(job.texture_scale), "--workers", str(job.workers)))
+                                                  "--texture-scale", str(job.texture_scale), "--varying-share",
+                                                  str(job.varying_share), "--workers", str(job.workers)))
     data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
     _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
                                          fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
@@ -447,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                         "the real Kaggle 2021 sets as often as there")
     parser.add_argument("--texture-scale", type=float, default=1.0,
                         help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
+    parser.add_argument("--varying-share", type=float, default=1.0,
+                        help="SynthHPA's share of image labels that vary from cell to cell (1: all, the results tables; "
+                        "0.2: most labels on every cell that can show them, nearer real fields)")
     parser.add_argument("--workers", type=at_least(1), default=2,
                         help="processes for generating SynthHPA, building the records and segmenting the test images")
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
@@ -487,10 +492,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{kind}-set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                             help=f"config overrides for {KIND_NAMES[kind]} alone, after --set (e.g. {example})")
     args = parser.parse_args(argv)
-    if args.data and (args.label_mix != "flattened" or args.texture_scale != 1.0):
-        parser.error("--label-mix and --texture-scale shape the SynthHPA the job generates; with --data they do nothing")
+    if args.data and (args.label_mix != "flattened" or args.texture_scale != 1.0 or args.varying_share != 1.0):
+        parser.error("--label-mix, --texture-scale and --varying-share shape the SynthHPA the job generates; with --data "
+                     "they do nothing")
     if not 0.1 <= args.texture_scale <= 4.0:
         parser.error(f"--texture-scale {args.texture_scale}: give a factor from 0.1 to 4")
+    if not 0.0 <= args.varying_share <= 1.0:
+        parser.error(f"--varying-share {args.varying_share}: give a share from 0 to 1")
     if args.splits > args.folds:
         parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
     job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size,
@@ -499,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
               bit_depth=args.bit_depth, label_source=args.label_source,
               cell_view=args.cell_view, final_models=args.final_models,
               combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale,
-              final_fit=args.final_fit, cell_init=args.cell_init, group_by=args.group_by)
+              varying_share=args.varying_share, final_fit=args.final_fit, cell_init=args.cell_init, group_by=args.group_by)
     run_job(job)
     return 0
 

@@ -2,6 +2,7 @@
 
     python -m hpa_tf.synthetic --out synth --n-train 200 --n-test 60 --size 1024 --seed 0 --workers 2
     python -m hpa_tf.synthetic --out hard --label-mix kaggle2021 --texture-scale 0.5   # nearer real data
+    python -m hpa_tf.synthetic --out steady --varying-share 0.2   # most labels on every cell, as on real fields
 
 Layout of ``--out``::
 
@@ -41,12 +42,12 @@ from hpa_tf.workers import die_with_parent
 PARAMS_FILE = "synthhpa.json"
 
 
-def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int, str, float]]:
+def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int, str, float, float]]:
     jobs = []
     for split, n in zip(SPLITS, (args.n_train, args.n_test)):
         for i in range(n):
             jobs.append((args.out, args.seed, i, split, pick_size(args.seed, split, i, sizes), args.label_mix,
-                         args.texture_scale))
+                         args.texture_scale, args.varying_share))
     return jobs
 
 
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--texture-scale", type=float, default=1.0,
                         help="size of the patterns' strokes and dots against the cells, 0.1 to 4 (1: the original; "
                         "0.5: half, finer, as on a real 2048 px field)")
+    parser.add_argument("--varying-share", type=float, default=1.0,
+                        help="share of image labels that vary from cell to cell, 0 to 1 (1: the original, all vary; the "
+                        "others are shown by every cell that can show them, as most proteins are on real fields)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over when the folder holds a run with other parameters (its images are deleted)")
     args = parser.parse_args(argv)
@@ -97,17 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--size must be at least 64 px")
     if not 0.1 <= args.texture_scale <= 4.0:
         parser.error(f"--texture-scale {args.texture_scale}: give a factor from 0.1 to 4")
+    if not 0.0 <= args.varying_share <= 1.0:
+        parser.error(f"--varying-share {args.varying_share}: give a share from 0 to 1")
     if args.n_train < 0 or args.n_test < 0:
         parser.error("--n-train and --n-test must be >= 0")
 
     params = {"format": "synthhpa-1", "seed": args.seed, "n_train": args.n_train, "n_test": args.n_test, "sizes": sizes,
-              "label_mix": args.label_mix, "texture_scale": args.texture_scale}
+              "label_mix": args.label_mix, "texture_scale": args.texture_scale,
+              "varying_share": args.varying_share}
     params_path = fs.join(args.out, PARAMS_FILE)
-    same = ("format", "seed", "sizes", "label_mix", "texture_scale")  # what an image's pixels depend on
+    same = ("format", "seed", "sizes", "label_mix", "texture_scale", "varying_share")  # what an image's pixels depend on
     ours = fs.exists(params_path)  # a SynthHPA folder: only then are images that are not this run's removed
     changed: list[str] = []
     if ours:
-        old = {"label_mix": "flattened", "texture_scale": 1.0, **json.loads(fs.read_text(params_path))}  # older runs
+        old = {"label_mix": "flattened", "texture_scale": 1.0, "varying_share": 1.0, **json.loads(fs.read_text(params_path))}  # older runs
         changed = [f"{k} {old.get(k)} (now {params[k]})" for k in same if old.get(k) != params[k]]
         if changed and not args.overwrite:
             print(f"error: {args.out} holds a SynthHPA run made with other parameters: {', '.join(changed)}; use another "

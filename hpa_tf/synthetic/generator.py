@@ -12,6 +12,10 @@ What makes it a real challenge rather than a toy:
 - single-cell heterogeneity: each image label has its own expression probability and every
   cell draws it independently (at least one cell expresses each label); a cell that expresses
   none is Negative (18); the Mitotic spindle shows only in dividing cells;
+  ``varying_share``: the share of image labels that vary so (1, the default: all of them);
+  the others are shown by every cell that can show them, as most proteins are on real fields
+  (then the image-level labels given to every cell are nearly the answer, and finding which
+  classes an image holds is most of the task);
 - per-cell expression level, per-image exposure, blur and signal-dependent noise;
 - ``texture_scale``: the size of the green patterns' strokes, dots and blobs (and of the
   landmarks') against the cells: 1 (the default) the original, 0.5 half as fine, nearer a real
@@ -108,8 +112,11 @@ def can_show(cell: Cell, label: int) -> bool:
     return cell.cytoplasm.sum() >= 0.2 * cell.mask.sum()
 
 
-def assign_cell_labels(rng: np.random.Generator, labels: list[int], cells: list[Cell]) -> list[list[int]]:
-    """Which cells express which image labels (heterogeneity); cells with none are Negative."""
+def assign_cell_labels(rng: np.random.Generator, labels: list[int], cells: list[Cell],
+                       varying_share: float = 1.0) -> list[list[int]]:
+    """Which cells express which image labels (heterogeneity); cells with none are Negative.
+    A label varies between cells with probability ``varying_share``; one that does not is
+    expressed by every cell that can show it."""
     n = len(cells)
     expressed = [[] for _ in range(n)]
     if labels == [NEGATIVE] or n == 0:
@@ -120,6 +127,8 @@ def assign_cell_labels(rng: np.random.Generator, labels: list[int], cells: list[
             continue
         p = 0.9 if lab == MITOTIC_SPINDLE else rng.uniform(0.3, 1.0)
         on = eligible & (rng.random(n) < p)
+        if varying_share < 1.0 and lab != MITOTIC_SPINDLE and rng.random() >= varying_share:
+            on = eligible  # a steady label (drawn after the varying one's, so varying_share=1 draws as before)
         if not on.any():
             on[rng.choice(np.flatnonzero(eligible))] = True
         for i in np.flatnonzero(on):
@@ -158,9 +167,9 @@ def pick_size(seed: int, split: str, index: int, sizes: list[int]) -> int:
 
 
 def generate(seed: int, split: str, index: int, size: int, render: bool = True, label_mix: str = "flattened",
-             texture_scale: float = 1.0) -> SynthImage:
+             texture_scale: float = 1.0, varying_share: float = 1.0) -> SynthImage:
     """Generate image ``index`` of ``split`` for ``seed``, ``size`` x ``size`` pixels, with the
-    ``label_mix`` and ``texture_scale`` (see the module docstring).
+    ``label_mix``, ``texture_scale`` and ``varying_share`` (see the module docstring).
 
     ``render=False`` regenerates only the ID, labels and masks (identical to a full run):
     layout and labels use their own random stream, pixels another.
@@ -173,7 +182,7 @@ def generate(seed: int, split: str, index: int, size: int, render: bool = True, 
     image_id = _draw_id(rng)
     labels = sample_image_labels(rng, label_mix)
     cell_map, cells = make_layout(rng, size, n_mitotic_min=2 if MITOTIC_SPINDLE in labels else 0)
-    cell_labels = assign_cell_labels(rng, labels, cells)
+    cell_labels = assign_cell_labels(rng, labels, cells, varying_share)
     # A label whose only eligible cells were squeezed out cannot be shown: drop it.
     shown = sorted({c for cl in cell_labels for c in cl if c != NEGATIVE}) or [NEGATIVE]
     nuclei = np.zeros_like(cell_map)

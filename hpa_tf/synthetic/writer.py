@@ -23,12 +23,13 @@ def _paths(out: str, split: str, image_id: str) -> list[str]:
     ]
 
 
-def make_one(job: tuple[str, int, int, str, int, str, float]) -> dict:
+def make_one(job: tuple[str, int, int, str, int, str, float, float]) -> dict:
     """Generate and write one image (a pure function of its job, for any worker): ``(out, seed,
-    index, split, size, label_mix, texture_scale)``."""
-    out, seed, index, split, size, label_mix, texture_scale = job
+    index, split, size, label_mix, texture_scale, varying_share)``."""
+    out, seed, index, split, size, label_mix, texture_scale, varying_share = job
     done = all(fs.exists(p) for p in _paths(out, split, image_id(seed, split, index)))
-    img = generate(seed, split, index, size, render=not done, label_mix=label_mix, texture_scale=texture_scale)
+    img = generate(seed, split, index, size, render=not done, label_mix=label_mix, texture_scale=texture_scale,
+                   varying_share=varying_share)
     if not done:
         assert img.image is not None
         paths = _paths(out, split, img.image_id)
