@@ -116,6 +116,33 @@ def test_the_harder_setting_draws_real_label_sets_and_finer_textures():
         assert correlation_length(fine.image[..., 1]) < 0.95 * correlation_length(coarse.image[..., 1])
 
 
+def test_varying_share_sets_how_many_cells_show_their_images_labels():
+    """Share 1 draws exactly as before; share 0 gives each label to every cell that can show it (the
+    spindle stays in dividing cells); in between, the share of an image's cells showing its labels
+    (what the image-label oracle scores) lies between the two."""
+    from hpa_tf.synthetic.generator import _LAYOUT, MITOTIC_SPINDLE, _draw_id, _rng, can_show
+
+    def shown(share: float) -> tuple[float, int]:
+        on = total = broken = 0
+        for i in range(24):
+            img = generate(0, "test", i, 512, render=False, varying_share=share)
+            for lab in set(img.labels) - {NEGATIVE, MITOTIC_SPINDLE}:
+                has = [lab in c for c in img.cell_labels]
+                on, total = on + sum(has), total + len(has)
+                if share == 0.0:  # every cell that can show it does: the layout's eligible cells, regenerated
+                    rng = _rng(0, "test", i, _LAYOUT)
+                    _draw_id(rng), sample_image_labels(rng)
+                    _, cells = make_layout(rng, 512, n_mitotic_min=2 if MITOTIC_SPINDLE in img.labels else 0)
+                    broken += sum(h != can_show(c, lab) for h, c in zip(has, cells))
+        return on / total, broken
+
+    assert [generate(0, "train", i, 512, render=False, varying_share=1.0).cell_labels for i in range(6)] == \
+        [generate(0, "train", i, 512, render=False).cell_labels for i in range(6)]
+    (varying, _), (half, _), (steady, broken) = shown(1.0), shown(0.5), shown(0.0)
+    assert broken == 0 and steady > 0.95
+    assert varying + 0.1 < half < steady - 0.1
+
+
 def test_cli_writes_hpa_format_and_resumes(synth_dir, capsys):
     train = pd.read_csv(synth_dir / "train.csv")
     assert list(train.columns) == ["ID", "Label"] and len(train) == 4
