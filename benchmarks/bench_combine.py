@@ -3,6 +3,7 @@ the test set (its scores come from the run's prediction cache), so every row use
 
     python -m benchmarks.bench_combine --run runs/demo                    # the test set
     python -m benchmarks.bench_combine --run runs/demo --validation 64    # and held-out training images
+    python -m benchmarks.bench_combine --run runs/demo --image-pools      # the single-cell model's image level
 
 Rows: combinations (:class:`hpa_tf.inference.combine.Combination`); columns: the subsets of the
 job's models (``--final-models``); cells: mAP with the competition metric.
@@ -12,6 +13,11 @@ by the models of the split that held it out (their image, cell-bag and single-ce
 it; predicted once into ``RUN/combine_val/``, about a second per image on 2 CPU cores): a second
 set, not the test set, to choose a default on. In ``python -m benchmarks`` it reads ``runs/demo``
 (``make demo`` first) with ``--validation 64``.
+
+``--image-pools`` adds a table of the single-cell models alone whose image level is pooled from their
+cells otherwise than by the best cell (prediction's way): the mean, the mean of the top quarter, a
+log-sum-exp (``log(mean(exp(r p))) / r``, between the mean and the max) and GeM (p = 3); rows: pools,
+columns: rules.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import io as _io
 import json
 import posixpath
 import sys
+from collections.abc import Callable
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
-from hpa_tf.inference.combine import Combination
+from hpa_tf.inference.combine import Combination, ModelScores
 from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
 from hpa_tf.job import FINAL_MODELS
 from hpa_tf.metrics import evaluate
@@ -52,6 +60,38 @@ COMBINATIONS = [
     Combination("blend", cell_weight=0.5, small_area=0.25, small_factor=0.5),
     Combination("blend", cell_weight=0.5, average="rank"),
 ]
+
+
+def _top_quarter(cells: np.ndarray) -> np.ndarray:
+    return np.sort(cells, axis=0)[-max(1, round(len(cells) / 4)):].mean(axis=0)
+
+
+IMAGE_POOLS: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # (n_cells, 19) -> (19,)
+    "best cell (max; prediction's)": lambda c: c.max(axis=0),
+    "mean": lambda c: c.mean(axis=0),
+    "mean of the top quarter": _top_quarter,
+    "log-sum-exp, r = 10": lambda c: np.log(np.exp(10 * c).mean(axis=0)) / 10,
+    "GeM, p = 3": lambda c: (c**3).mean(axis=0) ** (1 / 3),
+}
+POOL_RULES = [Combination("image"), Combination("blend", cell_weight=0.3), Combination("blend", cell_weight=0.5),
+              Combination("blend", cell_weight=0.7), Combination("image_x_cell")]
+
+
+def image_pool_table(run: str) -> dict[str, dict[str, float]]:
+    """{pool: {rule: mAP}} of the run's single-cell models alone on its test set, their image level
+    pooled from their cells by each of :data:`IMAGE_POOLS`."""
+    entries, ids, sizes, kinds, truth = _test_set(run)
+    use = [k for k, kind in enumerate(kinds) if kind == "cell"]
+    if not use:
+        raise ValueError(f"{run}: no single-cell model in its prediction (a job run with --rounds 0?)")
+    table: dict[str, dict[str, float]] = {}
+    for pool_name, pool in tqdm(IMAGE_POOLS.items(), desc="pools", unit="pool"):
+        pooled = {i: (*entry[:4], [ModelScores(pool(s.cells), s.cells) if k in use and s is not None and s.cells is not None
+                                   else s for k, s in enumerate(entry[4])]) for i, entry in entries.items()}
+        for rule in POOL_RULES:
+            rows = assemble(pooled, ids, sizes, rule, [1.0] * len(kinds), use)
+            table.setdefault(pool_name, {})[rule.describe()] = evaluate(truth, rows).map
+    return table
 
 
 def subsets(kinds: list[str]) -> dict[str, list[int]]:
@@ -84,16 +124,23 @@ def _kinds(cache_dir: str) -> list[str]:
     return [kind for kind, _ in json.loads(fs.read_text(fs.join(cache_dir, "key.json")))["sizes"]]
 
 
-def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str, float]]:
-    """The table on the run's test set, from ``RUN/pred/submission.csv.cache``."""
+def _test_set(run: str) -> tuple[dict, list[str], dict, list[str], Truth]:
+    """The cached entries of the run's test set, its image IDs and sizes, the models' kinds, the truth."""
     pred = fs.join(run, "pred", "submission.csv")
     if not fs.exists(f"{pred}.cache"):
         raise FileNotFoundError(f"{pred}.cache: no prediction cache; run the job (make demo RUN={run}) first")
     config = json.loads(fs.read_text(fs.join(run, "pred", "submission.summary.json")))["config"]
     ids, sizes = image_order(config["data"], config["sample_submission"])
-    entries = load_cached(f"{pred}.cache", ids, len(_kinds(f"{pred}.cache")))
+    kinds = _kinds(f"{pred}.cache")
+    entries = load_cached(f"{pred}.cache", ids, len(kinds))
     fill_sizes(config["data"], ids, entries, sizes)
-    return score_table(entries, ids, sizes, _kinds(f"{pred}.cache"), Truth.load(config["truth"], "test"), combinations)
+    return entries, ids, sizes, kinds, Truth.load(config["truth"], "test")
+
+
+def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str, float]]:
+    """The table on the run's test set, from ``RUN/pred/submission.csv.cache``."""
+    entries, ids, sizes, kinds, truth = _test_set(run)
+    return score_table(entries, ids, sizes, kinds, truth, combinations)
 
 
 def on_validation_set(run: str, per_split: int, combinations: list[Combination]) -> dict[str, dict[str, float]]:
@@ -134,11 +181,12 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
     return score_table(entries, ids, {i: sizes_all[i] for i in ids}, kinds, chosen, combinations)
 
 
-def markdown(table: dict[str, dict[str, float]]) -> str:
-    """One row per combination, one column per subset of models; the best cell in bold."""
+def markdown(table: dict[str, dict[str, float]], rows: str = "combination") -> str:
+    """One row per combination (or what ``rows`` names), one column per subset of models (or rule);
+    the best cell in bold."""
     columns = list(next(iter(table.values())))
     best = max(v for row in table.values() for v in row.values())
-    lines = ["| combination | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines = [f"| {rows} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in table.items():
         cells = [f"**{row[c]:.4f}**" if row[c] == best else f"{row[c]:.4f}" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -158,12 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/demo", help="a finished job run (python -m hpa_tf.job / make demo)")
     parser.add_argument("--validation", type=int, default=0, metavar="N",
                         help="also score N held-out training images per split (predicted once)")
+    parser.add_argument("--image-pools", action="store_true",
+                        help="also the single-cell models alone with their image level pooled from their cells otherwise "
+                        "than by the best cell (test set; rows: pools, columns: rules)")
     parser.add_argument("--out", help="write the tables (Markdown) and their figures (JSON) here")
     args = parser.parse_args(argv)
     tables = {"test": on_test_set(args.run, COMBINATIONS)}
     if args.validation:
         tables["validation"] = on_validation_set(args.run, args.validation, COMBINATIONS)
-    text = "\n\n".join(f"### {name}\n\n{markdown(t)}" for name, t in tables.items())
+    pools = "single-cell models' image level pooled from their cells (test)"
+    if args.image_pools:
+        tables[pools] = image_pool_table(args.run)
+    text = "\n\n".join(f"### {name}\n\n{markdown(t, 'image level' if name == pools else 'combination')}"
+                         for name, t in tables.items())
     print(text)
     if args.out:
         fs.makedirs(args.out)

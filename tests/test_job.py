@@ -141,12 +141,15 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cell-init", "cells", "--cell-set", f"model.init_from={data / 'train.csv'}"],
                           "their config starts them from .*train.csv .*: use --cell-init none, or drop that"),
                          (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains no single-cell model: use --cell-init none\n"),
-                         (["--cell-set", "train={epochs: 2, model_dir: /tmp/x}"], "the job sets .*train.model_dir")):
+                         (["--cell-set", "train={epochs: 2, model_dir: /tmp/x}"], "the job sets .*train.model_dir"),
+                         (["--varying-share", "0.5"], "--varying-share shape the SynthHPA the job generates; with --data")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
     shutil.rmtree(data / "test")
     (data / "test").mkdir()
+    result = job("--run", str(tmp_path / "share"), "--varying-share", "1.5")
+    assert result.returncode == 2 and "--varying-share 1.5: give a share from 0 to 1" in result.stderr
     result = job("--data", str(data), "--run", str(tmp_path / "empty"))
     assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr
     assert "==" not in result.stdout
