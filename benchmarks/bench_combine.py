@@ -34,6 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import run as run_cli
 from hpa_tf.inference.combine import Combination, ModelScores
 from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
 from hpa_tf.job import FINAL_MODELS
@@ -83,7 +84,7 @@ def image_pool_table(run: str) -> dict[str, dict[str, float]]:
     entries, ids, sizes, kinds, truth = _test_set(run)
     use = [k for k, kind in enumerate(kinds) if kind == "cell"]
     if not use:
-        raise ValueError(f"{run}: no single-cell model in its prediction (a job run with --rounds 0?)")
+        raise ValueError(f"--image-pools: {run}'s prediction has no single-cell model (a job run with --rounds 0?)")
     table: dict[str, dict[str, float]] = {}
     for pool_name, pool in tqdm(IMAGE_POOLS.items(), desc="pools", unit="pool"):
         pooled = {i: (*entry[:4], [ModelScores(pool(s.cells), s.cells) if k in use and s is not None and s.cells is not None
@@ -211,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                         "than by the best cell (test set; rows: pools, columns: rules)")
     parser.add_argument("--out", help="write the tables (Markdown) and their figures (JSON) here")
     args = parser.parse_args(argv)
+    pooled = image_pool_table(args.run) if args.image_pools else None  # first: a run it cannot take fails at once
     tables = {"test": on_test_set(args.run, COMBINATIONS)}
     if args.validation:
         tables["validation"] = on_validation_set(args.run, args.validation, COMBINATIONS)
     pools = "single-cell models' image level pooled from their cells (test)"
-    if args.image_pools:
-        tables[pools] = image_pool_table(args.run)
+    if pooled is not None:
+        tables[pools] = pooled
     text = "\n\n".join(f"### {name}\n\n{markdown(t, 'image level' if name == pools else 'combination')}"
                          for name, t in tables.items())
     print(text)
@@ -228,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

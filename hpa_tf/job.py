@@ -190,6 +190,7 @@ def check_settings(job: Job) -> None:
         raise JobError(f"{', '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
                        "output folders, records, out-of-fold splits and labels); use --run, --folds, --splits, "
                        "--label-source and the --*-config options instead")
+    _check_synth_folder(job)
     starts = {}
     for kind, config in job.configs().items():
         what = f"({KIND_NAMES[kind]}: --{kind}-config {config})"
@@ -207,6 +208,24 @@ def check_settings(job: Job) -> None:
             raise JobError(f"model.init_from: {common.model.init_from} not found {what}")
         starts[kind] = (common.model.backbone, common.model.init_from or common.model.weights, what)
     _settle_cell_init(job, starts)
+
+
+def _check_synth_folder(job: Job) -> None:
+    """A rerun into a run whose SynthHPA was made with other options would be refused by the generator
+    with advice for its own flags: say what differs and what to do in the job's terms."""
+    from hpa_tf.synthetic.__main__ import read_params
+
+    old = None if job.data else read_params(job.data_dir)
+    if old is None:
+        return
+    flags = {"seed": "--seed", "sizes": "--size", "label_mix": "--label-mix", "texture_scale": "--texture-scale",
+             "varying_share": "--varying-share"}
+    now = {"seed": job.seed, "sizes": [job.size], "label_mix": job.label_mix, "texture_scale": job.texture_scale,
+           "varying_share": job.varying_share}
+    changed = [f"{flags[k]} {old.get(k)} there, {v} now" for k, v in now.items() if old.get(k) != v]
+    if changed:
+        raise JobError(f"{job.data_dir} holds SynthHPA made with other options ({'; '.join(changed)}): give another "
+                       f"--run, or delete {job.data_dir} to start this run over on new data")
 
 
 def _keys(override: str) -> list[str]:
@@ -416,6 +435,9 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
              f"models: `--final-fit {job.final_fit}`, `--cell-init {job.cell_init}`), round-1 labels from "
              f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
              f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "")
+             + ("".join(f", SynthHPA `{flag} {value}`" for flag, value, default in (
+                 ("--label-mix", job.label_mix, "flattened"), ("--texture-scale", job.texture_scale, 1.0),
+                 ("--varying-share", job.varying_share, 1.0)) if value != default) if not job.data else "")
              + "".join(f", `--{kind}-set {' '.join(sets)}`" for kind, sets in job.stage_sets.items() if sets) + ". Submission: "
              f"`--final-models {job.submitted_models}`, {job.combination.describe()}.", ""]
     if results:
@@ -451,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
     parser.add_argument("--varying-share", type=float, default=1.0,
                         help="SynthHPA's share of image labels that vary from cell to cell (1: all, the results tables; "
-                        "0.2: most labels on every cell that can show them, nearer real fields)")
+                        "0.5: half on every cell that can show them, the image-label oracle as on real-like data)")
     parser.add_argument("--workers", type=at_least(1), default=2,
                         help="processes for generating SynthHPA, building the records and segmenting the test images")
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")
@@ -499,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--texture-scale {args.texture_scale}: give a factor from 0.1 to 4")
     if not 0.0 <= args.varying_share <= 1.0:
         parser.error(f"--varying-share {args.varying_share}: give a share from 0 to 1")
+    args.varying_share += 0.0  # -0 is 0
     if args.splits > args.folds:
         parser.error(f"--splits {args.splits} needs at least as many --folds ({args.folds})")
     job = Job(fs.absolute(args.run), args.data and fs.absolute(args.data), args.n_train, args.n_test, args.size,

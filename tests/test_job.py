@@ -150,6 +150,13 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     (data / "test").mkdir()
     result = job("--run", str(tmp_path / "share"), "--varying-share", "1.5")
     assert result.returncode == 2 and "--varying-share 1.5: give a share from 0 to 1" in result.stderr
+    made = tmp_path / "made" / "synth"  # a run whose SynthHPA an older job made with the default options
+    made.mkdir(parents=True)
+    (made / "synthhpa.json").write_text('{"format": "synthhpa-1", "seed": 0, "n_train": 400, "n_test": 32, "sizes": [1024]}')
+    result = job("--run", str(tmp_path / "made"), "--varying-share", "0.5")
+    assert result.returncode == 2 and re.search("holds SynthHPA made with other options \\(--varying-share 1.0 there, 0.5 "
+                                                "now\\): give another --run, or delete .*synth", result.stderr), result.stderr
+    assert "==" not in result.stdout and sorted(p.name for p in made.parent.iterdir()) == ["synth"]
     result = job("--data", str(data), "--run", str(tmp_path / "empty"))
     assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr
     assert "==" not in result.stdout

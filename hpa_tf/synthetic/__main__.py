@@ -2,7 +2,7 @@
 
     python -m hpa_tf.synthetic --out synth --n-train 200 --n-test 60 --size 1024 --seed 0 --workers 2
     python -m hpa_tf.synthetic --out hard --label-mix kaggle2021 --texture-scale 0.5   # nearer real data
-    python -m hpa_tf.synthetic --out steady --varying-share 0.2   # most labels on every cell, as on real fields
+    python -m hpa_tf.synthetic --out steady --varying-share 0.5   # half the labels on every cell
 
 Layout of ``--out``::
 
@@ -40,6 +40,14 @@ from hpa_tf.truth import CELLS_CSV, IMAGES_CSV
 from hpa_tf.workers import die_with_parent
 
 PARAMS_FILE = "synthhpa.json"
+_OLDER_RUNS = {"label_mix": "flattened", "texture_scale": 1.0, "varying_share": 1.0}  # what older runs did not record
+
+
+def read_params(out: str) -> dict | None:
+    """The parameters a SynthHPA folder was made with (``synthhpa.json``, with the defaults of options
+    older runs did not record), or None where ``out`` holds no SynthHPA run."""
+    path = fs.join(out, PARAMS_FILE)
+    return {**_OLDER_RUNS, **json.loads(fs.read_text(path))} if fs.exists(path) else None
 
 
 def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int, str, float, float]]:
@@ -89,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                         "0.5: half, finer, as on a real 2048 px field)")
     parser.add_argument("--varying-share", type=float, default=1.0,
                         help="share of image labels that vary from cell to cell, 0 to 1 (1: the original, all vary; the "
-                        "others are shown by every cell that can show them, as most proteins are on real fields)")
+                        "others are shown by every cell that can show them, as most proteins are on real fields; the "
+                        "Mitotic spindle always varies)")
     parser.add_argument("--overwrite", action="store_true",
                         help="start over when the folder holds a run with other parameters (its images are deleted)")
     args = parser.parse_args(argv)
@@ -103,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--texture-scale {args.texture_scale}: give a factor from 0.1 to 4")
     if not 0.0 <= args.varying_share <= 1.0:
         parser.error(f"--varying-share {args.varying_share}: give a share from 0 to 1")
+    args.varying_share += 0.0  # -0 is 0
     if args.n_train < 0 or args.n_test < 0:
         parser.error("--n-train and --n-test must be >= 0")
 
@@ -111,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
               "varying_share": args.varying_share}
     params_path = fs.join(args.out, PARAMS_FILE)
     same = ("format", "seed", "sizes", "label_mix", "texture_scale", "varying_share")  # what an image's pixels depend on
-    ours = fs.exists(params_path)  # a SynthHPA folder: only then are images that are not this run's removed
+    old = read_params(args.out)
+    ours = old is not None  # a SynthHPA folder: only then are images that are not this run's removed
     changed: list[str] = []
-    if ours:
-        old = {"label_mix": "flattened", "texture_scale": 1.0, "varying_share": 1.0, **json.loads(fs.read_text(params_path))}  # older runs
+    if old is not None:
         changed = [f"{k} {old.get(k)} (now {params[k]})" for k in same if old.get(k) != params[k]]
         if changed and not args.overwrite:
             print(f"error: {args.out} holds a SynthHPA run made with other parameters: {', '.join(changed)}; use another "
