@@ -222,10 +222,11 @@ def _check_synth_folder(job: Job) -> None:
              "varying_share": "--varying-share"}
     now = {"seed": job.seed, "sizes": [job.size], "label_mix": job.label_mix, "texture_scale": job.texture_scale,
            "varying_share": job.varying_share}
-    changed = [f"{flags[k]} {old.get(k)} there, {v} now" for k, v in now.items() if old.get(k) != v]
+    shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731 - sizes as --size takes them
+    changed = [f"{flags[k]} {shown(old.get(k))} there, {shown(v)} now" for k, v in now.items() if old.get(k) != v]
     if changed:
-        raise JobError(f"{job.data_dir} holds SynthHPA made with other options ({'; '.join(changed)}): give another "
-                       f"--run, or delete {job.data_dir} to start this run over on new data")
+        raise JobError(f"{job.data_dir} holds SynthHPA made with other options ({'; '.join(changed)}): give those "
+                       f"options to go on with this run, another --run, or delete {job.data_dir} to start it over")
 
 
 def _keys(override: str) -> list[str]:
@@ -473,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="SynthHPA's pattern size against the cells (0.5: finer, nearer real fields)")
     parser.add_argument("--varying-share", type=float, default=1.0,
                         help="SynthHPA's share of image labels that vary from cell to cell (1: all, the results tables; "
-                        "0.5: half on every cell that can show them, the image-label oracle as on real-like data)")
+                        "0.5: half on every cell that can show them, the image-label oracle as on real-like data; the "
+                        "Mitotic spindle always varies)")
     parser.add_argument("--workers", type=at_least(1), default=2,
                         help="processes for generating SynthHPA, building the records and segmenting the test images")
     parser.add_argument("--folds", type=at_least(2), default=4, help="folds of the records")

@@ -155,7 +155,7 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     (made / "synthhpa.json").write_text('{"format": "synthhpa-1", "seed": 0, "n_train": 400, "n_test": 32, "sizes": [1024]}')
     result = job("--run", str(tmp_path / "made"), "--varying-share", "0.5")
     assert result.returncode == 2 and re.search("holds SynthHPA made with other options \\(--varying-share 1.0 there, 0.5 "
-                                                "now\\): give another --run, or delete .*synth", result.stderr), result.stderr
+                                                "now\\): give those options to go on .*another --run, or delete .*synth", result.stderr), result.stderr
     assert "==" not in result.stdout and sorted(p.name for p in made.parent.iterdir()) == ["synth"]
     result = job("--data", str(data), "--run", str(tmp_path / "empty"))
     assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr

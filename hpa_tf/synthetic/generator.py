@@ -12,8 +12,9 @@ What makes it a real challenge rather than a toy:
 - single-cell heterogeneity: each image label has its own expression probability and every
   cell draws it independently (at least one cell expresses each label); a cell that expresses
   none is Negative (18); the Mitotic spindle shows only in dividing cells;
-  ``varying_share``: the share of image labels that vary so (1, the default: all of them);
-  the others are shown by every cell that can show them, as most proteins are on real fields
+  ``varying_share``: the share of image labels that vary so (1, the default: all of them; the
+  Mitotic spindle always varies); the others are shown by every cell that can show them, as
+  most proteins are on real fields
   (then the image-level labels given to every cell are nearly the answer, and finding which
   classes an image holds is most of the task);
 - per-cell expression level, per-image exposure, blur and signal-dependent noise;
