@@ -55,6 +55,7 @@ from hpa_tf import fs, provenance
 from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.combine import Combination
 from hpa_tf.predict import add_combination_args, combination_argv, combination_from
+from hpa_tf.synthetic.__main__ import OPTION_DEFAULTS, OPTION_FLAGS, read_params
 from hpa_tf.workers import die_with_parent
 from tfrecord_builder.folds import GROUPINGS
 
@@ -210,18 +211,19 @@ def check_settings(job: Job) -> None:
     _settle_cell_init(job, starts)
 
 
+def _synth_options(job: Job) -> dict:
+    """The SynthHPA options (``label_mix``, ``texture_scale``, ``varying_share``) the job generates with."""
+    return {key: getattr(job, key) for key in OPTION_DEFAULTS}
+
+
 def _check_synth_folder(job: Job) -> None:
     """A rerun into a run whose SynthHPA was made with other options would be refused by the generator
     with advice for its own flags: say what differs and what to do in the job's terms."""
-    from hpa_tf.synthetic.__main__ import read_params
-
     old = None if job.data else read_params(job.data_dir)
     if old is None:
         return
-    flags = {"seed": "--seed", "sizes": "--size", "label_mix": "--label-mix", "texture_scale": "--texture-scale",
-             "varying_share": "--varying-share"}
-    now = {"seed": job.seed, "sizes": [job.size], "label_mix": job.label_mix, "texture_scale": job.texture_scale,
-           "varying_share": job.varying_share}
+    flags = {"seed": "--seed", "sizes": "--size", **OPTION_FLAGS}
+    now = {"seed": job.seed, "sizes": [job.size], **_synth_options(job)}
     shown = lambda v: ",".join(map(str, v)) if isinstance(v, list) else v  # noqa: E731 - sizes as --size takes them
     changed = [f"{flags[k]} {shown(old.get(k))} there, {shown(v)} now" for k, v in now.items() if old.get(k) != v]
     if changed:
@@ -336,9 +338,8 @@ def run_job(job: Job) -> dict:
     if not job.data:
         _stage(job, "generate SynthHPA", _python("-m", "hpa_tf.synthetic", "--out", job.data_dir, "--n-train",
                                                   str(job.n_train), "--n-test", str(job.n_test), "--size", str(job.size),
-                                                  "--seed", str(job.seed), "--label-mix", job.label_mix,
-                                                  "--texture-scale", str(job.texture_scale), "--varying-share",
-                                                  str(job.varying_share), "--workers", str(job.workers)))
+                                                  "--seed", str(job.seed), "--workers", str(job.workers),
+                                                  *(a for k, v in _synth_options(job).items() for a in (OPTION_FLAGS[k], str(v)))))
     data, records, truth = job.data_dir, fs.join(job.run, "records"), job.truth
     _stage(job, "build records", _python("-m", "tfrecord_builder", "build", "--data", fs.join(data, "train"), "--labels",
                                          fs.join(data, "train.csv"), "--out", records, "--workers", str(job.workers),
@@ -436,9 +437,8 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
              f"models: `--final-fit {job.final_fit}`, `--cell-init {job.cell_init}`), round-1 labels from "
              f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
              f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "")
-             + ("".join(f", SynthHPA `{flag} {value}`" for flag, value, default in (
-                 ("--label-mix", job.label_mix, "flattened"), ("--texture-scale", job.texture_scale, 1.0),
-                 ("--varying-share", job.varying_share, 1.0)) if value != default) if not job.data else "")
+             + ("".join(f", SynthHPA `{OPTION_FLAGS[k]} {v}`" for k, v in _synth_options(job).items()
+                        if v != OPTION_DEFAULTS[k]) if not job.data else "")
              + "".join(f", `--{kind}-set {' '.join(sets)}`" for kind, sets in job.stage_sets.items() if sets) + ". Submission: "
              f"`--final-models {job.submitted_models}`, {job.combination.describe()}.", ""]
     if results:
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{kind}-set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                             help=f"config overrides for {KIND_NAMES[kind]} alone, after --set (e.g. {example})")
     args = parser.parse_args(argv)
-    if args.data and (args.label_mix != "flattened" or args.texture_scale != 1.0 or args.varying_share != 1.0):
+    if args.data and any(getattr(args, key) != default for key, default in OPTION_DEFAULTS.items()):
         parser.error("--label-mix, --texture-scale and --varying-share shape the SynthHPA the job generates; with --data "
                      "they do nothing")
     if not 0.1 <= args.texture_scale <= 4.0:

@@ -40,14 +40,17 @@ from hpa_tf.truth import CELLS_CSV, IMAGES_CSV
 from hpa_tf.workers import die_with_parent
 
 PARAMS_FILE = "synthhpa.json"
-_OLDER_RUNS = {"label_mix": "flattened", "texture_scale": 1.0, "varying_share": 1.0}  # what older runs did not record
+# The options that shape a dataset beyond seed and size: their flags and defaults (which older runs,
+# whose synthhpa.json lacks them, were made with).
+OPTION_FLAGS = {"label_mix": "--label-mix", "texture_scale": "--texture-scale", "varying_share": "--varying-share"}
+OPTION_DEFAULTS = {"label_mix": "flattened", "texture_scale": 1.0, "varying_share": 1.0}
 
 
 def read_params(out: str) -> dict | None:
     """The parameters a SynthHPA folder was made with (``synthhpa.json``, with the defaults of options
     older runs did not record), or None where ``out`` holds no SynthHPA run."""
     path = fs.join(out, PARAMS_FILE)
-    return {**_OLDER_RUNS, **json.loads(fs.read_text(path))} if fs.exists(path) else None
+    return {**OPTION_DEFAULTS, **json.loads(fs.read_text(path))} if fs.exists(path) else None
 
 
 def _jobs(args: argparse.Namespace, sizes: list[int]) -> list[tuple[str, int, int, str, int, str, float, float]]:
