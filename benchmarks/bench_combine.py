@@ -50,6 +50,10 @@ COMBINATIONS = [
     Combination("blend", cell_weight=0.6),
     Combination("blend", cell_weight=0.7),
     Combination("blend", cell_weight=0.9),
+    Combination("geometric", cell_weight=0.1),
+    Combination("geometric", cell_weight=0.15),
+    Combination("geometric", cell_weight=0.2),
+    Combination("geometric", cell_weight=0.3),
     Combination(negative="complement"),
     Combination(negative="mean"),
     Combination(small_area=0.25, small_factor=0.5),
@@ -60,6 +64,8 @@ COMBINATIONS = [
     Combination("blend", cell_weight=0.5, negative="mean"),
     Combination("blend", cell_weight=0.5, small_area=0.25, small_factor=0.5),
     Combination("blend", cell_weight=0.5, average="rank"),
+    Combination("geometric", negative="mean"),
+    Combination("geometric", border_factor=0.8),
 ]
 
 
@@ -75,7 +81,7 @@ IMAGE_POOLS: dict[str, Callable[[np.ndarray], np.ndarray]] = {  # (n_cells, 19) 
     "GeM, p = 3": lambda c: (c**3).mean(axis=0) ** (1 / 3),
 }
 POOL_RULES = [Combination("image"), Combination("blend", cell_weight=0.3), Combination("blend", cell_weight=0.5),
-              Combination("blend", cell_weight=0.7), Combination("image_x_cell")]
+              Combination("blend", cell_weight=0.7), Combination("image_x_cell"), Combination("geometric")]
 
 
 def image_pool_table(run: str) -> dict[str, dict[str, float]]:

@@ -2,7 +2,7 @@
 
     python predict.py --data synth/test --models image/best.keras cells/best.keras --out submission.csv \\
         [--segmenter classical|hpacellseg|precomputed:DIR] [--tta none|flip|d4] \\
-        [--combine image_x_cell|blend|cell|image] [--cell-weight 0.5] [--negative model|complement|mean] \\
+        [--combine image_x_cell|blend|geometric|cell|image] [--cell-weight W] [--negative model|complement|mean] \\
         [--small-cells FRACTION FACTOR] [--border-factor F] [--average mean|rank] [--weights 1 1] \\
         [--cell-view masked|centred|cam|none] \\
         [--strategy auto|tpu|mirrored|cpu|cpu_mirrored] [--precision float32|mixed_float16|mixed_bfloat16|keep] [--jit] \\
@@ -40,7 +40,7 @@ import sys
 
 from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.budget import parse_duration
-from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, NEGATIVE_RULES, RULES, Combination
+from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, CELL_WEIGHTS, NEGATIVE_RULES, RULES, Combination
 from hpa_tf.inference.plan import DEFAULT_ORDER, parse_drop_order
 from hpa_tf.inference.tta import TTA_MODES
 
@@ -57,8 +57,11 @@ def add_combination_args(parser: argparse.ArgumentParser, default: Combination |
     default = default or Combination()
     parser.add_argument("--combine", choices=RULES, default=default.rule,
                         help="image_x_cell: mean image x mean cell score; blend: --cell-weight x cell + the rest x image; "
+                        "geometric: image ** (1 - --cell-weight) x cell ** --cell-weight; "
                         "cell: the cell scores alone; image: the image score on every cell")
-    parser.add_argument("--cell-weight", type=float, default=default.cell_weight, help="with --combine blend: the cell share")
+    parser.add_argument("--cell-weight", type=float, default=None,
+                        help="with --combine blend or geometric: the cell level's share, 0 to 1 (default: "
+                        + ", ".join(f"{w:g} with {rule}" for rule, w in CELL_WEIGHTS.items()) + ")")
     parser.add_argument("--negative", choices=NEGATIVE_RULES, default=default.negative,
                         help="Negative as the models say, as prod(1 - p) of the 18 other classes, or the mean of both")
     parser.add_argument("--small-cells", nargs=2, type=float, metavar=("FRACTION", "FACTOR"),
@@ -86,7 +89,8 @@ def combination_argv(combination: Combination) -> list[str]:
     ['--combine', 'cell']
     """
     c = combination
-    return ["--combine", c.rule, "--cell-weight", str(c.cell_weight), "--negative", c.negative, "--small-cells",
+    weight = [] if c.cell_weight is None else ["--cell-weight", str(c.cell_weight)]
+    return ["--combine", c.rule, *weight, "--negative", c.negative, "--small-cells",
             str(c.small_area), str(c.small_factor), "--border-factor", str(c.border_factor), "--average", c.average]
 
 

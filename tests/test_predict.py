@@ -142,6 +142,31 @@ def test_blend_moves_from_the_image_score_to_the_cell_score_with_its_weight():
         Combination("blend", cell_weight=1.5)
 
 
+def test_geometric_lets_the_image_level_order_the_images_and_the_cells_order_each_image():
+    """Image A is surer of class 3 (0.9) than image B (0.5), but B's cells score higher on their own:
+    image x cell puts B's cells first; the geometric rule with a small cell share puts A's first and
+    still orders the cells inside each image by their own score."""
+    a = ModelScores(np.full(19, 0.9), np.array([[0.2] * 19, [0.3] * 19]))
+    b = ModelScores(np.full(19, 0.5), np.array([[0.9] * 19, [0.95] * 19]))
+
+    def order(rule: Combination) -> list[str]:
+        scores = {f"{name}{k}": float(combine([s], 2, rule)[k, 3]) for name, s in (("a", a), ("b", b)) for k in range(2)}
+        return sorted(scores, key=scores.get, reverse=True)
+
+    assert order(Combination("image_x_cell")) == ["b1", "b0", "a1", "a0"]
+    assert order(Combination("geometric")) == ["a1", "a0", "b1", "b0"]
+    assert Combination("geometric").cell_weight == 0.15 and Combination("blend").cell_weight == 0.5
+    assert Combination("image_x_cell").cell_weight is None  # a rule that weighs no share keeps none
+    assert [Combination(r).describe() for r in ("image_x_cell", "blend", "geometric")] == [
+        "image x cell", "blend 0.5 cell + 0.5 image", "geometric image^0.85 x cell^0.15"]
+    # A share of one half ranks every cell as image x cell does (the square root of its product).
+    np.testing.assert_allclose(combine([a], 2, Combination("geometric", cell_weight=0.5)),
+                               np.sqrt(combine([a], 2, "image_x_cell")))
+    np.testing.assert_allclose(combine([a], 2, Combination("geometric", cell_weight=1.0)), a.cells)
+    with pytest.raises(ValueError, match="cell_weight"):
+        Combination("geometric", cell_weight=-0.1)
+
+
 def test_negative_from_the_other_classes():
     """A cell sure of another class is not Negative; a cell sure of none is, whatever the models' own
     Negative score says."""

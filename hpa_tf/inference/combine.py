@@ -13,8 +13,11 @@ A :class:`Combination` says how, in four steps:
    mean (rank averaging: models whose probabilities live on other scales count alike). Ranks need
    the whole test set, so they are taken over the run's cache (:func:`to_ranks`), not one image.
 2. ``rule``: ``image_x_cell`` (1st and 2nd place): mean image score x mean cell score; ``blend``
-   (4th place): ``cell_weight`` x cell + (1 - ``cell_weight``) x image; ``cell``: the cell scores
-   alone; ``image``: the image score painted on every cell (a baseline: it cannot tell cells apart).
+   (4th place): ``cell_weight`` x cell + (1 - ``cell_weight``) x image; ``geometric``: their
+   weighted geometric mean, image ** (1 - ``cell_weight``) x cell ** ``cell_weight`` (0.5 ranks
+   cells as ``image_x_cell`` does; a smaller weight lets the image level decide more of the order,
+   and a cell's own score order the cells of an image); ``cell``: the cell scores alone; ``image``:
+   the image score painted on every cell (a baseline: it cannot tell cells apart).
 3. ``negative``: the Negative class as the models say (``model``), as the chance that no other
    class is there, the product of (1 - p) over the 18 others (``complement``), or the mean of the
    two (``mean``).
@@ -34,7 +37,10 @@ import numpy as np
 
 from hpa_tf.labels import NEGATIVE, NUM_CLASSES
 
-RULES = ("image_x_cell", "blend", "cell", "image")
+RULES = ("image_x_cell", "blend", "geometric", "cell", "image")
+# The cell level's share when none is given, for the rules that weigh it (chosen on the demo's
+# held-out SynthHPA images, docs/recipe.md).
+CELL_WEIGHTS = {"blend": 0.5, "geometric": 0.15}
 NEGATIVE_RULES = ("model", "complement", "mean")
 AVERAGES = ("mean", "rank")
 CELL_VIEWS = ("masked", "centred", "cam", "none")  # how an image model scores cells (see predictor)
@@ -54,10 +60,14 @@ class Combination:
 
     >>> Combination("blend", cell_weight=0.7).describe()
     'blend 0.7 cell + 0.3 image'
+    >>> Combination("geometric").describe()
+    'geometric image^0.85 x cell^0.15'
     """
 
     rule: str = "image_x_cell"
-    cell_weight: float = 0.5  # blend: the cell level's share (4th place: 0.7; 0.5 measured better, docs/recipe.md)
+    # blend and geometric: the cell level's share, in [0, 1]; None: the rule's CELL_WEIGHTS entry
+    # (blend 0.5: the 4th place's 0.7 measured lower); other rules weigh no share and keep None.
+    cell_weight: float | None = None
     negative: str = "model"
     small_area: float = 0.0  # fraction of the image's median cell area; 0: no cell counts as small
     small_factor: float = 1.0
@@ -69,8 +79,10 @@ class Combination:
                                      ("average", self.average, AVERAGES)):
             if value not in allowed:
                 raise ValueError(f"combine {name} must be one of {allowed}, not {value!r}")
+        if self.cell_weight is None or self.rule not in CELL_WEIGHTS:
+            object.__setattr__(self, "cell_weight", CELL_WEIGHTS.get(self.rule))  # frozen: set once, here
         for name in ("cell_weight", "small_factor", "border_factor"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"combine {name} must be in [0, 1], not {getattr(self, name)}")
         if self.small_area < 0:
             raise ValueError(f"combine small_area must be >= 0 (a fraction of the median cell area), not {self.small_area}")
@@ -93,8 +105,10 @@ class Combination:
 
     def describe(self) -> str:
         """A short human-readable name (the results tables' rows)."""
-        parts = [{"image_x_cell": "image x cell", "cell": "cell", "image": "image",
-                  "blend": f"blend {self.cell_weight:g} cell + {1 - self.cell_weight:g} image"}[self.rule]]
+        w = self.cell_weight
+        parts = [f"blend {w:g} cell + {1 - w:g} image" if self.rule == "blend"
+                 else f"geometric image^{1 - w:g} x cell^{w:g}" if self.rule == "geometric"
+                 else {"image_x_cell": "image x cell", "cell": "cell", "image": "image"}[self.rule]]
         if self.average == "rank":
             parts.append("rank-averaged")
         if self.negative != "model":
@@ -151,6 +165,8 @@ def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination
     0.4
     >>> float(combine([a], 2, Combination("blend", cell_weight=0.7))[0, 0])
     0.71
+    >>> round(float(combine([a], 2, Combination("geometric", cell_weight=0.5))[0, 0]), 4)  # sqrt(0.5 x 0.8)
+    0.6325
     """
     combination = Combination.parse(rule)
     weights = [1.0] * len(scores) if weights is None else list(weights)
@@ -169,8 +185,10 @@ def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination
             raise ValueError(f"rule {combination.rule!r} needs a model with cell-level scores and a weight above 0 (a "
                              "cell-bag or single-cell model, or an image model with a cell view other than 'none')")
         cells = _mean(cell_parts)
+        w = combination.cell_weight
         probs = {"image_x_cell": lambda: cells * image, "cell": lambda: cells,
-                 "blend": lambda: combination.cell_weight * cells + (1 - combination.cell_weight) * image}[combination.rule]()
+                 "blend": lambda: w * cells + (1 - w) * image,
+                 "geometric": lambda: image ** (1 - w) * cells**w}[combination.rule]()
     if combination.negative != "model":
         probs = probs.copy()
         complement = negative_complement(probs)
