@@ -4,6 +4,7 @@ the test set (its scores come from the run's prediction cache), so every row use
     python -m benchmarks.bench_combine --run runs/demo                    # the test set
     python -m benchmarks.bench_combine --run runs/demo --validation 64    # and held-out training images
     python -m benchmarks.bench_combine --run runs/demo --image-pools      # the single-cell model's image level
+    python -m benchmarks.bench_combine --run runs/heldout                 # runs/heldout/pred: predict.py --truth
 
 Rows: combinations (:class:`hpa_tf.inference.combine.Combination`); columns: the subsets of the
 job's models (``--final-models``); cells: mAP with the competition metric.
@@ -53,18 +54,20 @@ COMBINATIONS = [
     Combination("geometric", cell_weight=0.1),
     Combination("geometric", cell_weight=0.15),
     Combination("geometric", cell_weight=0.2),
+    Combination("geometric", cell_weight=0.25),
     Combination("geometric", cell_weight=0.3),
-    Combination(negative="complement"),
-    Combination(negative="mean"),
-    Combination(small_area=0.25, small_factor=0.5),
-    Combination(small_area=0.5, small_factor=0.5),
-    Combination(border_factor=0.8),
-    Combination(border_factor=0.5),
-    Combination(average="rank"),
+    Combination("image_x_cell", negative="complement"),
+    Combination("image_x_cell", negative="mean"),
+    Combination("image_x_cell", small_area=0.25, small_factor=0.5),
+    Combination("image_x_cell", small_area=0.5, small_factor=0.5),
+    Combination("image_x_cell", border_factor=0.8),
+    Combination("image_x_cell", border_factor=0.5),
+    Combination("image_x_cell", average="rank"),
     Combination("blend", cell_weight=0.5, negative="mean"),
     Combination("blend", cell_weight=0.5, small_area=0.25, small_factor=0.5),
     Combination("blend", cell_weight=0.5, average="rank"),
     Combination("geometric", negative="mean"),
+    Combination("geometric", small_area=0.25, small_factor=0.5),
     Combination("geometric", border_factor=0.8),
 ]
 
@@ -150,6 +153,19 @@ def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str
     return score_table(entries, ids, sizes, kinds, truth, combinations)
 
 
+def split_models(run: str, split: int) -> list[str]:
+    """The image, cell-bag and single-cell model of one out-of-fold split of a job run; a missing
+    one is a FileNotFoundError that names it and the fix."""
+    models = [fs.join(run, f"round{r}", kind, f"split{split}", "best.keras")
+              for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
+    missing = [m for m in models if not fs.exists(m)]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} is missing: held-out images need each split's models (a job run "
+                                "with --final-fit all has one single-cell model on every image, nothing held out); "
+                                "rerun the job with --final-fit splits, or leave out --validation")
+    return models
+
+
 def on_validation_set(run: str, per_split: int, combinations: list[Combination]) -> dict[str, dict[str, float]]:
     """The table on ``per_split`` held-out training images per split, predicted once by their
     split's models into ``RUN/combine_val/``."""
@@ -171,13 +187,7 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
         fs.makedirs(posixpath.dirname(out))
         fs.write_text(sample, "ID,ImageWidth,ImageHeight,PredictionString\n"
                       + "".join(f"{i},{sizes_all[i][0]},{sizes_all[i][1]},\n" for i in held))
-        models = [fs.join(run, f"round{r}", kind, f"split{k}", "best.keras")
-                  for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
-        missing = [m for m in models if not fs.exists(m)]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]} is missing: held-out images need each split's models (a job run "
-                                    "with --final-fit all has one single-cell model on every image, nothing held out); "
-                                    "rerun the job with --final-fit splits, or leave out --validation")
+        models = split_models(run, k)
         predict(RunConfig(data=fs.join(root, "train"), models=models, out=out, sample_submission=sample,
                           cell_view=config["cell_view"], workers=1, overlays=0))
         kinds = _kinds(f"{out}.cache")
@@ -210,7 +220,9 @@ def run(quick: bool = False, demo: str = "runs/demo") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_combine", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", default="runs/demo", help="a finished job run (python -m hpa_tf.job / make demo)")
+    parser.add_argument("--run", default="runs/demo",
+                        help="a finished job run (python -m hpa_tf.job / make demo), or any folder RUN whose "
+                        "RUN/pred/submission.csv predict.py wrote with --truth (another test set)")
     parser.add_argument("--validation", type=int, default=0, metavar="N",
                         help="also score N held-out training images per split (predicted once)")
     parser.add_argument("--image-pools", action="store_true",
@@ -218,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                         "than by the best cell (test set; rows: pools, columns: rules)")
     parser.add_argument("--out", help="write the tables (Markdown) and their figures (JSON) here")
     args = parser.parse_args(argv)
-    pooled = image_pool_table(args.run) if args.image_pools else None  # first: a run it cannot take fails at once
+    if args.validation:  # first: a run it cannot take fails at once
+        split_models(args.run, 0)
+    pooled = image_pool_table(args.run) if args.image_pools else None
     tables = {"test": on_test_set(args.run, COMBINATIONS)}
     if args.validation:
         tables["validation"] = on_validation_set(args.run, args.validation, COMBINATIONS)

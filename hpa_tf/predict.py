@@ -40,7 +40,7 @@ import sys
 
 from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.budget import parse_duration
-from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, CELL_WEIGHTS, NEGATIVE_RULES, RULES, Combination
+from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, CELL_WEIGHTS, DEFAULT_RULE, NEGATIVE_RULES, RULES, Combination
 from hpa_tf.inference.plan import DEFAULT_ORDER, parse_drop_order
 from hpa_tf.inference.tta import TTA_MODES
 
@@ -54,10 +54,10 @@ def _duration(text: str) -> float:
 
 def add_combination_args(parser: argparse.ArgumentParser, default: Combination | None = None) -> None:
     """The flags of a :class:`Combination` (predict.py's and the job's), ``default``'s values by default."""
-    default = default or Combination()
+    default = default or Combination(DEFAULT_RULE)
     parser.add_argument("--combine", choices=RULES, default=default.rule,
-                        help="image_x_cell: mean image x mean cell score; blend: --cell-weight x cell + the rest x image; "
-                        "geometric: image ** (1 - --cell-weight) x cell ** --cell-weight; "
+                        help=f"(default {default.rule}) image_x_cell: mean image x mean cell score; blend: --cell-weight x "
+                        "cell + the rest x image; geometric: image ** (1 - --cell-weight) x cell ** --cell-weight; "
                         "cell: the cell scores alone; image: the image score on every cell")
     parser.add_argument("--cell-weight", type=float, default=None,
                         help="with --combine blend or geometric: the cell level's share, 0 to 1 (default: "
@@ -75,11 +75,14 @@ def add_combination_args(parser: argparse.ArgumentParser, default: Combination |
 
 def combination_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Combination:
     """The :class:`Combination` of parsed flags; a bad value is a usage error naming it."""
+    if args.cell_weight is not None and args.combine not in CELL_WEIGHTS:
+        parser.error(f"--cell-weight applies to --combine {' or '.join(CELL_WEIGHTS)} only, not {args.combine}: "
+                     "leave it out, or name one of those rules")
     try:
         return Combination(args.combine, args.cell_weight, args.negative, args.small_cells[0], args.small_cells[1],
                            args.border_factor, args.average)
     except ValueError as err:
-        parser.error(str(err))
+        parser.error(str(err).replace("combine cell_weight", "--cell-weight"))
 
 
 def combination_argv(combination: Combination) -> list[str]:

@@ -125,7 +125,8 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--set", "train.model_dir=/tmp/one"], "the job sets .*train.model_dir"),
                          (["--set", "data.val_folds=[]"], "the job sets .*data.val_folds"),
                          (["--rounds", "0", "--final-models", "cell"], "--final-models cell: the job trains no cell"),
-                         (["--combine", "blend", "--cell-weight", "2"], "cell_weight must be in"),
+                         (["--combine", "blend", "--cell-weight", "2"], "--cell-weight must be a number in"),
+                         (["--combine", "cell", "--cell-weight", "0.2"], "--cell-weight applies to --combine blend or geometric"),
                          (["--set", "augment.mixup=0.2"], "augment.mixup: .*cell-bag models: --cells-config "
                           "demo_cpu_cells.*--image-set / --cell-set"),
                          (["--cell-set", "train.epoks=1"], "--cell-set train.epoks=1: unknown key 'train.epoks'.*"

@@ -1,5 +1,7 @@
 """predict.py: every cell scored with all 19 classes, rules, cell views, cache/resume, bad images, truth."""
 
+import argparse
+import dataclasses
 import shutil
 
 import cv2
@@ -11,12 +13,13 @@ import pytest
 from conftest import SAMPLE_512, SAMPLE_512_ID
 
 from hpa_tf.inference import Combination, ModelScores, PrepareSpec, combine, prepare_array
-from hpa_tf.inference.combine import to_ranks
+from hpa_tf.inference.combine import DEFAULT_RULE, to_ranks
 from hpa_tf.inference.predictor import Predictor, ScoringModel, top_class_overlay
 from hpa_tf.inference.report import TRUE_IMAGE_ROW, report
 from hpa_tf.inference.runner import RunConfig, run
 from hpa_tf.io import read_image
 from hpa_tf.models import cell_bag_model
+from hpa_tf.predict import add_combination_args, combination_argv, combination_from
 from hpa_tf.rle import decode_mask, mask_area_border
 from hpa_tf.segmentation import Segmentation
 from hpa_tf.submission import read_submission
@@ -65,7 +68,7 @@ def test_the_predictor_lowers_cells_cut_by_the_edge_and_small_cells_from_their_m
     plain = Predictor([ScoringModel.wrap(_green_detector(32))])
     scores = plain.score(prepared)
     base = plain.combine(scores, prepared)
-    lowered = Predictor(plain.models, rule=Combination(border_factor=0.5, small_area=0.5, small_factor=0.1))
+    lowered = Predictor(plain.models, rule=dataclasses.replace(plain.rule, border_factor=0.5, small_area=0.5, small_factor=0.1))
     out = lowered.combine(scores, prepared)
     np.testing.assert_allclose(out[:2], base[:2])  # the two whole cells keep their scores
     np.testing.assert_allclose(out[2], base[2] * 0.5 * 0.1)  # cut by the edge and 84 px against a median of 576
@@ -143,28 +146,52 @@ def test_blend_moves_from_the_image_score_to_the_cell_score_with_its_weight():
 
 
 def test_geometric_lets_the_image_level_order_the_images_and_the_cells_order_each_image():
-    """Image A is surer of class 3 (0.9) than image B (0.5), but B's cells score higher on their own:
-    image x cell puts B's cells first; the geometric rule with a small cell share puts A's first and
-    still orders the cells inside each image by their own score."""
-    a = ModelScores(np.full(19, 0.9), np.array([[0.2] * 19, [0.3] * 19]))
-    b = ModelScores(np.full(19, 0.5), np.array([[0.9] * 19, [0.95] * 19]))
+    """Two images scored by a single-cell model (image level: its best cell). Image a is surer of
+    class 3 (0.9) than b (0.8); a's second cell (0.6) scores below b's two cells on its own. The
+    blend and image x cell put it after them; the geometric rule with its default share keeps all of
+    a's cells first, and still orders each image's cells by their own scores."""
+    cells = {"a": np.array([[0.9] * 19, [0.6] * 19]), "b": np.array([[0.8] * 19, [0.75] * 19])}
+    scores = {name: ModelScores(c.max(axis=0), c) for name, c in cells.items()}
 
     def order(rule: Combination) -> list[str]:
-        scores = {f"{name}{k}": float(combine([s], 2, rule)[k, 3]) for name, s in (("a", a), ("b", b)) for k in range(2)}
-        return sorted(scores, key=scores.get, reverse=True)
+        by_cell = {f"{name}{k}": float(combine([s], 2, rule)[k, 3]) for name, s in scores.items() for k in range(2)}
+        return sorted(by_cell, key=by_cell.get, reverse=True)
 
-    assert order(Combination("image_x_cell")) == ["b1", "b0", "a1", "a0"]
-    assert order(Combination("geometric")) == ["a1", "a0", "b1", "b0"]
-    assert Combination("geometric").cell_weight == 0.15 and Combination("blend").cell_weight == 0.5
-    assert Combination("image_x_cell").cell_weight is None  # a rule that weighs no share keeps none
-    assert [Combination(r).describe() for r in ("image_x_cell", "blend", "geometric")] == [
-        "image x cell", "blend 0.5 cell + 0.5 image", "geometric image^0.85 x cell^0.15"]
-    # A share of one half ranks every cell as image x cell does (the square root of its product).
+    assert order(Combination("blend")) == order(Combination("image_x_cell")) == ["a0", "b0", "b1", "a1"]
+    assert order(Combination("geometric")) == ["a0", "a1", "b0", "b1"]
+    a = scores["a"]
+    # A share of one half ranks every cell as image x cell does (the square root of its product);
+    # 1 is the cell score, 0 the image score on every cell (the image rule).
     np.testing.assert_allclose(combine([a], 2, Combination("geometric", cell_weight=0.5)),
                                np.sqrt(combine([a], 2, "image_x_cell")))
     np.testing.assert_allclose(combine([a], 2, Combination("geometric", cell_weight=1.0)), a.cells)
-    with pytest.raises(ValueError, match="cell_weight"):
-        Combination("geometric", cell_weight=-0.1)
+    np.testing.assert_allclose(combine([a], 2, Combination("geometric", cell_weight=0.0)), combine([a], 2, "image"))
+
+
+def test_the_cell_share_belongs_to_blend_and_geometric_and_each_has_its_default(capsys):
+    assert Combination("geometric").cell_weight == 0.15 and Combination("blend").cell_weight == 0.5
+    assert Combination("image_x_cell").cell_weight is None
+    assert [Combination(r).describe() for r in ("image_x_cell", "blend", "geometric")] == [
+        "image x cell", "blend 0.5 cell + 0.5 image", "geometric image^0.85 x cell^0.15"]
+    for bad in (-0.1, 1.5, float("nan"), True, "0.3"):
+        with pytest.raises(ValueError, match="cell_weight must be a number in"):
+            Combination("geometric", cell_weight=bad)
+    with pytest.raises(ValueError, match="applies to the rules blend and geometric only"):
+        Combination("image_x_cell", cell_weight=0.5)
+    # A run saved before the share was the two rules' alone recorded 0.5 with every rule.
+    assert Combination.parse({"rule": "cell", "cell_weight": 0.5, "negative": "mean"}) == Combination("cell", negative="mean")
+    # predict.py's flags: the rule's own default share, a share for a rule without one refused in one line.
+    parser = argparse.ArgumentParser()
+    add_combination_args(parser)
+    assert combination_from(parser.parse_args([]), parser) == Combination("geometric", cell_weight=0.15)
+    assert combination_from(parser.parse_args(["--combine", "blend"]), parser).cell_weight == 0.5
+    geometric = combination_from(parser.parse_args(["--combine", "geometric", "--cell-weight", "0.3"]), parser)
+    assert combination_from(parser.parse_args(combination_argv(geometric)), parser) == geometric
+    for argv, message in ((["--combine", "image_x_cell", "--cell-weight", "0.15"], "--cell-weight applies to --combine blend "
+                           "or geometric only, not image_x_cell"), (["--cell-weight", "2"], "--cell-weight must be a number")):
+        with pytest.raises(SystemExit):
+            combination_from(parser.parse_args(argv), parser)
+        assert message in capsys.readouterr().err
 
 
 def test_negative_from_the_other_classes():
@@ -240,15 +267,15 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
 
     # The results table re-scores from the cache: its combination row is the submission's score.
     results = report(str(out), str(synth_dir / "truth"), str(synth_dir / "sample_submission.csv"), {}, str(tmp_path / "rep"))
-    assert results["**submission**: image x cell, all models"]["mAP"] == pytest.approx(summary["map"])
-    assert len(results) == 6 and (tmp_path / "rep" / "ap_per_class.png").stat().st_size > 0
+    assert results["**submission**: geometric image^0.85 x cell^0.15, all models"]["mAP"] == pytest.approx(summary["map"])
+    assert len(results) == 7 and (tmp_path / "rep" / "ap_per_class.png").stat().st_size > 0
     assert 0.0 <= results[TRUE_IMAGE_ROW]["mAP"] <= 1.0
 
     # Another combination reuses the cache: cells cut by the edge (their masks say which) score half.
     halved = tmp_path / "halved.csv"
     run(RunConfig(data=str(data), models=saved_models, out=str(halved), cache=str(tmp_path / "sub.csv.cache"),
                   workers=0, tta="flip", sample_submission=str(synth_dir / "sample_submission.csv"), overlays=0,
-                  combine=Combination(border_factor=0.5)))
+                  combine=Combination(DEFAULT_RULE, border_factor=0.5)))
     edge_cells = 0
     for before, after in zip(rows, read_submission(str(halved))):
         if not before.masks:

@@ -10,7 +10,7 @@ import pytest
 
 from hpa_tf.inference import cache
 from hpa_tf.inference.budget import Estimates, TimeBudget, parse_duration, project
-from hpa_tf.inference.combine import combine
+from hpa_tf.inference.combine import DEFAULT_RULE, combine
 from hpa_tf.inference.plan import Plan, applicable, parse_drop_order
 from hpa_tf.inference.report import report
 from hpa_tf.submission import read_submission
@@ -153,7 +153,7 @@ def test_a_small_budget_drops_work_in_order_keeps_every_row_and_resumes(synth_di
     (w, h, _, masks, scores), dropped = cache.load_with_dropped(f"{out}.cache", rest[0], 2)
     assert scores[1] is None and scores[0].cells is not None and dropped == ("tta", "cell_view", "model:2")
     row = rows[rest[0]]
-    want = combine([scores[0]], len(masks), "image_x_cell", [1.0])
+    want = combine([scores[0]], len(masks), DEFAULT_RULE, [1.0])  # predict.py's default rule
     np.testing.assert_allclose(np.sort(row.confidences), np.sort(want.ravel()), rtol=1e-5)  # 6 digits in the CSV
     # the results table says so; its rows of model 2 alone have the first image only
     results = report(str(out), str(synth_dir / "truth"), str(synth_dir / "sample_submission.csv"), {},

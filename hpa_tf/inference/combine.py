@@ -15,8 +15,9 @@ A :class:`Combination` says how, in four steps:
 2. ``rule``: ``image_x_cell`` (1st and 2nd place): mean image score x mean cell score; ``blend``
    (4th place): ``cell_weight`` x cell + (1 - ``cell_weight``) x image; ``geometric``: their
    weighted geometric mean, image ** (1 - ``cell_weight``) x cell ** ``cell_weight`` (0.5 ranks
-   cells as ``image_x_cell`` does; a smaller weight lets the image level decide more of the order,
-   and a cell's own score order the cells of an image); ``cell``: the cell scores alone; ``image``:
+   cells as ``image_x_cell`` does, before step 3 and 4 act on the scores; a smaller weight lets
+   the image level decide more of the order, and a cell's own score order the cells of an image;
+   the default of ``predict.py`` and the job, :data:`DEFAULT_RULE`); ``cell``: the cell scores alone; ``image``:
    the image score painted on every cell (a baseline: it cannot tell cells apart).
 3. ``negative``: the Negative class as the models say (``model``), as the chance that no other
    class is there, the product of (1 - p) over the 18 others (``complement``), or the mean of the
@@ -38,9 +39,11 @@ import numpy as np
 from hpa_tf.labels import NEGATIVE, NUM_CLASSES
 
 RULES = ("image_x_cell", "blend", "geometric", "cell", "image")
-# The cell level's share when none is given, for the rules that weigh it (chosen on the demo's
-# held-out SynthHPA images, docs/recipe.md).
+# The cell level's share when none is given, for the rules that weigh it (chosen on held-out
+# SynthHPA images, docs/recipe.md).
 CELL_WEIGHTS = {"blend": 0.5, "geometric": 0.15}
+# predict.py's and the job's rule (docs/recipe.md); the Python API's Combination() keeps image_x_cell.
+DEFAULT_RULE = "geometric"
 NEGATIVE_RULES = ("model", "complement", "mean")
 AVERAGES = ("mean", "rank")
 CELL_VIEWS = ("masked", "centred", "cam", "none")  # how an image model scores cells (see predictor)
@@ -62,11 +65,13 @@ class Combination:
     'blend 0.7 cell + 0.3 image'
     >>> Combination("geometric").describe()
     'geometric image^0.85 x cell^0.15'
+
+    ``cell_weight``: the cell level's share in [0, 1], for ``blend`` and ``geometric`` only; None
+    takes the rule's :data:`CELL_WEIGHTS` entry (blend 0.5: the 4th place's 0.7 measured lower;
+    geometric 0.15). Given with another rule it is an error (that rule weighs no share).
     """
 
     rule: str = "image_x_cell"
-    # blend and geometric: the cell level's share, in [0, 1]; None: the rule's CELL_WEIGHTS entry
-    # (blend 0.5: the 4th place's 0.7 measured lower); other rules weigh no share and keep None.
     cell_weight: float | None = None
     negative: str = "model"
     small_area: float = 0.0  # fraction of the image's median cell area; 0: no cell counts as small
@@ -79,24 +84,38 @@ class Combination:
                                      ("average", self.average, AVERAGES)):
             if value not in allowed:
                 raise ValueError(f"combine {name} must be one of {allowed}, not {value!r}")
-        if self.cell_weight is None or self.rule not in CELL_WEIGHTS:
+        if self.rule not in CELL_WEIGHTS and self.cell_weight is not None:
+            raise ValueError(f"combine cell_weight ({self.cell_weight}) applies to the rules {' and '.join(CELL_WEIGHTS)} "
+                             f"only; {self.rule!r} weighs no cell share: leave it out")
+        if self.cell_weight is None:
             object.__setattr__(self, "cell_weight", CELL_WEIGHTS.get(self.rule))  # frozen: set once, here
         for name in ("cell_weight", "small_factor", "border_factor"):
-            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"combine {name} must be in [0, 1], not {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is None and name == "cell_weight":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"combine {name} must be a number in [0, 1], not {value!r}")
         if self.small_area < 0:
             raise ValueError(f"combine small_area must be >= 0 (a fraction of the median cell area), not {self.small_area}")
 
     @classmethod
     def parse(cls, value: str | dict | Combination) -> Combination:
-        """A rule name, the dict of a saved run (``asdict``), or a Combination.
+        """A rule name, the dict of a saved run (``asdict``), or a Combination. Runs saved before
+        the weight became the blend's and geometric rule's alone recorded 0.5 with every rule: it
+        is dropped there.
 
         >>> Combination.parse("cell").rule
         'cell'
+        >>> Combination.parse({"rule": "image_x_cell", "cell_weight": 0.5}).cell_weight is None
+        True
         """
         if isinstance(value, Combination):
             return value
-        return cls(value) if isinstance(value, str) else cls(**value)
+        if isinstance(value, str):
+            return cls(value)
+        if value.get("rule", "image_x_cell") not in CELL_WEIGHTS:
+            value = {k: v for k, v in value.items() if k != "cell_weight"}
+        return cls(**value)
 
     @property
     def needs_geometry(self) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from hpa_tf.data.contract import InputContract, to_model_size, to_record_depth
-from hpa_tf.inference.combine import CELL_VIEWS, Combination, ModelScores, cell_geometry, combine
+from hpa_tf.inference.combine import CELL_VIEWS, DEFAULT_RULE, Combination, ModelScores, cell_geometry, combine
 from hpa_tf.inference.plan import Plan
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_array
 from hpa_tf.inference.tta import transforms
@@ -98,7 +98,7 @@ class Predictor:
     """
 
     def __init__(self, models: Sequence[ScoringModel], segmenter: str = "classical", tta: str = "none",
-                 rule: str | Combination = "image_x_cell", cell_view: str = "masked", batch: int = 16,
+                 rule: str | Combination = DEFAULT_RULE, cell_view: str = "masked", batch: int = 16,
                  strategy: tf.distribute.Strategy | None = None, jit: bool = False,
                  clock: Callable[[], float] = time.monotonic):
         if not models:
