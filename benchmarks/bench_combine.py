@@ -2,7 +2,7 @@
 the test set (its scores come from the run's prediction cache), so every row uses the same cells.
 
     python -m benchmarks.bench_combine --run runs/demo                    # the test set
-    python -m benchmarks.bench_combine --run runs/demo --validation 64    # and held-out training images
+    python -m benchmarks.bench_combine --run runs/splits --validation 64  # and held-out training images (--final-fit splits)
     python -m benchmarks.bench_combine --run runs/demo --image-pools      # the single-cell model's image level
     python -m benchmarks.bench_combine --run runs/heldout                 # runs/heldout/pred: predict.py --truth
 
@@ -12,8 +12,9 @@ job's models (``--final-models``); cells: mAP with the competition metric.
 ``--validation N`` also scores every row on N training images per out-of-fold split, each predicted
 by the models of the split that held it out (their image, cell-bag and single-cell models never saw
 it; predicted once into ``RUN/combine_val/``, about a second per image on 2 CPU cores): a second
-set, not the test set, to choose a default on. In ``python -m benchmarks`` it reads ``runs/demo``
-(``make demo`` first) with ``--validation 64``.
+set, not the test set, to choose a default on; it needs one model per split (a job run with
+``--final-fit splits``). In ``python -m benchmarks`` it reads ``runs/demo`` (``make demo`` first),
+with ``--validation 64`` when that run has them.
 
 ``--image-pools`` adds a table of the single-cell models alone whose image level is pooled from their
 cells otherwise than by the best cell (prediction's way): the mean, the mean of the top quarter, a
@@ -35,6 +36,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from hpa_tf import fs
+from hpa_tf.cli import at_least
 from hpa_tf.cli import run as run_cli
 from hpa_tf.inference.combine import Combination, ModelScores
 from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
@@ -153,12 +155,16 @@ def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str
     return score_table(entries, ids, sizes, kinds, truth, combinations)
 
 
-def split_models(run: str, split: int) -> list[str]:
-    """The image, cell-bag and single-cell model of one out-of-fold split of a job run; a missing
-    one is a FileNotFoundError that names it and the fix."""
-    models = [fs.join(run, f"round{r}", kind, f"split{split}", "best.keras")
-              for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
-    missing = [m for m in models if not fs.exists(m)]
+def split_models(run: str) -> list[list[str]]:
+    """The image, cell-bag and single-cell model of each out-of-fold split of a job run; a folder
+    that is no job run, or a missing model, is a FileNotFoundError that names it and the fix."""
+    if not fs.exists(fs.join(run, "records", "folds.csv")):
+        raise FileNotFoundError(f"{run} is no job run ({run}/records/folds.csv is missing): held-out training images "
+                                "need the folds and models of a python -m hpa_tf.job run; leave out --validation")
+    splits = range(_kinds(fs.join(run, "pred", "submission.csv.cache")).count("image"))  # the job's: one of each per split
+    models = [[fs.join(run, f"round{r}", kind, f"split{k}", "best.keras") for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
+              for k in splits]
+    missing = [m for split in models for m in split if not fs.exists(m)]
     if missing:
         raise FileNotFoundError(f"{missing[0]} is missing: held-out images need each split's models (a job run "
                                 "with --final-fit all has one single-cell model on every image, nothing held out); "
@@ -175,19 +181,18 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
     config = json.loads(fs.read_text(fs.join(run, "pred", "submission.summary.json")))["config"]
     root = posixpath.dirname(config["data"].rstrip("/"))
     folds = pd.read_csv(_io.StringIO(fs.read_text(fs.join(run, "records", "folds.csv"))), dtype={"ID": str})
-    splits = range(_kinds(fs.join(run, "pred", "submission.csv.cache")).count("image"))  # the job's: one of each per split
+    models_of = split_models(run)
     truth = Truth.load(config["truth"], "train")
     sizes_all = {i: (int(w), int(h)) for i, w, h in zip(truth.images["ID"], truth.images["ImageWidth"],
                                                          truth.images["ImageHeight"])}
     entries, kinds, ids = {}, None, []
-    for k in splits:
+    for k, models in enumerate(models_of):
         held = sorted(folds.loc[folds["fold"] % len(splits) == k, "ID"])[:per_split]
         out = fs.join(run, "combine_val", f"split{k}.csv")
         sample = fs.join(run, "combine_val", f"split{k}_sample.csv")
         fs.makedirs(posixpath.dirname(out))
         fs.write_text(sample, "ID,ImageWidth,ImageHeight,PredictionString\n"
                       + "".join(f"{i},{sizes_all[i][0]},{sizes_all[i][1]},\n" for i in held))
-        models = split_models(run, k)
         predict(RunConfig(data=fs.join(root, "train"), models=models, out=out, sample_submission=sample,
                           cell_view=config["cell_view"], workers=1, overlays=0))
         kinds = _kinds(f"{out}.cache")
@@ -211,9 +216,15 @@ def markdown(table: dict[str, dict[str, float]], rows: str = "combination") -> s
 
 
 def run(quick: bool = False, demo: str = "runs/demo") -> dict:
-    """The benchmark registry's entry: the tables of ``runs/demo`` (``make demo`` first)."""
+    """The benchmark registry's entry: the tables of ``runs/demo`` (``make demo`` first); the
+    held-out training images' table too when the run has a model per split (``--final-fit splits``)."""
+    try:
+        split_models(demo)
+        validation = not quick
+    except FileNotFoundError:
+        validation = False
     out = {"test": on_test_set(demo, COMBINATIONS[:2] if quick else COMBINATIONS)}
-    if not quick:
+    if validation:
         out["validation"] = on_validation_set(demo, 64, COMBINATIONS)
     return out
 
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/demo",
                         help="a finished job run (python -m hpa_tf.job / make demo), or any folder RUN whose "
                         "RUN/pred/submission.csv predict.py wrote with --truth (another test set)")
-    parser.add_argument("--validation", type=int, default=0, metavar="N",
+    parser.add_argument("--validation", type=at_least(0), default=0, metavar="N",
                         help="also score N held-out training images per split (predicted once)")
     parser.add_argument("--image-pools", action="store_true",
                         help="also the single-cell models alone with their image level pooled from their cells otherwise "
@@ -231,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the tables (Markdown) and their figures (JSON) here")
     args = parser.parse_args(argv)
     if args.validation:  # first: a run it cannot take fails at once
-        split_models(args.run, 0)
+        split_models(args.run)
     pooled = image_pool_table(args.run) if args.image_pools else None
     tables = {"test": on_test_set(args.run, COMBINATIONS)}
     if args.validation:

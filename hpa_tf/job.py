@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 
 from hpa_tf import fs, provenance
 from hpa_tf.cli import at_least, doc_parser, run
-from hpa_tf.inference.combine import DEFAULT_RULE, Combination
+from hpa_tf.inference.combine import Combination
 from hpa_tf.predict import add_combination_args, combination_argv, combination_from
 from hpa_tf.synthetic.__main__ import OPTION_DEFAULTS, OPTION_FLAGS, read_params
 from hpa_tf.workers import die_with_parent
@@ -68,7 +68,7 @@ class JobError(ValueError):
 # benchmarks.bench_combine): the single-cell models alone (when a round trains them; else all
 # models, where it scored as image x cell did: 0.3817 against 0.3810 on the demo), their best cell's
 # score (the image level) ** 0.85 x each cell's own ** 0.15.
-DEFAULT_COMBINATION = Combination(DEFAULT_RULE)
+DEFAULT_COMBINATION = Combination()
 
 
 @dataclass

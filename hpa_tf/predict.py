@@ -40,7 +40,7 @@ import sys
 
 from hpa_tf.cli import at_least, doc_parser, run
 from hpa_tf.inference.budget import parse_duration
-from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, CELL_WEIGHTS, DEFAULT_RULE, NEGATIVE_RULES, RULES, Combination
+from hpa_tf.inference.combine import AVERAGES, CELL_VIEWS, CELL_WEIGHTS, NEGATIVE_RULES, RULES, Combination
 from hpa_tf.inference.plan import DEFAULT_ORDER, parse_drop_order
 from hpa_tf.inference.tta import TTA_MODES
 
@@ -54,12 +54,12 @@ def _duration(text: str) -> float:
 
 def add_combination_args(parser: argparse.ArgumentParser, default: Combination | None = None) -> None:
     """The flags of a :class:`Combination` (predict.py's and the job's), ``default``'s values by default."""
-    default = default or Combination(DEFAULT_RULE)
+    default = default or Combination()
     parser.add_argument("--combine", choices=RULES, default=default.rule,
                         help=f"(default {default.rule}) image_x_cell: mean image x mean cell score; blend: --cell-weight x "
                         "cell + the rest x image; geometric: image ** (1 - --cell-weight) x cell ** --cell-weight; "
                         "cell: the cell scores alone; image: the image score on every cell")
-    parser.add_argument("--cell-weight", type=float, default=None,
+    parser.add_argument("--cell-weight", type=float, default=default.cell_weight,
                         help="with --combine blend or geometric: the cell level's share, 0 to 1 (default: "
                         + ", ".join(f"{w:g} with {rule}" for rule, w in CELL_WEIGHTS.items()) + ")")
     parser.add_argument("--negative", choices=NEGATIVE_RULES, default=default.negative,
@@ -78,11 +78,19 @@ def combination_from(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     if args.cell_weight is not None and args.combine not in CELL_WEIGHTS:
         parser.error(f"--cell-weight applies to --combine {' or '.join(CELL_WEIGHTS)} only, not {args.combine}: "
                      "leave it out, or name one of those rules")
+    weight = CELL_WEIGHTS.get(args.combine) if args.cell_weight is None else args.cell_weight  # recorded as used
     try:
-        return Combination(args.combine, args.cell_weight, args.negative, args.small_cells[0], args.small_cells[1],
+        return Combination(args.combine, weight, args.negative, args.small_cells[0], args.small_cells[1],
                            args.border_factor, args.average)
     except ValueError as err:
-        parser.error(str(err).replace("combine cell_weight", "--cell-weight"))
+        message = str(err)
+        for field, flag in FLAG_OF_FIELD.items():
+            message = message.replace(f"combine {field}", flag)
+        parser.error(message)
+
+
+FLAG_OF_FIELD = {"cell_weight": "--cell-weight", "small_area": "--small-cells FRACTION", "small_factor": "--small-cells FACTOR",
+                 "border_factor": "--border-factor", "rule": "--combine", "negative": "--negative", "average": "--average"}
 
 
 def combination_argv(combination: Combination) -> list[str]:
@@ -92,7 +100,7 @@ def combination_argv(combination: Combination) -> list[str]:
     ['--combine', 'cell']
     """
     c = combination
-    weight = [] if c.cell_weight is None else ["--cell-weight", str(c.cell_weight)]
+    weight = [] if c.weight is None else ["--cell-weight", str(c.weight)]
     return ["--combine", c.rule, *weight, "--negative", c.negative, "--small-cells",
             str(c.small_area), str(c.small_factor), "--border-factor", str(c.border_factor), "--average", c.average]
 

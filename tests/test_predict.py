@@ -169,8 +169,11 @@ def test_geometric_lets_the_image_level_order_the_images_and_the_cells_order_eac
 
 
 def test_the_cell_share_belongs_to_blend_and_geometric_and_each_has_its_default(capsys):
-    assert Combination("geometric").cell_weight == 0.15 and Combination("blend").cell_weight == 0.5
-    assert Combination("image_x_cell").cell_weight is None
+    assert Combination("geometric").weight == 0.15 and Combination("blend").weight == 0.5
+    assert Combination("image_x_cell").weight is None and Combination() == Combination("geometric")
+    # A Combination changed to another rule takes that rule's share, not the one it had by default.
+    assert dataclasses.replace(Combination("blend"), rule="geometric").weight == 0.15
+    assert Combination("blend", cell_weight=np.float32(0.3)).weight == pytest.approx(0.3)
     assert [Combination(r).describe() for r in ("image_x_cell", "blend", "geometric")] == [
         "image x cell", "blend 0.5 cell + 0.5 image", "geometric image^0.85 x cell^0.15"]
     for bad in (-0.1, 1.5, float("nan"), True, "0.3"):

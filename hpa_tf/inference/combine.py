@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
@@ -42,7 +43,7 @@ RULES = ("image_x_cell", "blend", "geometric", "cell", "image")
 # The cell level's share when none is given, for the rules that weigh it (chosen on held-out
 # SynthHPA images, docs/recipe.md).
 CELL_WEIGHTS = {"blend": 0.5, "geometric": 0.15}
-# predict.py's and the job's rule (docs/recipe.md); the Python API's Combination() keeps image_x_cell.
+# The rule of Combination(), combine(), the Predictor, predict.py and the job (docs/recipe.md).
 DEFAULT_RULE = "geometric"
 NEGATIVE_RULES = ("model", "complement", "mean")
 AVERAGES = ("mean", "rank")
@@ -63,15 +64,16 @@ class Combination:
 
     >>> Combination("blend", cell_weight=0.7).describe()
     'blend 0.7 cell + 0.3 image'
-    >>> Combination("geometric").describe()
+    >>> Combination().describe()
     'geometric image^0.85 x cell^0.15'
 
     ``cell_weight``: the cell level's share in [0, 1], for ``blend`` and ``geometric`` only; None
-    takes the rule's :data:`CELL_WEIGHTS` entry (blend 0.5: the 4th place's 0.7 measured lower;
-    geometric 0.15). Given with another rule it is an error (that rule weighs no share).
+    (the default) stands for the rule's :data:`CELL_WEIGHTS` entry (blend 0.5: the 4th place's 0.7
+    measured lower; geometric 0.15), which :attr:`weight` gives. Given with another rule it is an
+    error (that rule weighs no share).
     """
 
-    rule: str = "image_x_cell"
+    rule: str = DEFAULT_RULE
     cell_weight: float | None = None
     negative: str = "model"
     small_area: float = 0.0  # fraction of the image's median cell area; 0: no cell counts as small
@@ -87,13 +89,11 @@ class Combination:
         if self.rule not in CELL_WEIGHTS and self.cell_weight is not None:
             raise ValueError(f"combine cell_weight ({self.cell_weight}) applies to the rules {' and '.join(CELL_WEIGHTS)} "
                              f"only; {self.rule!r} weighs no cell share: leave it out")
-        if self.cell_weight is None:
-            object.__setattr__(self, "cell_weight", CELL_WEIGHTS.get(self.rule))  # frozen: set once, here
         for name in ("cell_weight", "small_factor", "border_factor"):
             value = getattr(self, name)
             if value is None and name == "cell_weight":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"combine {name} must be a number in [0, 1], not {value!r}")
         if self.small_area < 0:
             raise ValueError(f"combine small_area must be >= 0 (a fraction of the median cell area), not {self.small_area}")
@@ -113,9 +113,19 @@ class Combination:
             return value
         if isinstance(value, str):
             return cls(value)
-        if value.get("rule", "image_x_cell") not in CELL_WEIGHTS:
+        if value.get("rule", DEFAULT_RULE) not in CELL_WEIGHTS:
             value = {k: v for k, v in value.items() if k != "cell_weight"}
         return cls(**value)
+
+    @property
+    def weight(self) -> float | None:
+        """The cell level's share this combination uses: ``cell_weight``, or the rule's default;
+        None for a rule that weighs none.
+
+        >>> Combination("blend").weight, Combination("geometric", cell_weight=0.3).weight, Combination("cell").weight
+        (0.5, 0.3, None)
+        """
+        return CELL_WEIGHTS.get(self.rule) if self.cell_weight is None else float(self.cell_weight)
 
     @property
     def needs_geometry(self) -> bool:
@@ -124,7 +134,7 @@ class Combination:
 
     def describe(self) -> str:
         """A short human-readable name (the results tables' rows)."""
-        w = self.cell_weight
+        w = self.weight
         parts = [f"blend {w:g} cell + {1 - w:g} image" if self.rule == "blend"
                  else f"geometric image^{1 - w:g} x cell^{w:g}" if self.rule == "geometric"
                  else {"image_x_cell": "image x cell", "cell": "cell", "image": "image"}[self.rule]]
@@ -172,7 +182,7 @@ def cell_factors(combination: Combination, area: np.ndarray, border: np.ndarray)
     return factors
 
 
-def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination = "image_x_cell",
+def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination = DEFAULT_RULE,
             weights: Sequence[float] | None = None, area: np.ndarray | None = None,
             border: np.ndarray | None = None) -> np.ndarray:
     """(n_cells, 19) scores in [0, 1] of one image. ``area`` (pixels) and ``border`` (1: cut by the
@@ -204,7 +214,7 @@ def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination
             raise ValueError(f"rule {combination.rule!r} needs a model with cell-level scores and a weight above 0 (a "
                              "cell-bag or single-cell model, or an image model with a cell view other than 'none')")
         cells = _mean(cell_parts)
-        w = combination.cell_weight
+        w = combination.weight
         probs = {"image_x_cell": lambda: cells * image, "cell": lambda: cells,
                  "blend": lambda: w * cells + (1 - w) * image,
                  "geometric": lambda: image ** (1 - w) * cells**w}[combination.rule]()

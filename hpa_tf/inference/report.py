@@ -156,7 +156,7 @@ def report(pred: str, truth_dir: str, sample_submission: str | None, references:
     reduced = sum(1 for pieces in dropped.values() if pieces)
     fill_sizes(data["data"], ids, entries, sizes)
     equal = [1.0] * len(kinds)  # each row's models weigh alike, whatever the submission's weights
-    plain = combination == Combination() and len(set(weights)) == 1
+    plain = combination == Combination("image_x_cell") and len(set(weights)) == 1
     for label, use, rule in ablation_rows(kinds, key["cell_view"]):
         if not (plain and len(use) == len(kinds) and rule == "image_x_cell"):  # else the submission's own row
             results[label] = evaluate(truth, assemble(entries, ids, sizes, rule, equal, use)).to_dict()

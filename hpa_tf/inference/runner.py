@@ -32,7 +32,7 @@ from hpa_tf.cli import require_writable
 from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
 from hpa_tf.inference.budget import LEDGER, TimeBudget, format_duration
-from hpa_tf.inference.combine import DEFAULT_RULE, Combination, cell_geometry, combine, to_ranks
+from hpa_tf.inference.combine import Combination, cell_geometry, combine, to_ranks
 from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, Plan, applicable, model_piece, parse_drop_order
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
@@ -64,7 +64,7 @@ class RunConfig:
     out: str
     segmenter: str | None = None  # None: the one the models were trained with (their input contracts)
     tta: str = "none"
-    combine: Combination = field(default_factory=lambda: Combination(DEFAULT_RULE))
+    combine: Combination = field(default_factory=Combination)
     weights: list[float] | None = None
     cell_view: str = "masked"
     batch: int = 16
