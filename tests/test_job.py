@@ -94,6 +94,7 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
 
     config = json.loads((run / "pred" / "submission.summary.json").read_text())["config"]
     assert config["models"][-1].endswith("round1/cell/all/last.keras") and config["weights"] == [0, 0, 0, 0, 1]
+    assert config["combine"]["rule"] == "geometric" and config["combine"]["cell_weight"] == 0.15  # the default, recorded
     results = (run / "results.md").read_text()
     assert "single-cell model, each cell alone" in results and "trained on every fold: nothing held out" in results
 
