@@ -35,6 +35,7 @@ The same command is ``python -m hpa_tf.predict`` and ``hpa-tf-predict`` (an inst
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -73,24 +74,25 @@ def add_combination_args(parser: argparse.ArgumentParser, default: Combination |
                         help="across models: of the probabilities, or of their ranks over the test set")
 
 
+# Each Combination field's flag, so that a bad value's message names what the user typed.
+FLAG_OF_FIELD = {"cell_weight": "--cell-weight", "small_area": "--small-cells FRACTION", "small_factor": "--small-cells FACTOR",
+                 "border_factor": "--border-factor", "rule": "--combine", "negative": "--negative", "average": "--average"}
+
+
 def combination_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Combination:
     """The :class:`Combination` of parsed flags; a bad value is a usage error naming it."""
     if args.cell_weight is not None and args.combine not in CELL_WEIGHTS:
         parser.error(f"--cell-weight applies to --combine {' or '.join(CELL_WEIGHTS)} only, not {args.combine}: "
                      "leave it out, or name one of those rules")
-    weight = CELL_WEIGHTS.get(args.combine) if args.cell_weight is None else args.cell_weight  # recorded as used
     try:
-        return Combination(args.combine, weight, args.negative, args.small_cells[0], args.small_cells[1],
-                           args.border_factor, args.average)
+        combination = Combination(args.combine, args.cell_weight, args.negative, args.small_cells[0],
+                                  args.small_cells[1], args.border_factor, args.average)
+        return dataclasses.replace(combination, cell_weight=combination.weight)  # the share used, recorded
     except ValueError as err:
         message = str(err)
         for field, flag in FLAG_OF_FIELD.items():
             message = message.replace(f"combine {field}", flag)
         parser.error(message)
-
-
-FLAG_OF_FIELD = {"cell_weight": "--cell-weight", "small_area": "--small-cells FRACTION", "small_factor": "--small-cells FACTOR",
-                 "border_factor": "--border-factor", "rule": "--combine", "negative": "--negative", "average": "--average"}
 
 
 def combination_argv(combination: Combination) -> list[str]:
