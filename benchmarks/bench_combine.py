@@ -187,7 +187,7 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
                                                          truth.images["ImageHeight"])}
     entries, kinds, ids = {}, None, []
     for k, models in enumerate(models_of):
-        held = sorted(folds.loc[folds["fold"] % len(splits) == k, "ID"])[:per_split]
+        held = sorted(folds.loc[folds["fold"] % len(models_of) == k, "ID"])[:per_split]
         out = fs.join(run, "combine_val", f"split{k}.csv")
         sample = fs.join(run, "combine_val", f"split{k}_sample.csv")
         fs.makedirs(posixpath.dirname(out))

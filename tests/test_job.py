@@ -56,6 +56,12 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     for kind in ("image", "cells"):
         assert (run / "round0" / kind / "split1" / "best.keras").exists()
     assert (run / "round1" / "cell" / "split0" / "best.keras").exists()
+    # Such a run gives bench_combine held-out training images, each scored by the split that never saw it.
+    from benchmarks.bench_combine import on_validation_set
+    from hpa_tf.inference.combine import Combination
+
+    held_out = on_validation_set(str(run), 1, [Combination("geometric")])
+    assert 0.0 <= held_out["geometric image^0.85 x cell^0.15"]["cell"] <= 1.0
     # each split's single-cell model starts from the cell-bag model of its own split (the default
     # --cell-init auto): the one that never saw the images that split's model must label
     for k in (0, 1):

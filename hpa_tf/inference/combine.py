@@ -125,7 +125,7 @@ class Combination:
         >>> Combination("blend").weight, Combination("geometric", cell_weight=0.3).weight, Combination("cell").weight
         (0.5, 0.3, None)
         """
-        return CELL_WEIGHTS.get(self.rule) if self.cell_weight is None else float(self.cell_weight)
+        return CELL_WEIGHTS.get(self.rule) if self.cell_weight is None else float(self.cell_weight) + 0.0  # -0 is 0
 
     @property
     def needs_geometry(self) -> bool:
