@@ -7,7 +7,8 @@ the test set (its scores come from the run's prediction cache), so every row use
     python -m benchmarks.bench_combine --run runs/heldout                 # runs/heldout/pred: predict.py --truth
 
 Rows: combinations (:class:`hpa_tf.inference.combine.Combination`); columns: the subsets of the
-job's models (``--final-models``); cells: mAP with the competition metric.
+job's models (``--final-models``; ``given``: all the models of a predict.py run whose kinds are no
+such subset); cells: mAP with the competition metric.
 
 ``--validation N`` also scores every row on N training images per out-of-fold split, each predicted
 by the models of the split that held it out (their image, cell-bag and single-cell models never saw
@@ -107,16 +108,21 @@ def image_pool_table(run: str) -> dict[str, dict[str, float]]:
 
 
 def subsets(kinds: list[str]) -> dict[str, list[int]]:
-    """``--final-models`` name -> indices of the models it weighs, for the subsets these models allow.
+    """``--final-models`` name -> indices of the models it weighs, for the subsets these models allow;
+    ``given``: all of them, where no such subset is exactly their kinds (a predict.py run of other models).
 
     >>> subsets(["image", "cells", "cell"])["cells+cell"]
     [1, 2]
+    >>> subsets(["cells", "cells"])
+    {'given': [0, 1]}
     """
     out = {}
     for name, chosen in FINAL_MODELS.items():
         use = [k for k, kind in enumerate(kinds) if kind in chosen]
         if set(chosen) <= set(kinds):
             out[name] = use
+    if not any(set(FINAL_MODELS[name]) == set(kinds) for name in out):
+        out["given"] = list(range(len(kinds)))
     return out
 
 
@@ -136,15 +142,30 @@ def _kinds(cache_dir: str) -> list[str]:
     return [kind for kind, _ in json.loads(fs.read_text(fs.join(cache_dir, "key.json")))["sizes"]]
 
 
+def _prediction_config(run: str) -> dict:
+    """The settings ``RUN/pred/submission.csv`` was predicted with (``cache``: its cache folder); a
+    prediction without ``--truth`` cannot be scored."""
+    pred = fs.join(run, "pred", "submission.csv")
+    summary = fs.join(run, "pred", "submission.summary.json")
+    if not fs.exists(summary):
+        raise FileNotFoundError(f"{summary}: no prediction; run the job (make demo RUN={run}) first, or predict.py "
+                                f"--out {pred} --truth DIR")
+    config = json.loads(fs.read_text(summary))["config"]
+    if not config.get("truth"):
+        raise ValueError(f"{pred} was predicted without --truth: rerun predict.py with the same flags and --truth DIR "
+                         "(its cache makes that quick) to score its combinations")
+    config["cache"] = config.get("cache") or f"{pred}.cache"  # summaries before the cache was recorded
+    if not fs.exists(fs.join(config["cache"], "key.json")):
+        raise FileNotFoundError(f"{config['cache']}: no prediction cache; predict {pred} again")
+    return config
+
+
 def _test_set(run: str) -> tuple[dict, list[str], dict, list[str], Truth]:
     """The cached entries of the run's test set, its image IDs and sizes, the models' kinds, the truth."""
-    pred = fs.join(run, "pred", "submission.csv")
-    if not fs.exists(f"{pred}.cache"):
-        raise FileNotFoundError(f"{pred}.cache: no prediction cache; run the job (make demo RUN={run}) first")
-    config = json.loads(fs.read_text(fs.join(run, "pred", "submission.summary.json")))["config"]
+    config = _prediction_config(run)
     ids, sizes = image_order(config["data"], config["sample_submission"])
-    kinds = _kinds(f"{pred}.cache")
-    entries = load_cached(f"{pred}.cache", ids, len(kinds))
+    kinds = _kinds(config["cache"])
+    entries = load_cached(config["cache"], ids, len(kinds))
     fill_sizes(config["data"], ids, entries, sizes)
     return entries, ids, sizes, kinds, Truth.load(config["truth"], "test")
 
@@ -161,7 +182,7 @@ def split_models(run: str) -> list[list[str]]:
     if not fs.exists(fs.join(run, "records", "folds.csv")):
         raise FileNotFoundError(f"{run} is no job run ({run}/records/folds.csv is missing): held-out training images "
                                 "need the folds and models of a python -m hpa_tf.job run; leave out --validation")
-    splits = range(_kinds(fs.join(run, "pred", "submission.csv.cache")).count("image"))  # the job's: one of each per split
+    splits = range(_kinds(_prediction_config(run)["cache"]).count("image"))  # the job's: one of each per split
     models = [[fs.join(run, f"round{r}", kind, f"split{k}", "best.keras") for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
               for k in splits]
     missing = [m for split in models for m in split if not fs.exists(m)]
@@ -178,7 +199,7 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
     from hpa_tf.inference.runner import RunConfig
     from hpa_tf.inference.runner import run as predict
 
-    config = json.loads(fs.read_text(fs.join(run, "pred", "submission.summary.json")))["config"]
+    config = _prediction_config(run)
     root = posixpath.dirname(config["data"].rstrip("/"))
     folds = pd.read_csv(_io.StringIO(fs.read_text(fs.join(run, "records", "folds.csv"))), dtype={"ID": str})
     models_of = split_models(run)

@@ -302,6 +302,43 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     with pytest.raises(ValueError, match="another run"):
         run(RunConfig(data=str(data), models=saved_models, out=str(out), workers=0, tta="none", overlays=0))
 
+    # The same models by other paths are the same run: every score comes from the cache.
+    copies = [str(shutil.copy(m, tmp_path / f"copy{k}.keras")) for k, m in enumerate(saved_models)]
+    summary = run(RunConfig(data=str(data), models=copies, out=str(out), workers=0, tta="flip",
+                            sample_submission=str(synth_dir / "sample_submission.csv"), overlays=0))
+    assert summary["scored_now"] == 0 and out.read_text() == before
+    # A cache whose key.json is gone cannot say whose scores it holds: refused, then discarded on --overwrite.
+    (tmp_path / "sub.csv.cache" / "key.json").unlink()
+    with pytest.raises(ValueError, match="holds scores but no key.json"):
+        run(RunConfig(data=str(data), models=saved_models[1:], out=str(out), workers=0, overlays=0))
+    summary = run(RunConfig(data=str(data), models=saved_models[1:], out=str(out), workers=0, overlays=0,
+                            overwrite=True))
+    assert summary["scored_now"] == len(sample) - 1 and summary["config"]["data"] == str(data)
+
+    # bench_combine scores a prediction from its cache, wherever --cache put it, from any working
+    # directory; a prediction made without --truth is named as such.
+    from benchmarks.bench_combine import on_test_set
+
+    bench = tmp_path / "bench"
+    same = dict(data=str(data), models=saved_models[1:], out=str(bench / "pred" / "submission.csv"), workers=0,
+                overlays=0, cache=str(tmp_path / "sub.csv.cache"), sample_submission=str(synth_dir / "sample_submission.csv"))
+    run(RunConfig(**same))
+    with pytest.raises(ValueError, match="predicted without --truth"):
+        on_test_set(str(bench), [Combination()])
+    summary = run(RunConfig(**same, truth=str(synth_dir / "truth")))
+    assert summary["scored_now"] == 0
+    assert on_test_set(str(bench), [Combination()])["geometric image^0.85 x cell^0.15"]["given"] == pytest.approx(summary["map"])
+
+    # A rule that needs cell scores, from an image model without cell views: refused before any scoring.
+    with pytest.raises(ValueError, match="--combine geometric needs cell-level scores .* use --combine image"):
+        run(RunConfig(data=str(data), models=saved_models[:1], out=str(tmp_path / "img.csv"), workers=0, overlays=0,
+                      cell_view="none"))
+    assert not list((tmp_path / "img.csv.cache").glob("*.npz"))
+    # A weight of 0 leaves the cell-bag model's cells out of every rule: the same refusal.
+    with pytest.raises(ValueError, match="needs cell-level scores"):
+        run(RunConfig(data=str(data), models=saved_models, weights=[1.0, 0.0], out=str(tmp_path / "img.csv"),
+                      workers=0, overlays=0, cell_view="none"))
+
 
 def test_notebook_use_on_the_real_sample(tmp_path):
     image = read_image(str(SAMPLE_512), SAMPLE_512_ID)
@@ -474,11 +511,13 @@ def test_downsized_test_images_get_rows_and_masks_at_the_sample_submissions_size
         want = cv2.resize(decode_mask(other.masks[0], 128, 128).astype(np.uint8), (256, 256),
                           interpolation=cv2.INTER_NEAREST)
         assert np.array_equal(big, want.astype(bool))
-    sample.loc[0, "ImageWidth"] = 300  # another shape than the files'
+    sample.loc[0, "ImageWidth"] = 300  # another shape than the files': said before any image is scored
     sample.to_csv(tmp_path / "sample.csv", index=False)
-    with pytest.raises(ValueError, match=f"image {ids[0]}: its files are 128x128 px, the sample submission says 300x256"):
+    with pytest.raises(ValueError, match=f"1 of 2 images have another shape .*image {ids[0]}: its files are 128x128 px, "
+                       "the sample submission says 300x256"):
         run(RunConfig(data=str(small), models=saved_models, out=str(tmp_path / "x.csv"), workers=0, overlays=0,
                       sample_submission=str(tmp_path / "sample.csv")))
+    assert not (tmp_path / "x.csv.cache").exists()
 
 
 def test_a_sample_submission_whose_images_are_missing_is_an_error_naming_them(synth_dir, saved_models, tmp_path):

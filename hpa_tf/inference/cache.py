@@ -27,21 +27,37 @@ class CacheMismatchError(ValueError):
     """A cache folder written by a run with other settings."""
 
 
+def _identity(key: dict) -> dict:
+    """What decides whether two runs' scores may mix: a model is its content (``sha256``), not the
+    path it was given by (a copy, a link or another working directory is the same model)."""
+    models = [{k: v for k, v in m.items() if k != "path"} if isinstance(m, dict) else m for m in key.get("models", [])]
+    return {**key, "models": models}
+
+
 def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
-    """Write ``key`` to a new cache; for an existing one, insist it matches (or wipe it on ``overwrite``)."""
+    """Write ``key`` to a new cache; for an existing one, insist it matches (or wipe it on ``overwrite``).
+    A folder that holds scores but no ``key.json`` (deleted by hand, or never a cache) cannot say
+    which run made them: refused like another run's."""
     path = fs.join(cache_dir, KEY)
-    if fs.exists(path):
-        old = json.loads(fs.read_text(path))
-        if old == key:
+    names = [n for n in fs.listdir(cache_dir) if n != LOCK_NAME] if fs.isdir(cache_dir) else []
+    if fs.exists(path) or any(n.endswith(".npz") for n in names):
+        old = json.loads(fs.read_text(path)) if fs.exists(path) else None
+        if old is not None and _identity(old) == _identity(key):
+            if old != key:  # the same models by other paths: record the paths of this run
+                fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
             return
         if not overwrite:
-            diff = {k: (old.get(k), key.get(k)) for k in set(old) | set(key) if old.get(k) != key.get(k)}
+            if old is None:
+                raise CacheMismatchError(
+                    f"{cache_dir} holds scores but no {KEY} saying which models, images and settings made them; "
+                    "pass --overwrite to discard them, or --cache a new folder")
+            old, new = _identity(old), _identity(key)
+            diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
             raise CacheMismatchError(
                 f"{cache_dir} holds scores of another run (differs in {sorted(diff)}: {diff}); "
                 "pass --overwrite to discard them, or --cache a new folder")
-        for name in fs.listdir(cache_dir):
-            if name != LOCK_NAME:  # the lock of the run that is wiping it
-                fs.remove(fs.join(cache_dir, name))
+        for name in names:  # not the lock of the run that is wiping it
+            fs.remove(fs.join(cache_dir, name))
     fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
 
 

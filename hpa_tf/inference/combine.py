@@ -48,6 +48,8 @@ DEFAULT_RULE = "geometric"
 NEGATIVE_RULES = ("model", "complement", "mean")
 AVERAGES = ("mean", "rank")
 CELL_VIEWS = ("masked", "centred", "cam", "none")  # how an image model scores cells (see predictor)
+# what gives the cell-level scores the rules but ``image`` need
+CELL_SOURCES = "a cell-bag or single-cell model, or an image model with a cell view other than 'none'"
 
 
 @dataclass
@@ -211,8 +213,8 @@ def combine(scores: Sequence[ModelScores], n_cells: int, rule: str | Combination
     else:
         cell_parts = [(w, s.cells) for w, s in zip(weights, scores) if s.cells is not None and w > 0]
         if not cell_parts:
-            raise ValueError(f"rule {combination.rule!r} needs a model with cell-level scores and a weight above 0 (a "
-                             "cell-bag or single-cell model, or an image model with a cell view other than 'none')")
+            raise ValueError(f"rule {combination.rule!r} needs a model with cell-level scores and a weight above 0 "
+                             f"({CELL_SOURCES})")
         cells = _mean(cell_parts)
         w = combination.weight
         probs = {"image_x_cell": lambda: cells * image, "cell": lambda: cells,

@@ -301,9 +301,10 @@ class Predictor:
         return "cam" if self._has_cam_head(k) else "none"
 
     def gives_cells(self, plan: Plan | None = None) -> bool:
-        """Whether a model ``plan`` keeps gives cell-level scores (the rules but ``image`` need one)."""
+        """Whether a model ``plan`` keeps, weighted above 0, gives cell-level scores (the rules but
+        ``image`` need one: :func:`~hpa_tf.inference.combine.combine` leaves weight-0 models out)."""
         return any(m.kind != "image" or self.view_of(k, plan) != "none"
-                   for k, m in enumerate(self.models) if plan is None or plan.uses(k))
+                   for k, m in enumerate(self.models) if self.weights[k] > 0 and (plan is None or plan.uses(k)))
 
     def score_many(self, prepared: Sequence[Prepared], plan: Plan | None = None) -> list[list[ModelScores | None]]:
         """Each model's image-level and cell-level probabilities on several prepared images; the

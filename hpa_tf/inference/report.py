@@ -140,10 +140,10 @@ def _bars(results: dict[str, dict], path: str) -> None:
 def report(pred: str, truth_dir: str, sample_submission: str | None, references: dict[str, str], out: str,
            split: str = "test") -> dict[str, dict]:
     """Score every ablation row of the run that wrote ``pred``; returns {row: metric dict}."""
-    cache_dir = f"{pred}.cache"
+    data = json.loads(fs.read_text(f"{pred[:-4] if pred.endswith('.csv') else pred}.summary.json"))["config"]
+    cache_dir = data.get("cache") or f"{pred}.cache"  # predict.py --cache (older summaries lack it)
     key = json.loads(fs.read_text(fs.join(cache_dir, "key.json")))
     kinds = [kind for kind, _ in key["sizes"]]
-    data = json.loads(fs.read_text(f"{pred[:-4] if pred.endswith('.csv') else pred}.summary.json"))["config"]
     ids, sizes = image_order(data["data"], sample_submission)
     weights = data["weights"] or [1.0] * len(kinds)
     combination = Combination.parse(data.get("combine", "image_x_cell"))

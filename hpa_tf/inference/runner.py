@@ -32,7 +32,7 @@ from hpa_tf.cli import require_writable
 from hpa_tf.data.contract import segmenter_kind
 from hpa_tf.inference import cache
 from hpa_tf.inference.budget import LEDGER, TimeBudget, format_duration
-from hpa_tf.inference.combine import Combination, cell_geometry, combine, to_ranks
+from hpa_tf.inference.combine import CELL_SOURCES, Combination, cell_geometry, combine, to_ranks
 from hpa_tf.inference.plan import CELL_VIEW, DEFAULT_ORDER, TTA, Plan, applicable, model_piece, parse_drop_order
 from hpa_tf.inference.predictor import Predictor
 from hpa_tf.inference.prepare import Prepared, PrepareSpec, prepare_image
@@ -305,6 +305,34 @@ def assemble(entries: dict[str, cache.Entry], ids: Sequence[str], sizes: dict[st
     return rows
 
 
+SHAPE_FIX = "give the test images at their original size or keep their aspect ratio"
+
+
+def _other_shape(size: tuple[int, int], target: tuple[int, int]) -> bool:
+    (w, h), (tw, th) = size, target
+    return abs(w * th - h * tw) > 0.01 * max(w * th, h * tw)
+
+
+def check_shapes(data: str, sizes: dict[str, tuple[int, int]]) -> None:
+    """Before any image is scored: every image whose files' header gives another aspect ratio than
+    ``sizes`` (the sample submission's width, height) is named in one ValueError (its masks could
+    not be scaled to the rows' size). Images without a readable header are left to the run's
+    per-image errors.
+
+    >>> check_shapes("data/test", {"abc": (2048, 2048)})  # doctest: +SKIP
+    """
+    bad = []
+    for image_id, target in tqdm(sizes.items(), desc="image sizes", unit="img", leave=False, disable=len(sizes) < 500):
+        size = probe_size(data, image_id)
+        if size is not None and _other_shape(size, target):
+            bad.append(f"image {image_id}: its files are {size[0]}x{size[1]} px, the sample submission says "
+                       f"{target[0]}x{target[1]}")
+    if bad:
+        shown = "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")
+        raise ValueError(f"{len(bad)} of {len(sizes)} images have another shape than the sample submission "
+                         f"says ({shown}): {SHAPE_FIX}")
+
+
 def rescale_masks(image_id: str, masks: Sequence[str], size: tuple[int, int],
                   target: tuple[int, int]) -> tuple[list[str], np.ndarray]:
     """Encoded masks of a ``size`` (width, height) image at the ``target`` size (nearest neighbour):
@@ -318,9 +346,9 @@ def rescale_masks(image_id: str, masks: Sequence[str], size: tuple[int, int],
     (16, [0])
     """
     (w, h), (tw, th) = size, target
-    if abs(w * th - h * tw) > 0.01 * max(w * th, h * tw):
+    if _other_shape(size, target):
         raise ValueError(f"image {image_id}: its files are {w}x{h} px, the sample submission says {tw}x{th} "
-                         "(another shape): give the test images at their original size or keep their aspect ratio")
+                         f"(another shape): {SHAPE_FIX}")
     labels = np.zeros((h, w), np.uint16)
     for k, enc in enumerate(masks):
         labels[decode_mask(enc, h, w)] = k + 1
@@ -400,6 +428,7 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
     cfg.segmenter = resolve_segmenter(cfg.segmenter, {m: read_contract(m) for m in cfg.models}, cfg.force)
     check_segmenter(cfg.segmenter)
     ids, sizes = image_order(cfg.data, cfg.sample_submission, check_files=True)
+    check_shapes(cfg.data, sizes)
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
     segmenter = cfg.segmenter
     if runs_on_accelerator(segmenter):  # its models in this process alone, batched, before TensorFlow's
@@ -410,6 +439,9 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
     predictor = Predictor.from_models(cfg.models, cfg.weights, strategy=distributed, dtype=cfg.precision,
                                       segmenter=segmenter, tta=cfg.tta, rule=cfg.combine, cell_view=cfg.cell_view,
                                       batch=cfg.batch, jit=cfg.jit, clock=clock)
+    if cfg.combine.rule != "image" and not predictor.gives_cells():  # before hours of scoring, not after
+        raise ValueError(f"--combine {cfg.combine.rule} needs cell-level scores from a model weighted above 0 "
+                         f"({CELL_SOURCES}); these models give image-level scores only: use --combine image")
     require_writable(posixpath.dirname(cfg.out) or ".", "--out")
     n_models = len(predictor.models)
     dropped: dict[str, tuple[str, ...]] = {}
@@ -444,8 +476,11 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
     else:
         fs.remove(f"{stem}.errors.csv")  # from an earlier run whose bad images are fixed now
     n = max(int(totals["images"]), 1)
+    config = asdict(cfg)  # its paths absolute: the report and benchmarks read them from other folders
+    config.update({k: fs.absolute(config[k]) for k in ("data", "out", "sample_submission", "truth") if config[k]})
+    config.update(models=[fs.absolute(m) for m in cfg.models], cache=fs.absolute(cfg.cache_dir))
     summary = {
-        "config": asdict(cfg),
+        "config": config,
         "images": len(ids), "scored_now": int(totals["images"]), "errors": len(errors),
         "cells": int(sum(len(r.masks) for r in rows)),
         "seconds_per_image": {s: totals[s] / n for s in STAGES},

@@ -169,7 +169,8 @@ def probe_size(data_dir: str, image_id: str) -> tuple[int, int] | None:
         if path is None:
             continue
         try:
-            size = _header_size(fs.read_bytes(path)[: 1 << 20], path.lower())
+            with fs.open_read(path) as f:  # the header only: a whole 2048 px TIFF per image adds up
+                size = _header_size(f.read(1 << 20), path.lower())
         except Exception:  # noqa: BLE001 - a damaged header: try the next file
             size = None
         if size and min(size) > 0:
