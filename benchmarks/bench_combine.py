@@ -72,6 +72,7 @@ COMBINATIONS = [
     Combination("geometric", negative="mean"),
     Combination("geometric", small_area=0.25, small_factor=0.5),
     Combination("geometric", border_factor=0.8),
+    Combination("image"),
 ]
 
 
@@ -128,13 +129,20 @@ def subsets(kinds: list[str]) -> dict[str, list[int]]:
 
 def score_table(entries: dict, ids: list[str], sizes: dict, kinds: list[str], truth: Truth,
                 combinations: list[Combination]) -> dict[str, dict[str, float]]:
-    """{combination: {subset: mAP}}."""
+    """{combination: {subset: mAP}}, the models of a subset weighed alike (whatever ``--weights`` the
+    prediction had); a rule that needs cell-level scores from a subset that has none is left out."""
     table: dict[str, dict[str, float]] = {}
     weights = [1.0] * len(kinds)
-    cases = [(c, name, use) for c in combinations for name, use in subsets(kinds).items()]
+    gives_cells = [any(s is not None and s.cells is not None for s in (e[4][k] for e in entries.values()))
+                   for k in range(len(kinds))]
+    cases = [(c, name, use) for c in combinations for name, use in subsets(kinds).items()
+             if c.rule == "image" or any(gives_cells[k] for k in use)]
     for combination, name, use in tqdm(cases, desc="combinations", unit="row"):
         rows = assemble(entries, ids, sizes, combination, weights, use)
         table.setdefault(combination.describe(), {})[name] = evaluate(truth, rows).map
+    if not table:
+        raise ValueError("no combination can be scored: every rule here but image needs cell-level scores, and the "
+                         "prediction's models gave none (image models with --cell-view none)")
     return table
 
 
@@ -150,24 +158,39 @@ def _prediction_config(run: str) -> dict:
     if not fs.exists(summary):
         raise FileNotFoundError(f"{summary}: no prediction; run the job (make demo RUN={run}) first, or predict.py "
                                 f"--out {pred} --truth DIR")
-    config = json.loads(fs.read_text(summary))["config"]
+    summary = json.loads(fs.read_text(summary))
+    config = summary["config"]
     if not config.get("truth"):
         raise ValueError(f"{pred} was predicted without --truth: rerun predict.py with the same flags and --truth DIR "
                          "(its cache makes that quick) to score its combinations")
     config["cache"] = config.get("cache") or f"{pred}.cache"  # summaries before the cache was recorded
-    if not fs.exists(fs.join(config["cache"], "key.json")):
+    key = fs.join(config["cache"], "key.json")
+    if not fs.exists(key):
         raise FileNotFoundError(f"{config['cache']}: no prediction cache; predict {pred} again")
+    if "cache_key" in summary and json.loads(fs.read_text(key)) != summary["cache_key"]:
+        raise ValueError(f"{config['cache']} holds the scores of a later prediction with other models or settings than "
+                         f"{pred}'s (its key.json differs): predict {pred} again")
     return config
 
 
 def _test_set(run: str) -> tuple[dict, list[str], dict, list[str], Truth]:
-    """The cached entries of the run's test set, its image IDs and sizes, the models' kinds, the truth."""
+    """The cached entries of the run's test set, its image IDs and sizes, the models' kinds, the truth.
+    An image the prediction scored whose cache entry is gone or unreadable is an error (the table
+    would be another set's)."""
     config = _prediction_config(run)
     ids, sizes = image_order(config["data"], config["sample_submission"])
     kinds = _kinds(config["cache"])
     entries = load_cached(config["cache"], ids, len(kinds))
+    stem = fs.join(run, "pred", "submission")
+    failed = (set(pd.read_csv(_io.StringIO(fs.read_text(f"{stem}.errors.csv")), dtype={"ID": str})["ID"])
+              if fs.exists(f"{stem}.errors.csv") else set())
+    lost = [i for i in ids if i not in entries and i not in failed]
+    if lost:
+        raise ValueError(f"{len(lost)} of {len(ids)} images of {stem}.csv have no readable entry in {config['cache']} "
+                         f"({', '.join(lost[:3])}{', ...' if len(lost) > 3 else ''}): predict it again with the same "
+                         "flags (it scores only those) and rerun")
     fill_sizes(config["data"], ids, entries, sizes)
-    return entries, ids, sizes, kinds, Truth.load(config["truth"], "test")
+    return entries, ids, sizes, kinds, Truth.load(config["truth"], config.get("truth_split", "test"))
 
 
 def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str, float]]:
@@ -227,11 +250,11 @@ def on_validation_set(run: str, per_split: int, combinations: list[Combination])
 def markdown(table: dict[str, dict[str, float]], rows: str = "combination") -> str:
     """One row per combination (or what ``rows`` names), one column per subset of models (or rule);
     the best cell in bold."""
-    columns = list(next(iter(table.values())))
+    columns = list(dict.fromkeys(c for row in table.values() for c in row))
     best = max(v for row in table.values() for v in row.values())
     lines = [f"| {rows} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in table.items():
-        cells = [f"**{row[c]:.4f}**" if row[c] == best else f"{row[c]:.4f}" for c in columns]
+    for name, row in table.items():  # "-": a rule the subset cannot give (no cell-level scores)
+        cells = ["-" if c not in row else f"**{row[c]:.4f}**" if row[c] == best else f"{row[c]:.4f}" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -307,13 +307,16 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     summary = run(RunConfig(data=str(data), models=copies, out=str(out), workers=0, tta="flip",
                             sample_submission=str(synth_dir / "sample_submission.csv"), overlays=0))
     assert summary["scored_now"] == 0 and out.read_text() == before
-    # A cache whose key.json is gone cannot say whose scores it holds: refused, then discarded on --overwrite.
-    (tmp_path / "sub.csv.cache" / "key.json").unlink()
-    with pytest.raises(ValueError, match="holds scores but no key.json"):
+    # A cache whose key.json is unreadable (or gone) cannot say whose scores it holds: refused, then
+    # discarded on --overwrite, which removes the cache's files and nothing else of the folder.
+    (tmp_path / "sub.csv.cache" / "key.json").write_text("{")
+    (tmp_path / "sub.csv.cache" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds scores but no readable key.json"):
         run(RunConfig(data=str(data), models=saved_models[1:], out=str(out), workers=0, overlays=0))
     summary = run(RunConfig(data=str(data), models=saved_models[1:], out=str(out), workers=0, overlays=0,
                             overwrite=True))
     assert summary["scored_now"] == len(sample) - 1 and summary["config"]["data"] == str(data)
+    assert (tmp_path / "sub.csv.cache" / "notes.txt").read_text() == "mine"
 
     # bench_combine scores a prediction from its cache, wherever --cache put it, from any working
     # directory; a prediction made without --truth is named as such.
@@ -328,6 +331,16 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     summary = run(RunConfig(**same, truth=str(synth_dir / "truth")))
     assert summary["scored_now"] == 0
     assert on_test_set(str(bench), [Combination()])["geometric image^0.85 x cell^0.15"]["given"] == pytest.approx(summary["map"])
+    # ... but not from a cache that lost an entry, or that a later prediction (--overwrite) filled anew.
+    next((tmp_path / "sub.csv.cache").glob("*.npz")).unlink()
+    with pytest.raises(ValueError, match="1 of 4 images of .* have no readable entry"):
+        on_test_set(str(bench), [Combination()])
+    run(RunConfig(**{**same, "models": saved_models, "out": str(tmp_path / "later.csv")}, overwrite=True))
+    with pytest.raises(ValueError, match="scores of a later prediction"):
+        on_test_set(str(bench), [Combination()])
+    # --out naming a folder is refused before any image is scored.
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        run(RunConfig(data=str(data), models=saved_models, out=str(bench), workers=0, overlays=0))
 
     # A rule that needs cell scores, from an image model without cell views: refused before any scoring.
     with pytest.raises(ValueError, match="--combine geometric needs cell-level scores .* use --combine image"):
@@ -537,7 +550,12 @@ def test_a_sample_submission_whose_images_are_missing_is_an_error_naming_them(sy
     assert predict_main([*args, "--sample-submission", str(tmp_path / "sample.csv")]) == 0
     assert all(r.masks for r in read_submission(str(out)))  # every image found and segmented
     sample = pd.concat([sample, pd.DataFrame({"ID": ["gone-1"], "ImageWidth": [256], "ImageHeight": [256],
-                                              "PredictionString": [""]})])
+                                              "PredictionString": [""]})], ignore_index=True)
     sample.to_csv(tmp_path / "sample.csv", index=False)
     with pytest.raises(FileNotFoundError, match=r"1 of 3 images of .*sample.csv have no file in .*\(gone-1;"):
+        predict_main([*args, "--sample-submission", str(tmp_path / "sample.csv"), "--out", str(tmp_path / "b.csv")])
+    sample.loc[0, "ImageWidth"] = 0  # sizes no image can have: said before any work
+    sample.loc[1, "ImageHeight"] = None
+    sample.to_csv(tmp_path / "sample.csv", index=False)
+    with pytest.raises(ValueError, match=f"ImageWidth/ImageHeight of 2 rows are no positive whole numbers \\({ids[0]}, {ids[1]}\\)"):
         predict_main([*args, "--sample-submission", str(tmp_path / "sample.csv"), "--out", str(tmp_path / "b.csv")])

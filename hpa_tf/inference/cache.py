@@ -14,9 +14,9 @@ import json
 import numpy as np
 
 from hpa_tf import fs
+from hpa_tf.inference.budget import LEDGER
 from hpa_tf.inference.combine import ModelScores
 from hpa_tf.inference.plan import model_piece
-from hpa_tf.lock import NAME as LOCK_NAME
 
 KEY = "key.json"
 # width, height, cell ids, masks, scores (None: a model the image's time-budget plan dropped)
@@ -36,12 +36,14 @@ def _identity(key: dict) -> dict:
 
 def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
     """Write ``key`` to a new cache; for an existing one, insist it matches (or wipe it on ``overwrite``).
-    A folder that holds scores but no ``key.json`` (deleted by hand, or never a cache) cannot say
-    which run made them: refused like another run's."""
+    A folder that holds scores but no readable ``key.json`` (deleted or edited by hand) cannot say
+    which run made them: refused like another run's. ``overwrite`` removes the files a cache holds
+    (``*.npz``, ``key.json``, the time budget's ledger), nothing else of the folder."""
     path = fs.join(cache_dir, KEY)
-    names = [n for n in fs.listdir(cache_dir) if n != LOCK_NAME] if fs.isdir(cache_dir) else []
+    # only what a cache writes: --cache may name a folder that holds other files too
+    names = [n for n in fs.listdir(cache_dir) if _is_cache_file(n)] if fs.isdir(cache_dir) else []
     if fs.exists(path) or any(n.endswith(".npz") for n in names):
-        old = json.loads(fs.read_text(path)) if fs.exists(path) else None
+        old = _read_key(path)
         if old is not None and _identity(old) == _identity(key):
             if old != key:  # the same models by other paths: record the paths of this run
                 fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
@@ -49,16 +51,33 @@ def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
         if not overwrite:
             if old is None:
                 raise CacheMismatchError(
-                    f"{cache_dir} holds scores but no {KEY} saying which models, images and settings made them; "
-                    "pass --overwrite to discard them, or --cache a new folder")
+                    f"{cache_dir} holds scores but no readable {KEY} saying which models, images and settings made "
+                    "them; pass --overwrite to discard them, or --cache a new folder")
             old, new = _identity(old), _identity(key)
             diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
             raise CacheMismatchError(
                 f"{cache_dir} holds scores of another run (differs in {sorted(diff)}: {diff}); "
                 "pass --overwrite to discard them, or --cache a new folder")
-        for name in names:  # not the lock of the run that is wiping it
+        for name in names:
             fs.remove(fs.join(cache_dir, name))
     fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
+
+
+def _is_cache_file(name: str) -> bool:
+    """A file this module or the time budget's ledger writes (not the lock of the run wiping it)."""
+    base = name.split(".tmp-")[0]  # an atomic write a kill interrupted
+    return base in (KEY, LEDGER) or base.endswith(".npz")
+
+
+def _read_key(path: str) -> dict | None:
+    """The cache's key, or None where there is none or it cannot be read (edited, truncated)."""
+    if not fs.exists(path):
+        return None
+    try:
+        key = json.loads(fs.read_text(path))
+    except ValueError:
+        return None
+    return key if isinstance(key, dict) else None
 
 
 def _path(cache_dir: str, image_id: str) -> str:

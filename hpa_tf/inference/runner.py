@@ -101,6 +101,12 @@ def image_order(data: str, sample_submission: str | None,
             raise ValueError(f"{sample_submission}: no column(s) {sorted(missing)}; expected the competition's "
                              "ID,ImageWidth,ImageHeight,PredictionString")
         ids = list(df["ID"])
+        sizes = df[["ImageWidth", "ImageHeight"]].apply(pd.to_numeric, errors="coerce")
+        bad = df["ID"][~(sizes > 0).all(axis=1) | (sizes % 1 != 0).any(axis=1)].tolist()
+        if bad:
+            raise ValueError(f"{sample_submission}: ImageWidth/ImageHeight of {len(bad)} rows are no positive whole "
+                             f"numbers ({', '.join(map(str, bad[:3]))}{', ...' if len(bad) > 3 else ''}): each row "
+                             "gives its image's size in pixels")
         if check_files:
             if not fs.exists(data):
                 raise FileNotFoundError(f"--data {data}: no such folder")
@@ -110,7 +116,7 @@ def image_order(data: str, sample_submission: str | None,
                 raise FileNotFoundError(f"{len(absent)} of {len(ids)} images of {sample_submission} have no file in "
                                         f"{data} ({shown}; looked for {{ID}}_red/green/blue/yellow.png/.tif/.jpg, "
                                         "any letter case): is --data the folder of the test images?")
-        return ids, {i: (int(w), int(h)) for i, w, h in zip(df["ID"], df["ImageWidth"], df["ImageHeight"])}
+        return ids, {i: (int(w), int(h)) for i, w, h in zip(df["ID"], sizes["ImageWidth"], sizes["ImageHeight"])}
     if not fs.exists(data):
         raise FileNotFoundError(f"--data {data}: no such folder")
     ids = scan_image_ids(data, complete=False)  # an image missing a channel still gets its row and an error
@@ -443,6 +449,9 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
         raise ValueError(f"--combine {cfg.combine.rule} needs cell-level scores from a model weighted above 0 "
                          f"({CELL_SOURCES}); these models give image-level scores only: use --combine image")
     require_writable(posixpath.dirname(cfg.out) or ".", "--out")
+    if fs.isdir(cfg.out):
+        raise IsADirectoryError(f"--out {cfg.out} is a folder: give the submission's file name (e.g. "
+                                f"{fs.join(cfg.out, 'submission.csv')})")
     n_models = len(predictor.models)
     dropped: dict[str, tuple[str, ...]] = {}
     budget = None
@@ -453,7 +462,8 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
         return clock() - t
 
     with FolderLock(cfg.cache_dir, "predict.py"):
-        cache.check_key(cfg.cache_dir, _cache_key(cfg, predictor), cfg.overwrite)
+        key = _cache_key(cfg, predictor)
+        cache.check_key(cfg.cache_dir, key, cfg.overwrite)
         if cfg.time_budget is not None:
             budget = _budget(cfg, predictor, clock, started)
         totals, errors = score_images(cfg, predictor, ids, budget, sizes, finish)
@@ -481,6 +491,7 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
     config.update(models=[fs.absolute(m) for m in cfg.models], cache=fs.absolute(cfg.cache_dir))
     summary = {
         "config": config,
+        "cache_key": key,  # what scored the cache's entries now: a later run may replace them (--overwrite)
         "images": len(ids), "scored_now": int(totals["images"]), "errors": len(errors),
         "cells": int(sum(len(r.masks) for r in rows)),
         "seconds_per_image": {s: totals[s] / n for s in STAGES},
