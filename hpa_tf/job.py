@@ -14,10 +14,10 @@
    the truth when there is one), then a single-cell model per split trained on them
    (``OUT/round{r}/cell/split{k}``); the last round's, by default, one model on every training image
    (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
-   split). Every round's single-cell models start from the round-0 cell-bag model of their split (the
-   model on every image from split 0's), whose backbone has learnt the same cell crops from the image
-   labels, unless the two kinds' backbones differ or the single-cell config names its own start
-   (``--cell-init``);
+   split). The single-cell models start as their config says (random weights with the demo's:
+   ``--cell-init none``, chosen on held-out images); ``--cell-init cells`` starts each round's from
+   the round-0 cell-bag model of their split (the model on every image from split 0's), whose
+   backbone has learnt the same cell crops from the image labels;
 4. prediction of ``DIR/test`` with every model (``OUT/pred/``), the submission weighing those
    ``--final-models`` names (the others at weight 0) under the combination flags of ``predict.py``
    (``--combine``, ``--negative``, ``--small-cells``, ...), copied to ``OUT/submission.csv``; by
@@ -97,8 +97,8 @@ class Job:
     combination: Combination = DEFAULT_COMBINATION
     group_by: str = "antibody"  # the records' folds keep an antibody's (or a well's) fields together
     final_fit: str = "all"  # the last round's single-cell models: one on all images, or one per split
-    cell_init: str = "auto"  # single-cell models start from their split's cell-bag model ("cells"), or as their
-    # config says ("none"); auto: cells where the two kinds share a backbone and the config names no start of its own
+    cell_init: str = "none"  # single-cell models start as their config says ("none"), or from their split's
+    # cell-bag model ("cells"); auto: cells where the two kinds share a backbone and the config names no start of its own
     label_mix: str = "flattened"  # SynthHPA's label sets (flattened, or the real kaggle2021 ones)
     texture_scale: float = 1.0  # SynthHPA's pattern scale (0.5: finer, as on real fields)
     varying_share: float = 1.0  # SynthHPA's share of image labels that vary from cell to cell
@@ -500,12 +500,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="the last round's single-cell models: one on every training image (the default: the images "
                         "of every split, each image's labels out of fold, nothing held out to validate on), or one per "
                         "out-of-fold split (each validated on the folds it holds out)")
-    parser.add_argument("--cell-init", choices=("auto", "cells", "none"), default="auto",
-                        help="single-cell models start from the round-0 cell-bag model of their split (cells: its "
-                        "backbone, and its cell head and GeM exponent where they fit; the model on every image from "
-                        "split 0's), or as their config says (none: random weights unless model.weights or "
-                        "model.init_from); auto (the default): cells where both kinds have one backbone and the "
-                        "single-cell config names no model.init_from or model.weights, else none")
+    parser.add_argument("--cell-init", choices=("auto", "cells", "none"), default="none",
+                        help="single-cell models start as their config says (none, the default, chosen on held-out "
+                        "images: random weights unless model.weights or model.init_from), or from the round-0 cell-bag "
+                        "model of their split (cells: its backbone, and its cell head and GeM exponent where they fit; "
+                        "the model on every image from split 0's); auto: cells where both kinds have one backbone and "
+                        "the single-cell config names no model.init_from or model.weights, else none")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
                         help="the models the submission weighs (all are scored, for the results table): all, the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "

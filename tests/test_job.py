@@ -62,11 +62,9 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
 
     held_out = on_validation_set(str(run), 1, [Combination("geometric")])
     assert 0.0 <= held_out["geometric image^0.85 x cell^0.15"]["cell"] <= 1.0
-    # each split's single-cell model starts from the cell-bag model of its own split (the default
-    # --cell-init auto): the one that never saw the images that split's model must label
+    # each split's single-cell model starts as its config says (the default --cell-init none)
     for k in (0, 1):
-        config_yaml = (run / "round1" / "cell" / f"split{k}" / "config.yaml").read_text()
-        assert f"init_from: {run / 'round0' / 'cells' / f'split{k}' / 'best.keras'}" in config_yaml
+        assert "init_from: null" in (run / "round1" / "cell" / f"split{k}" / "config.yaml").read_text()
 
     again = _job(*args, "--final-fit", "splits", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -84,9 +82,10 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
 
     # Another label source with --final-fit all (the default): the labels are made again and the last
     # round's single-cell model learns from every image's out-of-fold labels, started from split 0's
-    # cell-bag model; no round-0 model is retrained, nor the split models (the job no longer needs
-    # them), and the submission weighs that one model.
-    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", cwd=tmp_path)
+    # cell-bag model (--cell-init cells: a split's model starts from the cell-bag model of its own
+    # split, the one that never saw the images it must label); no round-0 model is retrained, nor the
+    # split models (the job no longer needs them), and the submission weighs that one model.
+    full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", "--cell-init", "cells", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     config_yaml = (run / "round1" / "cell" / "all" / "config.yaml").read_text()
     assert "mixup: 0.2" in config_yaml  # that stage's alone
@@ -169,14 +168,18 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     assert result.returncode == 2 and "test/ holds no image" in result.stderr, result.stderr
     assert "==" not in result.stdout
 
-    # --cell-init auto: from the cell-bag models where it can, else as the config says, with the reason
+    # --cell-init auto: from the cell-bag models where it can, else as the config says, with the reason;
+    # the default (none) starts them as their config says, without a word
     from hpa_tf.job import Job, check_settings
 
     for cell_set, settled in (([], "cells"), (["model.backbone=resnet50"], "none"), (["model.weights=imagenet"], "none")):
-        settings = Job(str(tmp_path / "auto"), stage_sets={"cell": cell_set})
+        settings = Job(str(tmp_path / "auto"), stage_sets={"cell": cell_set}, cell_init="auto")
         check_settings(settings)
         assert settings.cell_init == settled
         assert ("start as their config says" in capsys.readouterr().out) is (settled == "none")
+    settings = Job(str(tmp_path / "auto"))
+    check_settings(settings)
+    assert settings.cell_init == "none" and "start as their config says" not in capsys.readouterr().out
 
 
 def test_a_killed_job_takes_its_running_stage_with_it(synth_dir, tmp_path):
