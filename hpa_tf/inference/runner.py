@@ -435,6 +435,10 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
     check_segmenter(cfg.segmenter)
     ids, sizes = image_order(cfg.data, cfg.sample_submission, check_files=True)
     check_shapes(cfg.data, sizes)
+    require_writable(posixpath.dirname(cfg.out) or ".", "--out")
+    if fs.isdir(cfg.out):
+        raise IsADirectoryError(f"--out {cfg.out} is a folder: give the submission's file name (e.g. "
+                                f"{fs.join(cfg.out, 'submission.csv')})")
     stem = cfg.out[:-4] if cfg.out.endswith(".csv") else cfg.out
     segmenter = cfg.segmenter
     if runs_on_accelerator(segmenter):  # its models in this process alone, batched, before TensorFlow's
@@ -448,10 +452,6 @@ def run(cfg: RunConfig, clock: Callable[[], float] = time.monotonic) -> dict:
     if cfg.combine.rule != "image" and not predictor.gives_cells():  # before hours of scoring, not after
         raise ValueError(f"--combine {cfg.combine.rule} needs cell-level scores from a model weighted above 0 "
                          f"({CELL_SOURCES}); these models give image-level scores only: use --combine image")
-    require_writable(posixpath.dirname(cfg.out) or ".", "--out")
-    if fs.isdir(cfg.out):
-        raise IsADirectoryError(f"--out {cfg.out} is a folder: give the submission's file name (e.g. "
-                                f"{fs.join(cfg.out, 'submission.csv')})")
     n_models = len(predictor.models)
     dropped: dict[str, tuple[str, ...]] = {}
     budget = None
