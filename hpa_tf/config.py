@@ -154,6 +154,9 @@ class ModelConfig(Section):
 
         _choice("model.kind", self.kind, MODEL_KINDS)
         _choice("model.backbone", self.backbone, BACKBONES)
+        if self.backbone.startswith("small_cnn") and str(self.weights or "").split(":")[0] == "imagenet":
+            raise ConfigError(f"model.weights {self.weights}: {self.backbone} has no ImageNet weights (it is hpa-tf's own "
+                              "small CNN); give a weights file of it, none, or a backbone keras has ImageNet weights for")
         _choice("model.pooling", self.pooling, ("avg", "gem", "avgmax"))  # hpa_tf.models.layers.POOLINGS, without keras
         if self.pooling == "avgmax" and self.kind == "image":
             raise ConfigError("model.pooling: avgmax pools cells (model.kind cells or cell); an image model's class "

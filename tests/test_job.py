@@ -170,9 +170,11 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
 
     # --cell-init auto: from the cell-bag models where it can, else as the config says, with the reason;
     # the default (none) starts them as their config says, without a word
-    from hpa_tf.job import Job, check_settings
+    from hpa_tf.job import Job, cell_init, check_settings
 
-    for cell_set, settled in (([], "cells"), (["model.backbone=resnet50"], "none"), (["model.weights=imagenet"], "none")):
+    weights = tmp_path / "small_cnn.weights.h5"  # its own start (small_cnn has no ImageNet weights: refused)
+    weights.write_bytes(b"")
+    for cell_set, settled in (([], "cells"), (["model.backbone=resnet50"], "none"), ([f"model.weights={weights}"], "none")):
         settings = Job(str(tmp_path / "auto"), stage_sets={"cell": cell_set}, cell_init="auto")
         check_settings(settings)
         assert settings.cell_init == settled
@@ -180,6 +182,13 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
     settings = Job(str(tmp_path / "auto"))
     check_settings(settings)
     assert settings.cell_init == "none" and "start as their config says" not in capsys.readouterr().out
+    assert cell_init(settings, 1) == []
+    # --cell-init cells with --final-fit splits: split k's single-cell model starts from split k's
+    # cell-bag model, the one that never saw the images that split's model must label
+    settings = Job(str(tmp_path / "auto"), cell_init="cells", final_fit="splits")
+    check_settings(settings)
+    for k in (0, 1):
+        assert cell_init(settings, k) == [f"model.init_from={tmp_path / 'auto' / 'round0' / 'cells' / f'split{k}' / 'best.keras'}"]
 
 
 def test_a_killed_job_takes_its_running_stage_with_it(synth_dir, tmp_path):

@@ -331,6 +331,8 @@ def test_config_errors_name_the_key(tmp_path):
         load_config(None, ["train.batch_size=abc"])
     with pytest.raises(ConfigError, match="train.batch_size: 0 must be at least 1"):
         load_config(None, ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="model.weights imagenet: small_cnn has no ImageNet weights"):
+        load_config(None, ["model.weights=imagenet"])  # before a training fails on it
     with pytest.raises(ConfigError, match="data.kind=cells disagrees with model.kind=image"):
         load_config(None, ["data.kind=cells"])
     assert load_config(None, ["model.kind=cells"]).data.kind == "cells"  # data.kind follows by default
