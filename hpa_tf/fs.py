@@ -92,6 +92,14 @@ def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def canonical(path: str) -> str:
+    """A local path made absolute with its links resolved (one folder reached by two paths gives one
+    name); URLs as they are. ``canonical("data/test")``"""
+    import os
+
+    return path if "://" in path else os.path.realpath(path)
+
+
 def read_text(path: str) -> str:
     """The whole file as text (UTF-8; a byte-order mark, as Excel writes, is dropped). ``read_text("train.csv")``"""
     return read_bytes(path).decode("utf-8-sig")

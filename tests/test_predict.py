@@ -302,9 +302,10 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     with pytest.raises(ValueError, match="another run"):
         run(RunConfig(data=str(data), models=saved_models, out=str(out), workers=0, tta="none", overlays=0))
 
-    # The same models by other paths are the same run: every score comes from the cache.
+    # The same models by other paths, the images by a link, are the same run: every score comes from the cache.
     copies = [str(shutil.copy(m, tmp_path / f"copy{k}.keras")) for k, m in enumerate(saved_models)]
-    summary = run(RunConfig(data=str(data), models=copies, out=str(out), workers=0, tta="flip",
+    (tmp_path / "linked").symlink_to(data)
+    summary = run(RunConfig(data=str(tmp_path / "linked"), models=copies, out=str(out), workers=0, tta="flip",
                             sample_submission=str(synth_dir / "sample_submission.csv"), overlays=0))
     assert summary["scored_now"] == 0 and out.read_text() == before
     # A cache whose key.json is unreadable (or gone) cannot say whose scores it holds: refused, then

@@ -153,7 +153,7 @@ def _cache_key(cfg: RunConfig, predictor: Predictor) -> dict:
     # share scores, masks and sizes.
     return {"models": models, "segmenter": cfg.segmenter, "tta": cfg.tta, "cell_view": cfg.cell_view,
             "sizes": [[m.kind, m.size] for m in predictor.models], "precision": cfg.precision,
-            "data": fs.absolute(cfg.data)}
+            "data": fs.canonical(cfg.data)}
 
 
 def resolve_segmenter(given: str | None, contracts: dict[str, dict | None], force: bool = False) -> str:
