@@ -39,6 +39,7 @@ from tqdm import tqdm
 from hpa_tf import fs
 from hpa_tf.cli import at_least
 from hpa_tf.cli import run as run_cli
+from hpa_tf.inference import cache
 from hpa_tf.inference.combine import Combination, ModelScores
 from hpa_tf.inference.runner import assemble, fill_sizes, image_order, load_cached
 from hpa_tf.job import FINAL_MODELS
@@ -167,7 +168,7 @@ def _prediction_config(run: str) -> dict:
     key = fs.join(config["cache"], "key.json")
     if not fs.exists(key):
         raise FileNotFoundError(f"{config['cache']}: no prediction cache; predict {pred} again")
-    if "cache_key" in summary and json.loads(fs.read_text(key)) != summary["cache_key"]:
+    if "cache_key" in summary and cache.identity(json.loads(fs.read_text(key))) != cache.identity(summary["cache_key"]):
         raise ValueError(f"{config['cache']} holds the scores of a later prediction with other models or settings than "
                          f"{pred}'s (its key.json differs): predict {pred} again")
     return config

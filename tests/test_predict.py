@@ -310,7 +310,7 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     assert summary["scored_now"] == 0 and out.read_text() == before
     # A cache whose key.json is unreadable (or gone) cannot say whose scores it holds: refused, then
     # discarded on --overwrite, which removes the cache's files and nothing else of the folder.
-    (tmp_path / "sub.csv.cache" / "key.json").write_text("{")
+    (tmp_path / "sub.csv.cache" / "key.json").write_text('{"models": 5}')  # not the shape a cache writes
     (tmp_path / "sub.csv.cache" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds scores but no readable key.json"):
         run(RunConfig(data=str(data), models=saved_models[1:], out=str(out), workers=0, overlays=0))
@@ -336,6 +336,10 @@ def test_predict_writes_every_cell_resumes_and_survives_a_bad_image(synth_dir, s
     next((tmp_path / "sub.csv.cache").glob("*.npz")).unlink()
     with pytest.raises(ValueError, match="1 of 4 images of .* have no readable entry"):
         on_test_set(str(bench), [Combination()])
+    run(RunConfig(**same, truth=str(synth_dir / "truth")))  # scores that image again
+    # the same models by other paths keep the cache this prediction's (copies: its key's paths change)
+    run(RunConfig(**{**same, "models": copies[1:], "out": str(tmp_path / "copied.csv")}))
+    assert on_test_set(str(bench), [Combination()])["geometric image^0.85 x cell^0.15"]["given"] == pytest.approx(summary["map"])
     run(RunConfig(**{**same, "models": saved_models, "out": str(tmp_path / "later.csv")}, overwrite=True))
     with pytest.raises(ValueError, match="scores of a later prediction"):
         on_test_set(str(bench), [Combination()])

@@ -27,11 +27,14 @@ class CacheMismatchError(ValueError):
     """A cache folder written by a run with other settings."""
 
 
-def _identity(key: dict) -> dict:
+def identity(key: dict) -> dict:
     """What decides whether two runs' scores may mix: a model is its content (``sha256``), not the
-    path it was given by (a copy, a link or another working directory is the same model)."""
-    models = [{k: v for k, v in m.items() if k != "path"} if isinstance(m, dict) else m for m in key.get("models", [])]
-    return {**key, "models": models}
+    path it was given by (a copy, a link or another working directory is the same model).
+
+    >>> identity({"models": [{"path": "a.keras", "sha256": "f00"}], "tta": "none"})
+    {'models': [{'sha256': 'f00'}], 'tta': 'none'}
+    """
+    return {**key, "models": [{k: v for k, v in m.items() if k != "path"} for m in key["models"]]}
 
 
 def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
@@ -44,7 +47,7 @@ def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
     names = [n for n in fs.listdir(cache_dir) if _is_cache_file(n)] if fs.isdir(cache_dir) else []
     if fs.exists(path) or any(n.endswith(".npz") for n in names):
         old = _read_key(path)
-        if old is not None and _identity(old) == _identity(key):
+        if old is not None and identity(old) == identity(key):
             if old != key:  # the same models by other paths: record the paths of this run
                 fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
             return
@@ -53,13 +56,16 @@ def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
                 raise CacheMismatchError(
                     f"{cache_dir} holds scores but no readable {KEY} saying which models, images and settings made "
                     "them; pass --overwrite to discard them, or --cache a new folder")
-            old, new = _identity(old), _identity(key)
+            old, new = identity(old), identity(key)
             diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
             raise CacheMismatchError(
                 f"{cache_dir} holds scores of another run (differs in {sorted(diff)}: {diff}); "
                 "pass --overwrite to discard them, or --cache a new folder")
         for name in names:
-            fs.remove(fs.join(cache_dir, name))
+            if name == KEY and fs.isdir(path):  # a key.json made a folder by hand
+                fs.rmdir(path)
+            else:
+                fs.remove(fs.join(cache_dir, name))
     fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
 
 
@@ -70,14 +76,16 @@ def _is_cache_file(name: str) -> bool:
 
 
 def _read_key(path: str) -> dict | None:
-    """The cache's key, or None where there is none or it cannot be read (edited, truncated)."""
-    if not fs.exists(path):
+    """The cache's key, or None where there is none or it cannot be read (edited, truncated, not
+    the shape this module writes)."""
+    if not fs.exists(path) or fs.isdir(path):
         return None
     try:
         key = json.loads(fs.read_text(path))
     except ValueError:
         return None
-    return key if isinstance(key, dict) else None
+    ok = isinstance(key, dict) and isinstance(key.get("models"), list) and all(isinstance(m, dict) for m in key["models"])
+    return key if ok else None
 
 
 def _path(cache_dir: str, image_id: str) -> str:
