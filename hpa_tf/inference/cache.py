@@ -47,26 +47,28 @@ def check_key(cache_dir: str, key: dict, overwrite: bool = False) -> None:
     names = [n for n in fs.listdir(cache_dir) if _is_cache_file(n)] if fs.isdir(cache_dir) else []
     if fs.exists(path) or any(n.endswith(".npz") for n in names):
         old = _read_key(path)
-        if old is not None and identity(old) == identity(key):
-            if old != key:  # the same models by other paths: record the paths of this run
-                fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
+        if old == key:
             return
-        if not overwrite:
-            if old is None:
-                raise CacheMismatchError(
-                    f"{cache_dir} holds scores but no readable {KEY} saying which models, images and settings made "
-                    "them; pass --overwrite to discard them, or --cache a new folder")
-            old, new = identity(old), identity(key)
-            diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
-            raise CacheMismatchError(
-                f"{cache_dir} holds scores of another run (differs in {sorted(diff)}: {diff}); "
-                "pass --overwrite to discard them, or --cache a new folder")
-        for name in names:
-            if name == KEY and fs.isdir(path):  # a key.json made a folder by hand
-                fs.rmdir(path)
-            else:
-                fs.remove(fs.join(cache_dir, name))
+        # the same models by other paths keep the scores (the key is rewritten with this run's paths)
+        if old is None or identity(old) != identity(key):
+            if not overwrite:
+                raise CacheMismatchError(f"{cache_dir} {_mismatch(old, key)}; pass --overwrite to discard them, or "
+                                         "--cache a new folder")
+            for name in names:
+                if name == KEY and fs.isdir(path):  # a key.json made a folder by hand
+                    fs.rmdir(path)
+                else:
+                    fs.remove(fs.join(cache_dir, name))
     fs.write_text(path, json.dumps(key, indent=2, sort_keys=True))
+
+
+def _mismatch(old: dict | None, key: dict) -> str:
+    """What the cache holds instead of ``key``'s scores, for the refusal."""
+    if old is None:
+        return f"holds scores but no readable {KEY} saying which models, images and settings made them"
+    old, new = identity(old), identity(key)
+    diff = {k: (old.get(k), new.get(k)) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+    return f"holds scores of another run (differs in {sorted(diff)}: {diff})"
 
 
 def _is_cache_file(name: str) -> bool:
