@@ -484,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folds keep the fields of one antibody or well together, as the image IDs tell (see "
                         "tfrecord_builder build --group-by)")
     parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
-    parser.add_argument("--rounds", type=at_least(0), default=1, help="pseudo-label rounds (0: the image and cell-bag models only)")
+    parser.add_argument("--rounds", type=at_least(0), default=1,
+                        help="pseudo-label rounds (0: the image and cell-bag models only; 2: round 1 trains a "
+                        "single-cell model per split and they label round 2, about 14 more minutes on the "
+                        "CPU demo: docs/recipe.md)")
     for kind, default in (("image", "demo_cpu"), ("cells", "demo_cpu_cells"), ("cell", "demo_cpu_cell")):
         parser.add_argument(f"--{kind}-config", default=default,
                             help=f"the config of {KIND_NAMES[kind]}: a name under hpa_tf/configs or a YAML file")

@@ -103,6 +103,24 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     results = (run / "results.md").read_text()
     assert "single-cell model, each cell alone" in results and "trained on every fold: nothing held out" in results
 
+    # --rounds 2: round 1 now trains one single-cell model per split (on the same round-1 labels, kept),
+    # those label round 2, each split only the images it held out, and round 2's one model on every
+    # image is what the submission weighs.
+    second = _job(*args, "--label-source", "cam", "--cell-init", "cells", "--rounds", "2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert _ran(second) & (TRAININGS | CELL_MODELS | {LABELS, "round 2 per-cell labels, out of fold",
+                                                      "round 2 single-cell model, all folds"}) == (
+        CELL_MODELS | {"round 2 per-cell labels, out of fold", "round 2 single-cell model, all folds"})
+    meta = json.loads((run / "records" / "pseudo" / "round2" / "meta.json").read_text())
+    assert meta["source"] == "cell"
+    assert [(s["folds"], s["models"]) for s in meta["splits"]] == [
+        ([0], [str(run / "round1" / "cell" / "split0" / "best.keras")]),
+        ([1], [str(run / "round1" / "cell" / "split1" / "best.keras")])]
+    config = json.loads((run / "pred" / "submission.summary.json").read_text())["config"]
+    assert config["models"][-1].endswith("round2/cell/all/last.keras") and config["weights"][-1] == 1
+    assert sum(config["weights"]) == 1
+    assert "single-cell model (previous round)" in (run / "results.md").read_text()
+
 
 def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path, capsys):
     """A folder not in the layout, an empty test/, a wrong --set value or key: one line, no stage run.
