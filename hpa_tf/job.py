@@ -143,8 +143,8 @@ FINAL_MODELS = {"all": ("image", "cells", "cell"), "cell": ("cell",), "cells+cel
 
 def final_weights(job: Job) -> list[float]:
     """One weight per model the job predicts with (its round-0 image and cell-bag models, then the
-    last round's single-cell models): 1 for the kinds ``job.submitted_models`` names (all: every
-    model trained), else 0.
+    last round's single-cell models): 1 for the kinds ``job.submitted_models`` names (all: every one
+    of these; earlier rounds' single-cell models only label), else 0.
 
     >>> final_weights(Job("r", final_models="cell", final_fit="splits")), final_weights(Job("r"))
     ([0.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 1.0])
@@ -209,7 +209,42 @@ def check_settings(job: Job) -> None:
         if common.model.init_from and not fs.exists(common.model.init_from):
             raise JobError(f"model.init_from: {common.model.init_from} not found {what}")
         starts[kind] = (common.model.backbone, common.model.init_from or common.model.weights, what)
+        if kind in labelling_kinds(job) and common.model.init_from:
+            _check_labeller_start(job, kind, common.model.init_from, what)
     _settle_cell_init(job, starts)
+
+
+def labelling_kinds(job: Job) -> set[str]:
+    """The kinds of model whose split models label a later round's cells (``--label-source`` for
+    round 1; the single-cell models label round 2 on).
+
+    >>> sorted(labelling_kinds(Job("r", rounds=2, label_source="combined")))
+    ['cell', 'cells', 'image']
+    """
+    kinds = {"cells": {"cells"}, "cam": {"image"}, "combined": {"image", "cells"}}[job.label_source] if job.rounds else set()
+    return kinds | ({"cell"} if job.rounds >= 2 else set())
+
+
+def _check_labeller_start(job: Job, kind: str, start: str, what: str) -> None:
+    """A config's ``model.init_from`` starts every split's model of a kind from one file, and these
+    models label the images their split held out: a start trained on this run's records has seen
+    them (refused); any other start is said in one line, since the job cannot tell what it saw."""
+    import yaml
+
+    from hpa_tf.training.folder import TrainingFolder
+
+    try:
+        trained_on = (TrainingFolder.of(start)[0].config().get("data") or {}).get("records")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # not a training folder: nothing to compare
+        trained_on = None
+    if trained_on and fs.canonical(trained_on) == fs.canonical(fs.join(job.run, "records")):
+        hint = "; --cell-init cells starts each split's from its own split's cell-bag model" if kind == "cell" else ""
+        raise JobError(f"model.init_from {start} {what} was trained on this run's records ({trained_on}), and it "
+                       f"would start {KIND_NAMES[kind]} of every split, which label the images their split held out: "
+                       f"their labels would come from a model that saw those images. Drop it, or start from a "
+                       f"model trained on other data{hint}")
+    print(f"{KIND_NAMES[kind]} of every split start from {start} {what} and label the images their split held "
+          f"out: their labels are out of fold only if it never saw this run's training images")
 
 
 def _synth_options(job: Job) -> dict:
@@ -332,9 +367,13 @@ def run_job(job: Job) -> dict:
     """Every stage of the job; returns what ``OUT/results.md`` reports."""
     check_settings(job)
     weights = final_weights(job)
+    if job.rounds and job.submitted_models == "round0":
+        print(f"--final-models round0: the {job.rounds} single-cell round(s) are trained and scored for results.md, "
+              "but the submission weighs none of them (--rounds 0 skips them)")
     if job.data:
         check_layout(job.data)
-    for stale in ("submission.csv", "results.md", fs.join("pred", "submission.csv")):  # rewritten at the end: a
+    for stale in ("submission.csv", "results.md", fs.join("pred", "submission.csv"), fs.join("pred", "submission.summary.json"),
+                  fs.join("report", "results.md"), fs.join("report", "results.json")):  # rewritten at the end: a
         fs.remove(fs.join(job.run, stale))  # killed rerun must not leave the last run's look current
     if not job.data:
         _stage(job, "generate SynthHPA", _python("-m", "hpa_tf.synthetic", "--out", job.data_dir, "--n-train",
@@ -372,7 +411,7 @@ def run_job(job: Job) -> dict:
         _train(job, f"round 0 cell-bag model, split {k}", "cells", models_of(job, 0, "cells")[k],
                [f"data.val_folds={folds}"])
     final = models_of(job, 0, "image") + models_of(job, 0, "cells")
-    labellers = final
+    labellers, trained = final, list(final)
     quality = {}
     for r in range(1, job.rounds + 1):
         labels = fs.join(records, "pseudo", f"round{r}")
@@ -396,6 +435,7 @@ def run_job(job: Job) -> dict:
                 _train(job, f"round {r} single-cell model, split {k}", "cell", models_of(job, r, "cell")[k],
                        [f"data.val_folds={folds}", f"data.cell_labels={labels}", *cell_init(job, k)])
         labellers = models_of(job, r, "cell")
+        trained += labellers
     if job.rounds:
         final += labellers
     pred = fs.join(job.run, "pred", "submission.csv")
@@ -412,7 +452,7 @@ def run_job(job: Job) -> dict:
         start = time.perf_counter()
         results = report(pred, truth, sample if sample_args else None, references, fs.join(job.run, "report"))
         job.timings["report"] = time.perf_counter() - start
-    write_results(job, final, results, quality)
+    write_results(job, trained, results, quality)
     return {"results": results, "quality": quality, "timings": job.timings}
 
 
@@ -429,14 +469,17 @@ def _validation(model_dir: str) -> str:
 
 
 def write_results(job: Job, models: list[str], results: dict, quality: dict) -> None:
-    """``OUT/results.md``: the methods' mAP (with a truth), the labels' quality, validation, minutes."""
+    """``OUT/results.md``: the methods' mAP (with a truth), the labels' quality, the validation of
+    ``models`` (every model the job trained), minutes."""
     from hpa_tf.pseudo.oof import SOURCES
     from hpa_tf.pseudo.quality import quality_markdown
 
+    labels = f"round-1 labels from `{job.label_source}`" + (
+        ", later rounds' from the previous round's single-cell models of each split" if job.rounds >= 2 else "")
     lines = [f"# The main job on {job.data_dir}", "",
              f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds} (last round's single-cell "
-             f"models: `--final-fit {job.final_fit}`, `--cell-init {job.cell_init}`), round-1 labels from "
-             f"`{job.label_source}`, cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
+             f"models: `--final-fit {job.final_fit}`, `--cell-init {job.cell_init}`), {labels}, "
+             f"cell view `{job.cell_view}`; configs {job.image_config}, {job.cells_config}, "
              f"{job.cell_config}" + (f" with `--set {' '.join(job.sets)}`" if job.sets else "")
              + ("".join(f", SynthHPA `{OPTION_FLAGS[k]} {v}`" for k, v in _synth_options(job).items()
                         if v != OPTION_DEFAULTS[k]) if not job.data else "")
@@ -448,6 +491,8 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
         lines += ["No truth folder: the submission is not scored here.", ""]
     for r, q in quality.items():
         names = {"naive": "naive: every cell gets its image's labels", **SOURCES, "combined": "combined: the mean of the sources"}
+        if len(set(q["sources"]) - {"naive", "combined"}) < 2:  # the mean of one source is that source
+            names.pop("combined")
         lines += [f"## Round {r} per-cell labels against the truth", "", quality_markdown(q, names)]
     lines += ["## Validation (image level, held-out folds)", "", "| model | best epoch |", "|---|---|"]
     lines += [f"| {m} | {_validation(m)} |" for m in models] + [""]
@@ -510,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the model on every image from split 0's); auto: cells where both kinds have one backbone and "
                         "the single-cell config names no model.init_from or model.weights, else none")
     parser.add_argument("--final-models", choices=tuple(FINAL_MODELS),
-                        help="the models the submission weighs (all are scored, for the results table): all, the "
+                        help="the models the submission weighs (round 0's and the last round's are all scored, for the "
+                        "results table): all (those), the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "
                         "image and single-cell, round 0's")
     add_combination_args(parser, DEFAULT_COMBINATION)

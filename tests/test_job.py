@@ -119,7 +119,10 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     config = json.loads((run / "pred" / "submission.summary.json").read_text())["config"]
     assert config["models"][-1].endswith("round2/cell/all/last.keras") and config["weights"][-1] == 1
     assert sum(config["weights"]) == 1
-    assert "single-cell model (previous round)" in (run / "results.md").read_text()
+    results = (run / "results.md").read_text()
+    assert "single-cell model (previous round)" in results and "combined: the mean" not in results.split("Round 2 per-cell")[1]
+    assert "later rounds' from the previous round's single-cell models of each split" in results
+    assert f"| {run / 'round1' / 'cell' / 'split1'} | epoch 1/1: val AUC" in results  # the labellers' validation too
 
 
 def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path, capsys):
@@ -144,6 +147,10 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
 
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
+    seen = tmp_path / "seen"  # a model trained on the run's own records: it saw every image a split holds out
+    seen.mkdir()
+    (seen / "config.yaml").write_text(f"data:\n  records: {tmp_path / 'bad' / 'records'}\n")
+    (seen / "last.keras").write_bytes(b"")
     for bad, message in ((["--set", "train.epochs=abc"], "train.epochs must be an integer"),
                          (["--set", "train.epoks=3"], "unknown key 'train.epoks'"),
                          (["--set", "train.model_dir=/tmp/one"], "the job sets .*train.model_dir"),
@@ -167,6 +174,11 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                           "their config starts them from .*train.csv .*: use --cell-init none, or drop that"),
                          (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains no single-cell model: use --cell-init none\n"),
                          (["--cell-set", "train={epochs: 2, model_dir: /tmp/x}"], "the job sets .*train.model_dir"),
+                         (["--rounds", "2", "--cell-set", f"model.init_from={seen / 'last.keras'}"],
+                          r"last.keras \(the single-cell models: .*\) was trained on this run's records .*start the "
+                          r"single-cell models of every split, which label .*--cell-init cells starts each split's"),
+                         (["--cells-set", f"model.init_from={seen / 'last.keras'}"],
+                          r"was trained on this run's records .*the cell-bag models of every split, which label the images"),
                          (["--varying-share", "0.5"], "--varying-share shape the SynthHPA the job generates; with --data")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
@@ -197,6 +209,10 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
         check_settings(settings)
         assert settings.cell_init == settled
         assert ("start as their config says" in capsys.readouterr().out) is (settled == "none")
+    # a start from elsewhere: the labelling models' start is said, the final model's is not
+    for rounds, said in ((2, True), (1, False)):
+        check_settings(Job(str(tmp_path / "auto"), rounds=rounds, stage_sets={"cell": [f"model.init_from={weights}"]}))
+        assert ("the single-cell models of every split start from" in capsys.readouterr().out) is said
     settings = Job(str(tmp_path / "auto"))
     check_settings(settings)
     assert settings.cell_init == "none" and "start as their config says" not in capsys.readouterr().out
