@@ -229,22 +229,33 @@ def _check_labeller_start(job: Job, kind: str, start: str, what: str) -> None:
     """A config's ``model.init_from`` starts every split's model of a kind from one file, and these
     models label the images their split held out: a start trained on this run's records has seen
     them (refused); any other start is said in one line, since the job cannot tell what it saw."""
-    import yaml
-
-    from hpa_tf.training.folder import TrainingFolder
-
-    try:
-        trained_on = (TrainingFolder.of(start)[0].config().get("data") or {}).get("records")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # not a training folder: nothing to compare
-        trained_on = None
-    if trained_on and fs.canonical(trained_on) == fs.canonical(fs.join(job.run, "records")):
+    if _trained_on_the_runs_records(job, start):
         hint = "; --cell-init cells starts each split's from its own split's cell-bag model" if kind == "cell" else ""
-        raise JobError(f"model.init_from {start} {what} was trained on this run's records ({trained_on}), and it "
+        raise JobError(f"model.init_from {start} {what} was trained on this run's records, and it "
                        f"would start {KIND_NAMES[kind]} of every split, which label the images their split held out: "
                        f"their labels would come from a model that saw those images. Drop it, or start from a "
                        f"model trained on other data{hint}")
     print(f"{KIND_NAMES[kind]} of every split start from {start} {what} and label the images their split held "
           f"out: their labels are out of fold only if it never saw this run's training images")
+
+
+def _trained_on_the_runs_records(job: Job, start: str) -> bool:
+    """Whether a model file's training folder names the run's records (by path, or by the records'
+    fingerprint its provenance keeps: a run folder copied or moved elsewhere still matches)."""
+    import yaml
+
+    from hpa_tf.training.folder import TrainingFolder
+
+    records = fs.join(job.run, "records")
+    folder = TrainingFolder.of(start)[0]
+    try:
+        named = (folder.config().get("data") or {}).get("records")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):  # not a training folder: nothing to compare
+        named = None
+    if named and fs.canonical(named) == fs.canonical(records):
+        return True
+    made, ours = provenance.read(folder.path), provenance.read(records)
+    return bool(made and ours and made.made_from.get("records") == ours.fingerprint)
 
 
 def _synth_options(job: Job) -> dict:

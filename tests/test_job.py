@@ -175,14 +175,21 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains no single-cell model: use --cell-init none\n"),
                          (["--cell-set", "train={epochs: 2, model_dir: /tmp/x}"], "the job sets .*train.model_dir"),
                          (["--rounds", "2", "--cell-set", f"model.init_from={seen / 'last.keras'}"],
-                          r"last.keras \(the single-cell models: .*\) was trained on this run's records .*start the "
-                          r"single-cell models of every split, which label .*--cell-init cells starts each split's"),
+                          r"last.keras \(the single-cell models: .*\) was trained on this run's records, and it would start "
+                          r"the single-cell models of every split, which label .*--cell-init cells starts each split's"),
                          (["--cells-set", f"model.init_from={seen / 'last.keras'}"],
-                          r"was trained on this run's records .*the cell-bag models of every split, which label the images"),
+                          r"was trained on this run's records, and it would start the cell-bag models of every split, which label the images"),
                          (["--varying-share", "0.5"], "--varying-share shape the SynthHPA the job generates; with --data")):
         result = job("--data", str(data), "--run", str(tmp_path / "bad"), *bad)
         assert result.returncode == 2 and re.search(message, result.stderr), result.stderr
         assert "==" not in result.stdout and not (tmp_path / "bad" / "records").exists()
+    # a run folder copied elsewhere: its models name the old records' path, their provenance the same records
+    moved = tmp_path / "moved"
+    (moved / "records").mkdir(parents=True)
+    (moved / "records" / "provenance.json").write_text('{"kind": "records", "made_from": {}, "fingerprint": "ab12"}')
+    (seen / "provenance.json").write_text('{"kind": "model", "made_from": {"records": "ab12"}, "fingerprint": "cd34"}')
+    result = job("--data", str(data), "--run", str(moved), "--rounds", "2", "--cell-set", f"model.init_from={seen / 'last.keras'}")
+    assert result.returncode == 2 and "was trained on this run's records" in result.stderr, result.stderr
     shutil.rmtree(data / "test")
     (data / "test").mkdir()
     result = job("--run", str(tmp_path / "share"), "--varying-share", "1.5")
