@@ -221,8 +221,14 @@ def labelling_kinds(job: Job) -> set[str]:
     >>> sorted(labelling_kinds(Job("r", rounds=2, label_source="combined")))
     ['cell', 'cells', 'image']
     """
-    kinds = {"cells": {"cells"}, "cam": {"image"}, "combined": {"image", "cells"}}[job.label_source] if job.rounds else set()
-    return kinds | ({"cell"} if job.rounds >= 2 else set())
+    by_source = {"cells": {"cells"}, "cam": {"image"}, "combined": {"image", "cells"}, "cell": {"cell"}}
+    return set().union(*(by_source[label_source(job, r)] for r in range(1, job.rounds + 1)))
+
+
+def label_source(job: Job, round_: int) -> str:
+    """What round ``round_``'s per-cell labels come from: ``--label-source`` (round 0's models) for
+    round 1, the previous round's single-cell models (``cell``) after it."""
+    return job.label_source if round_ == 1 else "cell"
 
 
 def _check_labeller_start(job: Job, kind: str, start: str, what: str) -> None:
@@ -426,7 +432,7 @@ def run_job(job: Job) -> dict:
     quality = {}
     for r in range(1, job.rounds + 1):
         labels = fs.join(records, "pseudo", f"round{r}")
-        source = job.label_source if r == 1 else "cell"
+        source = label_source(job, r)
         from hpa_tf.pseudo.oof import labels_made_from
 
         done = provenance.is_current(labels, "labels", labels_made_from(records, labellers, source, True, bool(truth)))
