@@ -201,19 +201,26 @@ def on_test_set(run: str, combinations: list[Combination]) -> dict[str, dict[str
 
 
 def split_models(run: str) -> list[list[str]]:
-    """The image, cell-bag and single-cell model of each out-of-fold split of a job run; a folder
-    that is no job run, or a missing model, is a FileNotFoundError that names it and the fix."""
+    """The models of each out-of-fold split the job run predicted with (round 0's image, where it
+    trained them, and cell-bag models, and the last round's single-cell models, each of folder
+    ``split{k}``); a folder that is no job run, or a missing model, is a FileNotFoundError that names
+    it and the fix."""
     if not fs.exists(fs.join(run, "records", "folds.csv")):
         raise FileNotFoundError(f"{run} is no job run ({run}/records/folds.csv is missing): held-out training images "
                                 "need the folds and models of a python -m hpa_tf.job run; leave out --validation")
-    splits = range(_kinds(_prediction_config(run)["cache"]).count("image"))  # the job's: one of each per split
-    models = [[fs.join(run, f"round{r}", kind, f"split{k}", "best.keras") for r, kind in ((0, "image"), (0, "cells"), (1, "cell"))]
-              for k in splits]
+    predicted = _prediction_config(run)["models"]
+    by_split: dict[str, list[str]] = {}
+    for model in predicted:
+        by_split.setdefault(posixpath.basename(posixpath.dirname(model)), []).append(model)
+    if "all" in by_split or not all(name.startswith("split") for name in by_split):
+        raise FileNotFoundError(f"{run} predicted with a model trained on every image ({by_split.get('all', predicted)[0]}): "
+                                "held-out images need each split's models (a job run with --final-fit all has nothing "
+                                "held out); rerun the job with --final-fit splits, or leave out --validation")
+    models = [by_split[name] for name in sorted(by_split, key=lambda n: int(n[len("split"):]))]
     missing = [m for split in models for m in split if not fs.exists(m)]
     if missing:
-        raise FileNotFoundError(f"{missing[0]} is missing: held-out images need each split's models (a job run "
-                                "with --final-fit all has one single-cell model on every image, nothing held out); "
-                                "rerun the job with --final-fit splits, or leave out --validation")
+        raise FileNotFoundError(f"{missing[0]} is missing: held-out images need each split's models; rerun the job "
+                                "(it makes them again), or leave out --validation")
     return models
 
 

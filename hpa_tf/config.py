@@ -35,7 +35,8 @@ MODEL_KINDS = ("image", "cells", "cell")
 # before the setting existed did). A model's provenance leaves a setting out while it is off, so
 # upgrading hpa-tf does not make every trained model look made from other inputs; a new on/off setting
 # belongs here with its off value.
-SWITCHED_OFF: dict[str, Any] = {"augment.rotate": 0.0, "augment.mixup": 0.0, "train.ema": 0.0, "data.repeat_threshold": 0.0}
+SWITCHED_OFF: dict[str, Any] = {"augment.rotate": 0.0, "augment.mixup": 0.0, "train.ema": 0.0, "data.repeat_threshold": 0.0,
+                                "train.validation_freq": 1}
 
 
 class ConfigError(ValueError):
@@ -199,6 +200,9 @@ class TrainConfig(Section):
     ema: float = 0.0  # weight averaging: momentum of the weights' moving average (0.99-0.999); it validates and is saved; 0 = off
     warmup_epochs: float = 0.5
     keep_backups: int = 2  # epoch backups kept for resuming
+    # validate after every N-th epoch and after the last one; 0: after the last one only (best.keras is then
+    # the last epoch's). A model that only labels held-out images needs no epoch chosen for it
+    validation_freq: int = 1
     tensorboard: bool = True
     seed: int = 0  # the initial weights (data.seed: the shuffles and augmentations)
     deterministic: bool = False  # the same run twice gives the same weights (op determinism; may be slower on GPUs)
@@ -208,7 +212,7 @@ class TrainConfig(Section):
         _choice("train.mixed_precision", self.mixed_precision, ("auto", "bfloat16", "float16", "off"))
         for key in ("batch_size", "epochs", "steps_per_execution", "keep_backups"):
             _at_least(f"train.{key}", getattr(self, key), 1)
-        for key in ("steps_per_epoch", "logical_cpus", "weight_decay", "warmup_epochs"):
+        for key in ("steps_per_epoch", "logical_cpus", "weight_decay", "warmup_epochs", "validation_freq"):
             _at_least(f"train.{key}", getattr(self, key), 0)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema: {self.ema} must be in [0, 1) (0 = off; 0.99 averages about the last 100 steps)")

@@ -8,13 +8,14 @@
 1. records of ``DIR/train`` (``OUT/records``, ``--folds`` folds);
 2. round 0, out of fold: for each of ``--splits`` splits (split k holds out the folds f with
    f % splits == k) an image model and a cell-bag model trained on the other folds
-   (``OUT/round0/{image,cells}/split{k}``);
-3. each round r = 1 .. ``--rounds``: per-cell soft labels of every training cell from the previous
-   round's models of the split that held its image out (``OUT/records/pseudo/round{r}``, scored against
-   the truth when there is one), then a single-cell model per split trained on them
-   (``OUT/round{r}/cell/split{k}``); the last round's, by default, one model on every training image
-   (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
-   split). The single-cell models start as their config says (random weights with the demo's:
+   (``OUT/round0/{image,cells}/split{k}``; ``--no-image-models``: the image models only where the labels
+   or the submission use them);
+3. each round r = 1 .. ``--rounds``: per-cell soft labels of every training cell from
+   the previous round's models of the split that held its image out (``OUT/records/pseudo/round{r}``,
+   scored against the truth when there is one), then a single-cell model per split trained on them
+   (``OUT/round{r}/cell/split{k}``; these only label: validated once, after their last epoch,
+   ``--labeller-set``); the last round's, by default, one model on every training image (``OUT/round{r}/cell/all``:
+   each image's labels are out of fold already; ``--final-fit splits``: per split). The single-cell models start as their config says (random weights with the demo's:
    ``--cell-init none``, chosen on held-out images); ``--cell-init cells`` starts each round's from
    the round-0 cell-bag model of their split (the model on every image from split 0's), whose
    backbone has learnt the same cell crops from the image labels;
@@ -43,6 +44,7 @@ runs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
@@ -71,6 +73,12 @@ class JobError(ValueError):
 DEFAULT_COMBINATION = Combination()
 
 
+# The single-cell models of the rounds before the last only label the images their split held out: no
+# epoch need be chosen for them, so they validate once, after the last (about a third of their time on
+# the demo when they validated every epoch). Fewer epochs made worse labellers (docs/recipe.md).
+LABELLER_SETS = ("train.validation_freq=0",)
+
+
 @dataclass
 class Job:
     """The settings of one run of the main job (the command's flags)."""
@@ -90,9 +98,11 @@ class Job:
     cell_config: str = "demo_cpu_cell"
     sets: list[str] = field(default_factory=list)  # --set overrides for every training
     stage_sets: dict[str, list[str]] = field(default_factory=dict)  # --image-set / --cells-set / --cell-set: one kind's
+    labeller_sets: list[str] = field(default_factory=lambda: list(LABELLER_SETS))  # single-cell models that only label
     bit_depth: int = 8  # of the records: 16 keeps the precision of dim 16-bit files
     label_source: str = "cells"  # what round 1's single-cell models learn from (round 2 on: the cell models')
     cell_view: str = "masked"
+    image_models: bool = True  # False: round 0 trains image models only where the labels or the submission use them
     final_models: str | None = None  # the models the submission weighs (FINAL_MODELS); None: cell, or all at --rounds 0
     combination: Combination = DEFAULT_COMBINATION
     group_by: str = "antibody"  # the records' folds keep an antibody's (or a well's) fields together
@@ -127,6 +137,14 @@ class Job:
         """The ``FINAL_MODELS`` name the submission weighs."""
         return self.final_models or ("cell" if self.rounds else "all")
 
+    @property
+    def trains_image_models(self) -> bool:
+        """Whether round 0 trains image models: by default (the results table's rows of the image-level
+        method), and with ``--no-image-models`` only for round 1's labels (``--label-source cam`` or
+        ``combined``) or the submission (``--final-models`` all, image+cell, round0)."""
+        return (self.image_models or self.label_source in ("cam", "combined")
+                or "image" in FINAL_MODELS[self.submitted_models])
+
     def cell_models(self, r: int) -> int:
         """How many single-cell models round ``r`` trains (one on every image in the last round of
         ``--final-fit all``)."""
@@ -148,8 +166,11 @@ def final_weights(job: Job) -> list[float]:
 
     >>> final_weights(Job("r", final_models="cell", final_fit="splits")), final_weights(Job("r"))
     ([0.0, 0.0, 0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 1.0])
+    >>> final_weights(Job("r", image_models=False))
+    [0.0, 0.0, 1.0]
     """
-    kinds = ["image"] * job.splits + ["cells"] * job.splits + (["cell"] * job.cell_models(job.rounds) if job.rounds else [])
+    kinds = ["image"] * job.splits * job.trains_image_models + ["cells"] * job.splits
+    kinds += ["cell"] * job.cell_models(job.rounds) if job.rounds else []
     name = job.submitted_models
     chosen = set(kinds) if name == "all" else set(FINAL_MODELS[name])
     if not chosen <= set(kinds):
@@ -187,6 +208,7 @@ def check_settings(job: Job) -> None:
     from hpa_tf.config import ConfigError, apply_overrides, load_config
 
     given = [("--set", s) for s in job.sets] + [(f"--{kind}-set", s) for kind, sets in job.stage_sets.items() for s in sets]
+    given += [("--labeller-set", s) for s in job.labeller_sets]
     owned = [f"{flag} {s.strip()}" for flag, s in given if set(_keys(s)) & set(JOB_KEYS)]
     if owned:
         raise JobError(f"{', '.join(owned)}: the job sets {', '.join(JOB_KEYS)} for each stage itself (the "
@@ -204,6 +226,8 @@ def check_settings(job: Job) -> None:
             raise JobError(f"{err} {what}{hint}") from err
         try:
             common = apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
+            if kind == "cell":
+                apply_overrides(common, job.labeller_sets, flag="--labeller-set")
         except ConfigError as err:
             raise JobError(f"{err} {what}") from err
         if common.model.init_from and not fs.exists(common.model.init_from):
@@ -424,10 +448,12 @@ def run_job(job: Job) -> dict:
             references[label] = f"{sub[:-4]}.json"
     for k in range(job.splits):
         folds = json.dumps(job.split_folds(k))
-        _train(job, f"round 0 image model, split {k}", "image", models_of(job, 0, "image")[k], [f"data.val_folds={folds}"])
+        if job.trains_image_models:
+            _train(job, f"round 0 image model, split {k}", "image", models_of(job, 0, "image")[k],
+                   [f"data.val_folds={folds}"])
         _train(job, f"round 0 cell-bag model, split {k}", "cells", models_of(job, 0, "cells")[k],
                [f"data.val_folds={folds}"])
-    final = models_of(job, 0, "image") + models_of(job, 0, "cells")
+    final = models_of(job, 0, "image") * job.trains_image_models + models_of(job, 0, "cells")
     labellers, trained = final, list(final)
     quality = {}
     for r in range(1, job.rounds + 1):
@@ -449,8 +475,9 @@ def run_job(job: Job) -> dict:
         else:
             for k in range(job.splits):
                 folds = json.dumps(job.split_folds(k))
+                labeller = job.labeller_sets if r < job.rounds else []
                 _train(job, f"round {r} single-cell model, split {k}", "cell", models_of(job, r, "cell")[k],
-                       [f"data.val_folds={folds}", f"data.cell_labels={labels}", *cell_init(job, k)])
+                       [*labeller, f"data.val_folds={folds}", f"data.cell_labels={labels}", *cell_init(job, k)])
         labellers = models_of(job, r, "cell")
         trained += labellers
     if job.rounds:
@@ -492,7 +519,8 @@ def write_results(job: Job, models: list[str], results: dict, quality: dict) -> 
     from hpa_tf.pseudo.quality import quality_markdown
 
     labels = f"round-1 labels from `{job.label_source}`" + (
-        ", later rounds' from the previous round's single-cell models of each split" if job.rounds >= 2 else "")
+        ", later rounds' from the previous round's single-cell models of each split (`--labeller-set "
+        f"{' '.join(job.labeller_sets)}`)" if job.rounds >= 2 else "")
     lines = [f"# The main job on {job.data_dir}", "",
              f"Folds {job.folds}, out-of-fold splits {job.splits}, rounds {job.rounds} (last round's single-cell "
              f"models: `--final-fit {job.final_fit}`, `--cell-init {job.cell_init}`), {labels}, "
@@ -547,9 +575,9 @@ def main(argv: list[str] | None = None) -> int:
                         "tfrecord_builder build --group-by)")
     parser.add_argument("--splits", type=at_least(2), default=2, help="out-of-fold splits (each holds out folds f %% splits == k)")
     parser.add_argument("--rounds", type=at_least(0), default=1,
-                        help="pseudo-label rounds (0: the image and cell-bag models only; 2: round 1 trains a "
-                        "single-cell model per split and they label round 2, about 14 more minutes on the "
-                        "CPU demo: docs/recipe.md)")
+                        help="pseudo-label rounds (0: round 0's models only; 1: one single-cell model learns from round "
+                        "0's labels; 2: round 1 trains a single-cell model per split (--labeller-set) and they label "
+                        "round 2's cells, about 9 more minutes on the CPU demo: docs/recipe.md)")
     for kind, default in (("image", "demo_cpu"), ("cells", "demo_cpu_cells"), ("cell", "demo_cpu_cell")):
         parser.add_argument(f"--{kind}-config", default=default,
                             help=f"the config of {KIND_NAMES[kind]}: a name under hpa_tf/configs or a YAML file")
@@ -558,6 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-source", default="cells", choices=("combined", "cells", "cam"),
                         help="round 1's labels: the cell-bag models' cell heads (best on SynthHPA), the image models' "
                         "CAM x cell, or their mean; later rounds use the previous round's single-cell models")
+    parser.add_argument("--image-models", action=argparse.BooleanOptionalAction, default=True,
+                        help="train round 0's image models (the results table's rows of the image-level method); "
+                        "--no-image-models: only where the labels (--label-source) or the submission (--final-models) "
+                        "use them, about 3 minutes less on the CPU demo")
     parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"),
                         help="how prediction scores each cell with an image model (predict.py --cell-view); "
                         "none: an image model gives its image score only")
@@ -576,6 +608,10 @@ def main(argv: list[str] | None = None) -> int:
                         "results table): all (those), the "
                         "single-cell models alone (cell, the default; all with --rounds 0), cell-bag and single-cell, "
                         "image and single-cell, round 0's")
+    parser.add_argument("--labeller-set", action="extend", nargs="+", default=list(LABELLER_SETS), metavar="KEY=VALUE",
+                        help="config overrides for the single-cell models that only label (each split's, in the rounds "
+                        f"before the last), after --cell-set; default {' '.join(LABELLER_SETS)}: they validate once, after "
+                        "their last epoch (train.validation_freq=1: every epoch, the best one labels)")
     add_combination_args(parser, DEFAULT_COMBINATION)
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides for every training, e.g. train.epochs=3")
@@ -597,9 +633,10 @@ def main(argv: list[str] | None = None) -> int:
               args.seed, args.workers, args.folds, args.splits, args.rounds, args.image_config, args.cells_config,
               args.cell_config, args.set, {"image": args.image_set, "cells": args.cells_set, "cell": args.cell_set},
               bit_depth=args.bit_depth, label_source=args.label_source,
-              cell_view=args.cell_view, final_models=args.final_models,
+              cell_view=args.cell_view, final_models=args.final_models, image_models=args.image_models,
               combination=combination_from(args, parser), label_mix=args.label_mix, texture_scale=args.texture_scale,
-              varying_share=args.varying_share, final_fit=args.final_fit, cell_init=args.cell_init, group_by=args.group_by)
+              varying_share=args.varying_share, final_fit=args.final_fit, cell_init=args.cell_init, group_by=args.group_by,
+              labeller_sets=args.labeller_set)
     run_job(job)
     return 0
 

@@ -24,7 +24,8 @@ def _ran(result: subprocess.CompletedProcess) -> set[str]:
             if line.startswith("== ") and not line.endswith("done before, skipped")}
 
 
-TRAININGS = {f"round 0 {kind} model, split {k}" for kind in ("image", "cell-bag") for k in (0, 1)}
+IMAGE_MODELS = {f"round 0 image model, split {k}" for k in (0, 1)}
+TRAININGS = IMAGE_MODELS | {f"round 0 cell-bag model, split {k}" for k in (0, 1)}
 CELL_MODELS = {f"round 1 single-cell model, split {k}" for k in (0, 1)}
 LABELS = "round 1 per-cell labels, out of fold"
 
@@ -32,7 +33,8 @@ LABELS = "round 1 per-cell labels, out of fold"
 def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tmp_path):
     """The job from another working directory with a relative --run; a rerun skips every stage; a
     damaged model file, a truncated label file, and another label source with the final fit on every
-    image each redo exactly the stages that must be redone."""
+    image each redo exactly the stages that must be redone; with --no-image-models the image models are
+    trained once the labels need them; a second round's labelling models validate once."""
     import cv2
 
     run, data = tmp_path / "run", tmp_path / "data"
@@ -40,7 +42,8 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     bad = pd.read_csv(data / "sample_submission.csv")["ID"][0]  # one test image whose channels differ in size
     green = cv2.imread(str(data / "test" / f"{bad}_green.png"), cv2.IMREAD_UNCHANGED)
     cv2.imwrite(str(data / "test" / f"{bad}_green.png"), green[: green.shape[0] // 2])
-    args = ["--data", "data", "--run", "run", "--folds", "2", "--splits", "2", "--workers", "1", "--set", *TINY]
+    args = ["--data", "data", "--run", "run", "--folds", "2", "--splits", "2", "--workers", "1", "--no-image-models",
+            "--set", *TINY]
     first = _job(*args, "--final-fit", "splits", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     sub = pd.read_csv(run / "submission.csv")
@@ -53,8 +56,8 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
                      "single-cell models (2), their best cell x each cell", "| **total** |"):
         assert expected in results, expected
     assert (run / "records" / "pseudo" / "round1" / "labels.npz").exists()
-    for kind in ("image", "cells"):
-        assert (run / "round0" / kind / "split1" / "best.keras").exists()
+    assert (run / "round0" / "cells" / "split1" / "best.keras").exists()
+    assert not (run / "round0" / "image").exists()  # --no-image-models: neither the labels nor the submission use one
     assert (run / "round1" / "cell" / "split0" / "best.keras").exists()
     # Such a run gives bench_combine held-out training images, each scored by the split that never saw it.
     from benchmarks.bench_combine import on_validation_set
@@ -84,7 +87,8 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     # round's single-cell model learns from every image's out-of-fold labels, started from split 0's
     # cell-bag model (--cell-init cells: a split's model starts from the cell-bag model of its own
     # split, the one that never saw the images it must label); no round-0 model is retrained, nor the
-    # split models (the job no longer needs them), and the submission weighs that one model.
+    # split models (the job no longer needs them), and the submission weighs that one model. The image
+    # models, which the labels now come from, are trained now.
     full = _job(*args, "--label-source", "cam", "--cell-set", "augment.mixup=0.2", "--cell-init", "cells", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     config_yaml = (run / "round1" / "cell" / "all" / "config.yaml").read_text()
@@ -92,7 +96,7 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     assert f"init_from: {run / 'round0' / 'cells' / 'split0' / 'best.keras'}" in config_yaml
     assert "copied backbone small_cnn, class head" in full.stdout
     assert _ran(full) & (TRAININGS | CELL_MODELS | {LABELS, "round 1 single-cell model, all folds"}) == {
-        LABELS, "round 1 single-cell model, all folds"}
+        LABELS, "round 1 single-cell model, all folds", *IMAGE_MODELS}
     assert '"source": "cam"' in (run / "records" / "pseudo" / "round1" / "meta.json").read_text()
     assert (run / "round1" / "cell" / "all" / "last.keras").exists()
     import json
@@ -105,8 +109,10 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
 
     # --rounds 2: round 1 now trains one single-cell model per split (on the same round-1 labels, kept),
     # those label round 2, each split only the images it held out, and round 2's one model on every
-    # image is what the submission weighs.
-    second = _job(*args, "--label-source", "cam", "--cell-init", "cells", "--rounds", "2", cwd=tmp_path)
+    # image is what the submission weighs. The split models only label: the epochs --labeller-set gives
+    # them, validated once, after the last.
+    second = _job(*args, "--label-source", "cam", "--cell-init", "cells", "--rounds", "2", "--labeller-set",
+                  "train.epochs=2", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert _ran(second) & (TRAININGS | CELL_MODELS | {LABELS, "round 2 per-cell labels, out of fold",
                                                       "round 2 single-cell model, all folds"}) == (
@@ -122,7 +128,9 @@ def test_the_main_job_runs_and_a_rerun_redoes_exactly_what_changed(synth_dir, tm
     results = (run / "results.md").read_text()
     assert "single-cell model (previous round)" in results and "combined: the mean" not in results.split("Round 2 per-cell")[1]
     assert "later rounds' from the previous round's single-cell models of each split" in results
-    assert f"| {run / 'round1' / 'cell' / 'split1'} | epoch 1/1: val AUC" in results  # the labellers' validation too
+    assert f"| {run / 'round1' / 'cell' / 'split1'} | epoch 2/2: val AUC" in results  # the labellers' validation too
+    log = pd.read_csv(run / "round1" / "cell" / "split1" / "train_log.csv")
+    assert len(log) == 2 and log["val_map"].isna().tolist() == [True, False]
 
 
 def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path, capsys):
@@ -164,6 +172,9 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                           "single-cell models: --cell-config demo_cpu_cell"),
                          (["--cells-set", "train.epochs=0"], "train.epochs: 0 must be at least 1 .*cell-bag models"),
                          (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets"),
+                         (["--labeller-set", "train.validation_freq=-1"], "train.validation_freq: -1 must be at least 0 "
+                          ".*single-cell models"),
+                         (["--labeller-set", "data.val_folds=[1]"], "--labeller-set data.val_folds=\\[1\\]: the job sets"),
                          (["--cell-init", "cells", "--cell-set", "model.backbone=resnet50"],
                           r"--cell-init cells .* their backbone is resnet50 \(the single-cell models.*and the cell-bag "
                           r"models' small_cnn \(the cell-bag models: --cells-config demo_cpu_cells\): use --cell-init none, "

@@ -190,7 +190,7 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
         if not math.isfinite(row["loss"]):
             raise TrainingError(f"the training loss became {row['loss']} in epoch {epoch + 1}: lower "
                                 "train.learning_rate, or check the records with `python -m tfrecord_builder inspect`")
-        if val_ds is not None:
+        if val_ds is not None and validates(epoch, epochs, int(t["validation_freq"])):
             with trainer.averaged():  # train.ema: the averaged weights are the ones validated and saved
                 val = trainer.evaluate(val_ds, val_steps, per_call)
             row.update(val_loss=val["loss"], val_auc=val["auc"], val_map=val["map"], val_f1=val["f1"])
@@ -199,7 +199,7 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
         row["seconds"] = round(time.perf_counter() - start, 2)
         state["history"].append(row)
         state["epoch"] = epoch
-        improved = val_ds is not None and (state["best"] is None or row["val_map"] > state["best"]["val_map"])
+        improved = "val_map" in row and (state["best"] is None or row["val_map"] > state["best"]["val_map"])
         if improved:
             state["best"] = {"epoch": epoch, "val_map": row["val_map"]}
         if chief:
@@ -225,6 +225,16 @@ def _train(config, strategy: tf.distribute.Strategy, hooks: Sequence[EpochHook])
     history = {k: [h.get(k) for h in state["history"]] for k in LOG_KEYS if k != "epoch"}
     return {"history": history, "model_dir": model_dir, "replicas": replicas, "steps_per_epoch": steps,
             "best": state["best"]}
+
+
+def validates(epoch: int, epochs: int, every: int) -> bool:
+    """Whether epoch ``epoch`` (from 0) of ``epochs`` validates under ``train.validation_freq`` =
+    ``every``: every ``every``-th epoch and always the last; ``every`` 0: the last only.
+
+    >>> [e for e in range(5) if validates(e, 5, 2)], [e for e in range(5) if validates(e, 5, 0)]
+    ([1, 3, 4], [4])
+    """
+    return epoch == epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
 
 
 def _pipelines(strategy: tf.distribute.Strategy) -> int:
