@@ -226,15 +226,32 @@ def check_settings(job: Job) -> None:
             raise JobError(f"{err} {what}{hint}") from err
         try:
             common = apply_overrides(common, job.stage_sets.get(kind, []), flag=f"--{kind}-set")
-            if kind == "cell":
-                apply_overrides(common, job.labeller_sets, flag="--labeller-set")
         except ConfigError as err:
             raise JobError(f"{err} {what}") from err
         if common.model.init_from and not fs.exists(common.model.init_from):
             raise JobError(f"model.init_from: {common.model.init_from} not found {what}")
+        # the models of this kind that label a later round's cells (single-cell ones: with --labeller-set)
+        labelling, labelling_what = common, what
+        if kind == "cell":
+            labelling_what = f"({KIND_NAMES[kind]} that label: --cell-config {config} with --labeller-set)"
+            try:
+                labelling = apply_overrides(common, job.labeller_sets, flag="--labeller-set")
+            except ConfigError as err:
+                flagged = str(err) if str(err).startswith("--labeller-set") else f"--labeller-set: {err}"
+                raise JobError(f"{flagged} {labelling_what}") from err
+            if labelling.model.init_from and not fs.exists(labelling.model.init_from):
+                raise JobError(f"model.init_from: {labelling.model.init_from} not found {labelling_what}")
         starts[kind] = (common.model.backbone, common.model.init_from or common.model.weights, what)
-        if kind in labelling_kinds(job) and common.model.init_from:
-            _check_labeller_start(job, kind, common.model.init_from, what)
+        if kind in labelling_kinds(job) and labelling.model.init_from:
+            _check_labeller_start(job, kind, labelling.model.init_from, labelling_what)
+    extra = [s for s in job.labeller_sets if s not in LABELLER_SETS]
+    if job.rounds < 2 and extra:
+        print(f"--labeller-set {' '.join(extra)}: no model only labels with --rounds {job.rounds} (the single-cell "
+              "models of the rounds before the last of --rounds 2 do)")
+    if not job.image_models and job.trains_image_models:
+        why = (f"--label-source {job.label_source}" if job.label_source in ("cam", "combined")
+               else f"--final-models {job.submitted_models}")
+        print(f"--no-image-models: round 0 trains image models all the same, {why} uses them")
     _settle_cell_init(job, starts)
 
 
@@ -589,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-models", action=argparse.BooleanOptionalAction, default=True,
                         help="train round 0's image models (the results table's rows of the image-level method); "
                         "--no-image-models: only where the labels (--label-source) or the submission (--final-models) "
-                        "use them, about 3 minutes less on the CPU demo")
+                        "use them (2.6 minutes of training on the CPU demo; turning them on or off makes round 1's labels again)")
     parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"),
                         help="how prediction scores each cell with an image model (predict.py --cell-view); "
                         "none: an image model gives its image score only")

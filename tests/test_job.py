@@ -172,8 +172,8 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                           "single-cell models: --cell-config demo_cpu_cell"),
                          (["--cells-set", "train.epochs=0"], "train.epochs: 0 must be at least 1 .*cell-bag models"),
                          (["--cell-set", "data.cell_labels=x"], "--cell-set data.cell_labels=x: the job sets"),
-                         (["--labeller-set", "train.validation_freq=-1"], "train.validation_freq: -1 must be at least 0 "
-                          ".*single-cell models"),
+                         (["--labeller-set", "train.validation_freq=-1"], "--labeller-set: train.validation_freq: -1 must "
+                          "be at least 0 .*single-cell models that label"),
                          (["--labeller-set", "data.val_folds=[1]"], "--labeller-set data.val_folds=\\[1\\]: the job sets"),
                          (["--cell-init", "cells", "--cell-set", "model.backbone=resnet50"],
                           r"--cell-init cells .* their backbone is resnet50 \(the single-cell models.*and the cell-bag "
@@ -186,8 +186,12 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
                          (["--cell-init", "cells", "--rounds", "0"], "--rounds 0 trains no single-cell model: use --cell-init none\n"),
                          (["--cell-set", "train={epochs: 2, model_dir: /tmp/x}"], "the job sets .*train.model_dir"),
                          (["--rounds", "2", "--cell-set", f"model.init_from={seen / 'last.keras'}"],
-                          r"last.keras \(the single-cell models: .*\) was trained on this run's records, and it would start "
+                          r"last.keras \(the single-cell models that label: .*\) was trained on this run's records, and it would start "
                           r"the single-cell models of every split, which label .*--cell-init cells starts each split's"),
+                         (["--rounds", "2", "--labeller-set", f"model.init_from={seen / 'last.keras'}"],
+                          r"last.keras \(the single-cell models that label: .*with --labeller-set\) was trained on this run's"),
+                         (["--labeller-set", "model.init_from=/no/such.keras"], "model.init_from: /no/such.keras not found "
+                          r"\(the single-cell models that label"),
                          (["--cells-set", f"model.init_from={seen / 'last.keras'}"],
                           r"was trained on this run's records, and it would start the cell-bag models of every split, which label the images"),
                          (["--varying-share", "0.5"], "--varying-share shape the SynthHPA the job generates; with --data")):
@@ -227,6 +231,11 @@ def test_what_the_job_can_check_is_one_line_before_any_stage(synth_dir, tmp_path
         check_settings(settings)
         assert settings.cell_init == settled
         assert ("start as their config says" in capsys.readouterr().out) is (settled == "none")
+    # flags that do nothing, or less than asked, say so
+    check_settings(Job(str(tmp_path / "auto"), labeller_sets=["train.validation_freq=0", "train.epochs=3"]))
+    assert "--labeller-set train.epochs=3: no model only labels with --rounds 1" in capsys.readouterr().out
+    check_settings(Job(str(tmp_path / "auto"), image_models=False, final_models="round0"))
+    assert "trains image models all the same, --final-models round0 uses them" in capsys.readouterr().out
     # a start from elsewhere: the labelling models' start is said, the final model's is not
     for rounds, said in ((2, True), (1, False)):
         check_settings(Job(str(tmp_path / "auto"), rounds=rounds, stage_sets={"cell": [f"model.init_from={weights}"]}))

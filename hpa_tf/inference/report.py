@@ -46,6 +46,8 @@ def ablation_rows(kinds: list[str], view: str = "masked") -> list[tuple[str, lis
 
     >>> [r[0] for r in ablation_rows(["image", "cells"])][-1]
     'all models, image x cell'
+    >>> [r[0] for r in ablation_rows(["cells", "cell"])][-3:]
+    ['single-cell model, each cell alone', 'single-cell model, its best cell x each cell', 'cell-bag and single-cell models (image x cell)']
     """
     rows = []
     by_kind: dict[str, list[int]] = {}
@@ -54,12 +56,16 @@ def ablation_rows(kinds: list[str], view: str = "masked") -> list[tuple[str, lis
     for kind, use in by_kind.items():
         plural, its = (f"s ({len(use)})", "their") if len(use) > 1 else ("", "its")
         rows += [(label.format(s=plural, its=its, view=view), use, rule) for label, rule in KIND_ROWS[kind]]
+    pair = ("cell-bag and single-cell models (image x cell)", by_kind.get("cells", []) + by_kind.get("cell", []),
+            "image_x_cell")
     if "cell" in by_kind and len(by_kind) > 1:
         first = [k for k, kind in enumerate(kinds) if kind != "cell"]
-        rows.append(("image and cell-bag models without the single-cell model (image x cell)", first, "image_x_cell"))
+        if set(by_kind) != {"cells", "cell"}:  # else the cell-bag models' own image x cell row
+            rows.append(("image and cell-bag models without the single-cell model (image x cell)", first, "image_x_cell"))
         if "cells" in by_kind and "image" in by_kind:
-            rows.append(("cell-bag and single-cell models (image x cell)", by_kind["cells"] + by_kind["cell"],
-                         "image_x_cell"))
+            rows.append(pair)
+    if set(by_kind) == {"cells", "cell"}:  # every model is the pair: name it as a run with image models does
+        return [*rows, pair]
     rows.append(("all models, image x cell", list(range(len(kinds))), "image_x_cell"))
     return rows
 
