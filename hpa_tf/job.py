@@ -10,12 +10,13 @@
    f % splits == k) an image model and a cell-bag model trained on the other folds
    (``OUT/round0/{image,cells}/split{k}``; ``--no-image-models``: the image models only where the labels
    or the submission use them);
-3. each round r = 1 .. ``--rounds``: per-cell soft labels of every training cell from
-   the previous round's models of the split that held its image out (``OUT/records/pseudo/round{r}``,
-   scored against the truth when there is one), then a single-cell model per split trained on them
-   (``OUT/round{r}/cell/split{k}``; these only label: validated once, after their last epoch,
-   ``--labeller-set``); the last round's, by default, one model on every training image (``OUT/round{r}/cell/all``:
-   each image's labels are out of fold already; ``--final-fit splits``: per split). The single-cell models start as their config says (random weights with the demo's:
+3. each round r = 1 .. ``--rounds``: per-cell soft labels of every training cell from the previous
+   round's models of the split that held its image out (``OUT/records/pseudo/round{r}``, scored against
+   the truth when there is one), then a single-cell model per split trained on them
+   (``OUT/round{r}/cell/split{k}``; these only label: validated once, after their last epoch, as
+   ``--labeller-set`` says); the last round's, by default, one model on every training image
+   (``OUT/round{r}/cell/all``: each image's labels are out of fold already; ``--final-fit splits``: per
+   split). The single-cell models start as their config says (random weights with the demo's:
    ``--cell-init none``, chosen on held-out images); ``--cell-init cells`` starts each round's from
    the round-0 cell-bag model of their split (the model on every image from split 0's), whose
    backbone has learnt the same cell crops from the image labels;
