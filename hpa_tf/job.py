@@ -143,8 +143,7 @@ class Job:
         """Whether round 0 trains image models: by default (the results table's rows of the image-level
         method), and with ``--no-image-models`` only for round 1's labels (``--label-source cam`` or
         ``combined``) or the submission (``--final-models`` all, image+cell, round0)."""
-        return (self.image_models or self.label_source in ("cam", "combined")
-                or "image" in FINAL_MODELS[self.submitted_models])
+        return self.image_models or "image" in labelling_kinds(self) | set(FINAL_MODELS[self.submitted_models])
 
     def cell_models(self, r: int) -> int:
         """How many single-cell models round ``r`` trains (one on every image in the last round of
@@ -250,7 +249,7 @@ def check_settings(job: Job) -> None:
         print(f"--labeller-set {' '.join(extra)}: no model only labels with --rounds {job.rounds} (the single-cell "
               "models of the rounds before the last of --rounds 2 do)")
     if not job.image_models and job.trains_image_models:
-        why = (f"--label-source {job.label_source}" if job.label_source in ("cam", "combined")
+        why = (f"--label-source {job.label_source}" if "image" in labelling_kinds(job)
                else f"--final-models {job.submitted_models}")
         print(f"--no-image-models: round 0 trains image models all the same, {why} uses them")
     _settle_cell_init(job, starts)
@@ -607,8 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-models", action=argparse.BooleanOptionalAction, default=True,
                         help="train round 0's image models (the results table's rows of the image-level method); "
                         "--no-image-models: only where the labels (--label-source) or the submission (--final-models) "
-                        "use them (the CPU demo: 20.0 minutes instead of 23.8, the same submission; turning them on or off makes round "
-                        "1's labels again)")
+                        "use them (the CPU demo: 20.0 minutes instead of 23.8, the same submission; turning them on or "
+                        "off makes round 1's labels again)")
     parser.add_argument("--cell-view", default="masked", choices=("masked", "centred", "cam", "none"),
                         help="how prediction scores each cell with an image model (predict.py --cell-view); "
                         "none: an image model gives its image score only")

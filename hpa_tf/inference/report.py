@@ -58,14 +58,13 @@ def ablation_rows(kinds: list[str], view: str = "masked") -> list[tuple[str, lis
         rows += [(label.format(s=plural, its=its, view=view), use, rule) for label, rule in KIND_ROWS[kind]]
     pair = ("cell-bag and single-cell models (image x cell)", by_kind.get("cells", []) + by_kind.get("cell", []),
             "image_x_cell")
+    if set(by_kind) == {"cells", "cell"}:  # every model is the pair (the cell-bag rows are those without the
+        return [*rows, pair]  # single-cell model): name it as a run with image models does
     if "cell" in by_kind and len(by_kind) > 1:
         first = [k for k, kind in enumerate(kinds) if kind != "cell"]
-        if set(by_kind) != {"cells", "cell"}:  # else the cell-bag models' own image x cell row
-            rows.append(("image and cell-bag models without the single-cell model (image x cell)", first, "image_x_cell"))
+        rows.append(("image and cell-bag models without the single-cell model (image x cell)", first, "image_x_cell"))
         if "cells" in by_kind and "image" in by_kind:
             rows.append(pair)
-    if set(by_kind) == {"cells", "cell"}:  # every model is the pair: name it as a run with image models does
-        return [*rows, pair]
     rows.append(("all models, image x cell", list(range(len(kinds))), "image_x_cell"))
     return rows
 
